@@ -1,0 +1,90 @@
+"""Typed configuration schema, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` extends `base_config`, so Hydra checks every key and type of every
+override against these dataclasses when it composes: a misspelt key or a wrong type fails at
+once, before anything is launched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # autocast; weights, gradients and optimizer state stay fp32
+    fp16 = "fp16"  # autocast + gradient scaling; CUDA only
+    auto = "auto"  # bf16 on a CUDA device that supports it, else fp32
+
+
+class Accelerator(str, Enum):
+    auto = "auto"  # cuda when torch sees a GPU, else cpu
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Data(str, Enum):
+    synthetic = "synthetic"  # seeded uniform tokens, made once per rank before timing
+    text = "text"  # a local UTF-8 file read as byte tokens (the loss visibly falls)
+
+
+class Schedule(str, Enum):
+    naive = "naive"  # plain layer split, whole batch, one stage busy at a time
+    gpipe = "gpipe"  # micro-batches through torch.distributed.pipelining
+
+
+@dataclass
+class SizeConfig:
+    name: str = MISSING
+    n_layer: int = MISSING
+    n_head: int = MISSING
+    n_embd: int = MISSING
+    vocab_size: int = MISSING
+    block_size: int = MISSING
+
+
+@dataclass
+class StrategyConfig:
+    name: str = MISSING
+    schedule: Schedule = Schedule.naive  # mp only
+    microbatches: int = 4  # mp with a micro-batched schedule only
+
+
+@dataclass
+class BenchConfig:
+    size: SizeConfig = MISSING
+    strategy: StrategyConfig = MISSING
+    devices: int = 1  # processes (CPU) or GPUs per node
+    batch_size: int = 8  # sequences per data-parallel replica per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    global_batch_size: Optional[int] = None  # strong scaling: batch_size is derived from it
+    seq_len: Optional[int] = 256  # null: the size's full context (block_size)
+    precision: Precision = Precision.auto
+    warmup_steps: int = 2  # steps run before timing starts
+    steps: int = 8  # timed optimizer steps
+    seed: int = 0
+    lr: float = 3e-4
+    accelerator: Accelerator = Accelerator.auto
+    cpu_threads_per_device: int = 1  # a CPU "device" is a process with this many threads
+    timeout_s: float = 1800.0  # the whole job, launch to teardown
+    data: Data = Data.synthetic
+    data_path: Optional[str] = None  # text data; null: Python's own standard-library docs
+    results_root: str = "results"
+    report_dir: str = "reports"  # where the end-of-sweep report goes
+    hardware_label: Optional[str] = None  # null: derived from the machine's fingerprint
+    force: bool = False  # run even when the memory model predicts an out-of-memory
+
+
+# Keys that change what is measured; everything else (paths, timeouts, labels) does not
+# enter the config hash.
+BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global_batch_size",
+              "seq_len", "precision", "warmup_steps", "steps", "seed", "lr", "accelerator",
+              "cpu_threads_per_device", "data", "data_path")
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="base_config", node=BenchConfig)

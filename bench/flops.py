@@ -1,0 +1,85 @@
+"""Pure arithmetic about the model: parameters, FLOPs per token, memory per device.
+
+No torch here, so every figure can be checked by hand (tests/test_flops.py does).
+Formulas and their sources are in shared/REFERENCE.md; the conventions are:
+
+* parameters (tied embedding, biases, LayerNorms):
+      V*H + T_max*H + L*(12*H^2 + 13*H) + 2*H
+* matmul parameters N (what multiplies activations; the tied embedding counts once, as the
+  output layer):  12*L*H^2 + V*H
+* training FLOPs per token (forward + backward, PaLM appendix B; torchtitan and nanoGPT use
+  the same form):  6*N + 12*L*H*T, T the sequence length. The attention term does not
+  discount causal masking (it counts the full T x T score matrix), as PaLM does not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FP32_BYTES = 4
+
+
+def n_params(L: int, H: int, V: int, T_max: int) -> int:
+    """All trainable parameters of the GPT-2-style model (embedding counted once)."""
+    return V * H + T_max * H + L * (12 * H * H + 13 * H) + 2 * H
+
+
+def n_matmul_params(L: int, H: int, V: int) -> int:
+    """Parameters that take part in matrix multiplies (the 'N' of 6N)."""
+    return 12 * L * H * H + V * H
+
+
+def flops_per_token(L: int, H: int, V: int, T: int) -> int:
+    """Model FLOPs per trained token: 6N + 12*L*H*T."""
+    return 6 * n_matmul_params(L, H, V) + 12 * L * H * T
+
+
+def bubble_fraction(stages: int, microbatches: int) -> float:
+    """Ideal pipeline bubble of GPipe / 1F1B: (p - 1) / (m + p - 1)."""
+    return (stages - 1) / (microbatches + stages - 1)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak bytes on the most loaded device, by part."""
+    params_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    logits_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.params_bytes + self.grads_bytes + self.optimizer_bytes
+                + self.activations_bytes + self.logits_bytes)
+
+
+def activation_bytes_per_layer(s: int, b: int, h: int, a: int, act_bytes: int,
+                               fused_attention: bool = True) -> int:
+    """Korthikanti et al. (2022) per-layer activations, s*b*h*(34 + 5*a*s/h) in 2-byte units.
+
+    The 34 counts 2-byte activations; `act_bytes` rescales it (4 for fp32 activations).
+    Fused attention (SDPA) does not keep the a*s*s score and softmax tensors: the 5*a*s/h
+    term is dropped then.
+    """
+    per = 34 + (0 if fused_attention else 5 * a * s / h)
+    return int(s * b * h * per * act_bytes / 2)
+
+
+def estimate_memory(L: int, H: int, V: int, T_max: int, a: int, seq: int, micro_batch: int,
+                    layers_on_device: int, first: bool, last: bool, shard: int = 1,
+                    act_bytes: int = FP32_BYTES, in_flight: int = 1) -> MemoryEstimate:
+    """Peak memory of one device holding `layers_on_device` blocks (fp32 master weights,
+    AdamW with two fp32 moments, fp32 gradients: 16 bytes per parameter, divided by `shard`
+    under full sharding), with `in_flight` micro-batches' activations alive at once."""
+    p = layers_on_device * (12 * H * H + 13 * H)
+    if first or last:
+        p += V * H
+    if first:
+        p += T_max * H
+    if last:
+        p += 2 * H
+    params = p * FP32_BYTES // shard
+    acts = in_flight * layers_on_device * activation_bytes_per_layer(seq, micro_batch, H, a, act_bytes)
+    # logits (fp32) and their gradient live together at the loss
+    logits = 2 * micro_batch * seq * V * FP32_BYTES if last else 0
+    return MemoryEstimate(params, params, 2 * params, acts, logits)

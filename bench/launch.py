@@ -1,0 +1,134 @@
+"""Start one job's ranks with torch elastic and turn whatever happens into an outcome.
+
+`elastic_launch` is the engine behind torchrun: a c10d rendezvous on a free local port (so
+two jobs, or two sweeps, never share one), `devices` worker processes started with spawn,
+and when one worker fails the agent stops the others. A watchdog thread enforces the job's
+`timeout_s` by ending every process below this one. Nothing here raises for a benchmark
+failure: the caller gets an Outcome with a status and a one-line error.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from bench.plan import RunSpec
+
+
+@dataclass
+class Outcome:
+    status: str  # ok | failed | timeout | oom
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    error_detail: str | None = None
+    launch_s: float = 0.0  # wall time from launch to teardown
+    rank_errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_tree(timeout: float = 5.0) -> None:
+    kids = psutil.Process().children(recursive=True)
+    for p in kids:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(kids, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _rank_errors(out_dir: str) -> list[dict[str, Any]]:
+    errs = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "rank*.error.json"))):
+        try:
+            with open(path) as f:
+                errs.append(json.load(f))
+        except (OSError, ValueError):
+            pass
+    return errs
+
+
+def _describe_failures(exc: BaseException) -> str:
+    """A one-line account of which rank died and how, from elastic's ChildFailedError."""
+    failures = getattr(exc, "failures", None)
+    if not failures:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    parts = []
+    for rank, f in sorted(failures.items()):
+        if f.exitcode is not None and f.exitcode < 0:
+            sig = signal.Signals(-f.exitcode).name
+            why = f"killed by signal {-f.exitcode} ({sig})"
+            if -f.exitcode == signal.SIGKILL:
+                why += ", likely out of memory"
+            parts.append(f"rank {rank} {why}")
+        else:
+            parts.append(f"rank {rank} exited with code {f.exitcode}")
+    return "; ".join(parts)
+
+
+def launch(spec: RunSpec, out_dir: str) -> Outcome:
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from bench.worker import run_rank
+
+    # the agent logs every rendezvous step at INFO; the job's own progress lines suffice
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    logging.getLogger("torch.distributed.launcher").setLevel(logging.WARNING)
+    os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)  # inherited by the ranks
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=spec.devices,
+        run_id=f"scalebench-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        rdzv_configs={"timeout": 120}, max_restarts=0, monitor_interval=0.05,
+        start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=os.path.join(out_dir, ".elastic")),
+    )
+    timed_out = threading.Event()
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if not done.wait(spec.timeout_s):
+            timed_out.set()
+            _kill_tree()
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    t0 = time.perf_counter()
+    try:
+        results = elastic_launch(config, run_rank)(spec.to_dict(), out_dir)
+        out = Outcome("ok", metrics=results.get(0))
+    except BaseException as e:  # ChildFailedError, rendezvous errors, KeyboardInterrupt
+        if isinstance(e, KeyboardInterrupt):
+            _kill_tree()
+            raise
+        errs = _rank_errors(out_dir)
+        if timed_out.is_set():
+            out = Outcome("timeout", error=f"no result after timeout_s={spec.timeout_s:g}; all ranks ended")
+        elif errs:
+            first = errs[0]
+            out = Outcome(first["status"], error=first["error"], error_detail=first["traceback"])
+        else:
+            out = Outcome("failed", error=_describe_failures(e))
+        out.rank_errors = errs
+    finally:
+        done.set()
+    out.launch_s = time.perf_counter() - t0
+    return out

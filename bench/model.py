@@ -1,0 +1,142 @@
+"""Decoder-only GPT (GPT-2 architecture): the one model every strategy trains.
+
+Pre-LayerNorm blocks of causal multi-head self-attention (softmax(QK^T/sqrt(d_k))V through
+`scaled_dot_product_attention`, heads concatenated then W^O) and a GELU MLP; token embedding
+tied to the output layer. Q, K and V are separate Linear layers (not one fused c_attn) so
+that head-wise tensor parallelism can shard each column-wise without splitting across them.
+
+A model can be built as one pipeline stage: `layers` picks which blocks it holds (kept under
+their global index, so parameter names match the full model's), `first` adds the
+embeddings, `last` the final LayerNorm and the (tied) output layer. Build on the meta device,
+move with `to_empty`, then `init_weights`: each parameter is drawn from its own generator
+seeded by (seed, name), so every strategy starts from bit-identical weights however the model
+is split.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTShape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    block_size: int  # maximum context length (positions)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.n_head = s.n_head
+        self.q = nn.Linear(s.n_embd, s.n_embd)
+        self.k = nn.Linear(s.n_embd, s.n_embd)
+        self.v = nn.Linear(s.n_embd, s.n_embd)
+        self.proj = nn.Linear(s.n_embd, s.n_embd)  # W^O
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        # (B, T, C) -> (B, nh, T, hd); -1 lets a tensor-parallel shard hold fewer heads
+        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # heads concatenated: (B, T, C)
+        return self.proj(y)
+
+    @property
+    def head_dim(self) -> int:
+        return self.q.weight.shape[1] // self.n_head
+
+
+class MLP(nn.Module):
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.fc = nn.Linear(s.n_embd, 4 * s.n_embd)
+        self.proj = nn.Linear(4 * s.n_embd, s.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))  # GPT-2's GELU
+
+
+class Block(nn.Module):
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(s.n_embd)
+        self.attn = CausalSelfAttention(s)
+        self.ln_2 = nn.LayerNorm(s.n_embd)
+        self.mlp = MLP(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """The full model, or one pipeline stage of it.
+
+    forward: first stage takes token ids (B, T) int64, others take hidden states (B, T, C);
+    the last stage returns logits (B, T, V), others hidden states (B, T, C).
+    """
+
+    def __init__(self, shape: GPTShape, layers: Iterable[int] | None = None,
+                 first: bool = True, last: bool = True):
+        super().__init__()
+        self.shape = shape
+        self.first, self.last = first, last
+        ids = range(shape.n_layer) if layers is None else layers
+        # the token embedding lives on the first stage (input) and the last (tied output)
+        self.wte = nn.Embedding(shape.vocab_size, shape.n_embd) if (first or last) else None
+        self.wpe = nn.Embedding(shape.block_size, shape.n_embd) if first else None
+        self.layers = nn.ModuleDict({str(i): Block(shape) for i in ids})
+        self.ln_f = nn.LayerNorm(shape.n_embd) if last else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first:
+            T = x.shape[1]
+            pos = torch.arange(T, device=x.device)
+            x = self.wte(x) + self.wpe(pos)  # (B, T, C)
+        for block in self.layers.values():
+            x = block(x)
+        if self.last:
+            x = F.linear(self.ln_f(x), self.wte.weight)  # tied output layer: (B, T, V)
+        return x
+
+
+def build_model(shape: GPTShape, device: torch.device, seed: int, **stage) -> GPT:
+    """Build on the meta device (no memory, no init cost), materialise on `device`, init."""
+    with torch.device("meta"):
+        model = GPT(shape, **stage)
+    model.to_empty(device=device)
+    init_weights(model, seed)
+    return model
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int) -> None:
+    """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, unit
+    LayerNorm gains, and residual output projections scaled by 1/sqrt(2 * n_layer)."""
+    n_layer = model.shape.n_layer
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            p.zero_()
+        elif ".ln_" in name or name.startswith("ln_f"):
+            p.fill_(1.0)
+        else:
+            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+            gen = torch.Generator(device=p.device)
+            gen.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            p.normal_(0.0, std, generator=gen)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy; logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1))

@@ -1,0 +1,212 @@
+"""From a composed config to a RunSpec: resolve, derive the parallel degrees, validate.
+
+Everything that can be known before launching is decided here, so that a point that cannot
+run is `invalid` (or `predicted_oom`) with a message naming the number to change, and no
+process is started for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench import flops
+from bench.config import BENCH_KEYS
+from bench.model import GPTShape
+
+STRATEGIES = ("single", "dp", "mp")
+# Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
+# here as about 0.35 GiB; rounded up.
+CPU_RANK_BASELINE_BYTES = 512 * 2**20
+MEMORY_MARGIN = 0.90  # plan to use at most this fraction of what is available
+
+
+class InvalidConfig(ValueError):
+    """A point that cannot run as configured; the message says what to change."""
+
+
+class PredictedOOM(ValueError):
+    """The memory model says the point does not fit; the message gives both figures."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    size: str
+    shape: GPTShape
+    strategy: str
+    schedule: str
+    microbatches: int
+    devices: int
+    dp: int
+    tp: int
+    pp: int
+    batch_size: int  # sequences per data-parallel replica per micro-step
+    grad_accum: int
+    global_batch_size: int  # sequences per optimizer step, all replicas
+    seq_len: int
+    precision: str  # resolved: fp32 | bf16 | fp16
+    warmup_steps: int
+    steps: int
+    seed: int
+    lr: float
+    accelerator: str  # resolved: cpu | cuda
+    cpu_threads_per_device: int
+    data: str
+    data_path: str | None
+    timeout_s: float
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def stage_layers(n_layer: int, stages: int) -> list[range]:
+    """Contiguous blocks per pipeline stage; the first `n_layer % stages` get one more."""
+    base, extra = divmod(n_layer, stages)
+    out, start = [], 0
+    for s in range(stages):
+        n = base + (1 if s < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def bench_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that defines what is measured."""
+    return {k: cfg.get(k) for k in BENCH_KEYS}
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    blob = json.dumps(bench_config(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cuda_devices() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def make_spec(cfg: dict[str, Any]) -> RunSpec:
+    """Resolve `auto` values, derive degrees and the per-replica batch, check what divides."""
+    size, strat = cfg["size"], cfg["strategy"]
+    shape = GPTShape(size["n_layer"], size["n_head"], size["n_embd"], size["vocab_size"],
+                     size["block_size"])
+    name = strat["name"]
+    if name not in STRATEGIES:
+        raise InvalidConfig(f"strategy={name} is not implemented yet; use one of {', '.join(STRATEGIES)}")
+    devices = cfg["devices"]
+    if devices < 1:
+        raise InvalidConfig(f"devices={devices}: need at least 1")
+    for key in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise InvalidConfig(f"{key}={cfg[key]}: must be at least 1")
+    if cfg["warmup_steps"] < 0:
+        raise InvalidConfig(f"warmup_steps={cfg['warmup_steps']}: must be 0 or more")
+
+    accel = cfg["accelerator"]
+    n_gpu = _cuda_devices() if accel in ("auto", "cuda") else 0
+    if accel == "auto":
+        accel = "cuda" if n_gpu else "cpu"
+    if accel == "cuda" and n_gpu == 0:
+        raise InvalidConfig("accelerator=cuda but torch sees no CUDA device; use accelerator=cpu")
+    if accel == "cuda" and devices > n_gpu:
+        raise InvalidConfig(f"devices={devices} but this node has {n_gpu} GPU(s); use devices<={n_gpu}")
+    threads = cfg["cpu_threads_per_device"]
+    if accel == "cpu" and devices * threads > usable_cores():
+        raise InvalidConfig(
+            f"devices={devices} x cpu_threads_per_device={threads} needs {devices * threads} cores "
+            f"but {usable_cores()} are usable; use devices<={usable_cores() // threads}")
+
+    precision = cfg["precision"]
+    if precision == "auto":
+        precision = "bf16" if accel == "cuda" and _cuda_bf16() else "fp32"
+    if precision == "fp16" and accel == "cpu":
+        raise InvalidConfig("precision=fp16 needs a CUDA device (no fp16 gradient scaling on CPU); "
+                            "use precision=bf16 or fp32")
+
+    seq_len = cfg["seq_len"] or shape.block_size
+    if seq_len > shape.block_size:
+        raise InvalidConfig(f"seq_len={seq_len} exceeds size={size['name']}'s context of "
+                            f"{shape.block_size}; use seq_len<={shape.block_size}")
+
+    dp, tp, pp = 1, 1, 1
+    if name == "single" and devices != 1:
+        raise InvalidConfig(f"strategy=single runs on one device, not devices={devices}; "
+                            "use devices=1 or strategy=dp")
+    if name == "dp":
+        dp = devices
+    if name == "mp":
+        pp = devices
+        if pp > shape.n_layer:
+            raise InvalidConfig(f"strategy=mp with devices={pp} needs at least {pp} layers but "
+                                f"size={size['name']} has {shape.n_layer}; use devices<={shape.n_layer}")
+
+    grad_accum, batch = cfg["grad_accum"], cfg["batch_size"]
+    if cfg["global_batch_size"] is not None:
+        gbs = cfg["global_batch_size"]
+        if gbs % (dp * grad_accum):
+            raise InvalidConfig(f"global_batch_size={gbs} does not divide into dp={dp} x "
+                                f"grad_accum={grad_accum}; use a multiple of {dp * grad_accum}")
+        batch = gbs // (dp * grad_accum)
+    schedule, micro = strat["schedule"], strat["microbatches"]
+    if name == "mp" and schedule != "naive":
+        if micro < 1 or batch % micro:
+            raise InvalidConfig(f"batch_size={batch} does not divide into strategy.microbatches="
+                                f"{micro}; use a batch_size that is a multiple of {micro}")
+    else:
+        micro = 1
+
+    if cfg["data"] == "text" and cfg["data_path"] and not os.path.isfile(cfg["data_path"]):
+        raise InvalidConfig(f"data_path={cfg['data_path']} is not a file; give a UTF-8 text file")
+
+    return RunSpec(size=size["name"], shape=shape, strategy=name, schedule=schedule if name == "mp" else "",
+                   microbatches=micro, devices=devices, dp=dp, tp=tp, pp=pp, batch_size=batch,
+                   grad_accum=grad_accum, global_batch_size=batch * dp * grad_accum,
+                   seq_len=seq_len, precision=precision, warmup_steps=cfg["warmup_steps"],
+                   steps=cfg["steps"], seed=cfg["seed"], lr=cfg["lr"], accelerator=accel,
+                   cpu_threads_per_device=threads, data=cfg["data"], data_path=cfg["data_path"],
+                   timeout_s=cfg["timeout_s"])
+
+
+def _cuda_bf16() -> bool:
+    import torch
+    return torch.cuda.is_bf16_supported()
+
+
+def predict_memory(spec: RunSpec) -> flops.MemoryEstimate:
+    """Predicted peak of the most loaded device (see bench/flops.py for the terms)."""
+    s = spec.shape
+    gpipe = spec.strategy == "mp" and spec.schedule != "naive"
+    micro = spec.batch_size // spec.microbatches if gpipe else spec.batch_size
+    # 2-byte activations under autocast is only true of the matmul outputs; the residual
+    # stream and LayerNorms stay fp32, so fp32 sizes are the safer bound on every precision.
+    ests = [flops.estimate_memory(s.n_layer, s.n_embd, s.vocab_size, s.block_size, s.n_head,
+                                  spec.seq_len, micro, len(r), first=i == 0, last=i == spec.pp - 1,
+                                  in_flight=spec.microbatches if gpipe else 1)
+            for i, r in enumerate(stage_layers(s.n_layer, spec.pp))]
+    return max(ests, key=lambda e: e.total_bytes)
+
+
+def check_memory(spec: RunSpec, predicted: flops.MemoryEstimate, available_bytes: int) -> None:
+    """Raise PredictedOOM when the point will not fit on this machine."""
+    per_rank = predicted.total_bytes
+    if spec.accelerator == "cpu":
+        need = spec.devices * (per_rank + CPU_RANK_BASELINE_BYTES)  # all ranks share host RAM
+        where = "host RAM available"
+    else:
+        need = per_rank
+        where = "GPU memory"
+    if need > MEMORY_MARGIN * available_bytes:
+        raise PredictedOOM(
+            f"predicted {need / 2**30:.1f} GiB but {MEMORY_MARGIN:.0%} of the {available_bytes / 2**30:.1f} "
+            f"GiB {where} is {MEMORY_MARGIN * available_bytes / 2**30:.1f} GiB; lower batch_size or "
+            "seq_len, add devices to mp, or set force=true to run anyway")

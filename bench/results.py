@@ -1,0 +1,119 @@
+"""The result file: schema, atomic write that never overwrites, and `load` into a DataFrame.
+
+One `result.json` per job, written whatever happened to the job:
+
+    schema_version  int, SCHEMA_VERSION
+    status          ok | invalid | failed | timeout | oom | predicted_oom
+    error           one line, or null;  error_detail: traceback or null
+    config          the resolved config (all keys);  config_hash: of its benchmark keys
+    spec            the RunSpec (resolved precision/accelerator, derived batch) or null
+    degrees         {dp, tp, pp, nodes}
+    metrics         measured figures (units in the names), or null
+    prediction      the memory model's figures, or null
+    hardware, hardware_label, software, started_at, finished_at, duration_s, output_dir
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "invalid", "failed", "timeout", "oom", "predicted_oom")
+RESULT_NAME = "result.json"
+
+
+def write_result(out_dir: str, result: dict[str, Any]) -> str:
+    """Write atomically (temp file, then link into place) and never replace a file that is
+    already there: a second write beside it gets the next free `result.N.json`."""
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".result.", suffix=".tmp", dir=out_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        for n in range(1000):
+            path = os.path.join(out_dir, RESULT_NAME if n == 0 else f"result.{n}.json")
+            try:
+                os.link(tmp, path)  # fails if the name exists: no overwrite, no race
+                return path
+            except FileExistsError:
+                continue
+        raise RuntimeError(f"too many results in {out_dir}")
+    finally:
+        os.unlink(tmp)
+
+
+def find_result_files(paths: Iterable[str]) -> list[str]:
+    files: list[str] = []
+    for p in paths:
+        if os.path.isfile(p):
+            files.append(p)
+            continue
+        for root, dirs, names in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [os.path.join(root, n) for n in sorted(names)
+                      if n == RESULT_NAME or (n.startswith("result.") and n.endswith(".json"))]
+    return files
+
+
+def read_result(path: str) -> dict[str, Any]:
+    """Parse one file; ValueError (with the reason) when it is not a readable result."""
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+    if not isinstance(r, dict) or r.get("schema_version") != SCHEMA_VERSION or r.get("status") not in STATUSES:
+        raise ValueError(f"{path}: not a scalebench result of schema version {SCHEMA_VERSION}")
+    return r
+
+
+def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """One tidy row: the benchmark axes, the degrees, the scalar metrics, and the lists."""
+    cfg = r.get("config") or {}
+    spec = r.get("spec") or {}
+    size, strat = cfg.get("size") or {}, cfg.get("strategy") or {}
+    m = r.get("metrics") or {}
+    pred = r.get("prediction") or {}
+    row: dict[str, Any] = {
+        "path": path, "status": r["status"], "error": r.get("error"),
+        "size": size.get("name"), "strategy": strat.get("name"),
+        "schedule": spec.get("schedule") or strat.get("schedule") if strat.get("name") == "mp" else None,
+        "devices": cfg.get("devices"), "batch_size": spec.get("batch_size", cfg.get("batch_size")),
+        "global_batch_size": spec.get("global_batch_size"), "grad_accum": cfg.get("grad_accum"),
+        "seq_len": spec.get("seq_len", cfg.get("seq_len")),
+        "precision": spec.get("precision", cfg.get("precision")),
+        "accelerator": spec.get("accelerator", cfg.get("accelerator")),
+        "seed": cfg.get("seed"), "steps": cfg.get("steps"),
+        "config_hash": r.get("config_hash"), "hardware_label": r.get("hardware_label"),
+        "finished_at": r.get("finished_at"), "duration_s": r.get("duration_s"),
+        "mem_predicted_bytes": pred.get("total_bytes"),
+    }
+    row.update({f"degree_{k}": v for k, v in (r.get("degrees") or {}).items()})
+    for k, v in m.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            row[k] = v
+    row["step_times_s"] = m.get("step_times_s")
+    row["loss"] = m.get("loss")
+    return row
+
+
+def load(paths: Iterable[str] | str, on_skip=None) -> pd.DataFrame:
+    """Every result under `paths` (folders are searched), one row per run. Unreadable or
+    foreign files are skipped; `on_skip(message)` is told about each."""
+    if isinstance(paths, str):
+        paths = [paths]
+    rows = []
+    for f in find_result_files(paths):
+        try:
+            rows.append(flatten(read_result(f), f))
+        except ValueError as e:
+            if on_skip is not None:
+                on_skip(str(e))
+    return pd.DataFrame(rows)

@@ -1,0 +1,162 @@
+"""`python -m bench.run [-m] key=value ...`: one benchmark point per Hydra job.
+
+compose -> plan (RunSpec, validation, memory prediction) -> launch -> record. Before Hydra
+starts, every point of the sweep is composed once (`preflight`): a wrong key, type or
+option stops the command with one line and exit code 2, before any job runs. A point that
+composes but cannot run (`invalid`, `predicted_oom`) or fails while running is recorded in
+its result.json and the sweep goes on: the job function never raises.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bench import config, hardware
+from bench.plan import InvalidConfig, PredictedOOM, check_memory, config_hash, make_spec, predict_memory
+from bench.results import SCHEMA_VERSION, write_result
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"
+config.register()
+_exit_code = 0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Plan, launch and record one point; returns the result that was written."""
+    t0 = time.perf_counter()
+    fp = hardware.fingerprint()
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "status": None, "error": None, "error_detail": None,
+        "config": cfg, "config_hash": config_hash(cfg), "spec": None,
+        "degrees": None, "metrics": None, "prediction": None,
+        "hardware": fp, "hardware_label": cfg.get("hardware_label") or hardware.label(fp),
+        "software": hardware.software(), "started_at": _now(), "output_dir": os.path.abspath(out_dir),
+    }
+    try:
+        spec = make_spec(cfg)
+        result["spec"] = spec.to_dict()
+        result["degrees"] = {"dp": spec.dp, "tp": spec.tp, "pp": spec.pp, "nodes": 1,
+                             "schedule": spec.schedule or None, "microbatches": spec.microbatches}
+        pred = predict_memory(spec)
+        result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}
+        available = (fp["ram_available_bytes"] if spec.accelerator == "cpu"
+                     else min(fp["gpu"]["memory_bytes"][:spec.devices]))
+        if not cfg.get("force"):
+            check_memory(spec, pred, available)
+        from bench.launch import launch  # torch elastic: imported only when something runs
+        print("  [launch] starting " + f"{spec.devices} rank(s)", flush=True)
+        out = launch(spec, out_dir)
+        result.update(status=out.status, error=out.error, error_detail=out.error_detail, metrics=out.metrics,
+                      launch_s=out.launch_s)
+        if out.rank_errors:
+            result["rank_errors"] = [{k: e.get(k) for k in ("rank", "status", "error")} for e in out.rank_errors]
+    except InvalidConfig as e:
+        result.update(status="invalid", error=str(e))
+    except PredictedOOM as e:
+        result.update(status="predicted_oom", error=str(e))
+    except KeyboardInterrupt:
+        result.update(status="failed", error="interrupted by the user")
+        _finish(result, t0, out_dir)
+        raise
+    except Exception as e:  # a bug of ours must not end the sweep either
+        import traceback
+        result.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
+                      error_detail=traceback.format_exc())
+    _finish(result, t0, out_dir)
+    return result
+
+
+def _finish(result: dict[str, Any], t0: float, out_dir: str) -> None:
+    result["finished_at"] = _now()
+    result["duration_s"] = time.perf_counter() - t0
+    write_result(out_dir, result)
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    m = r.get("metrics") or {}
+    if r["status"] == "ok":
+        return (f"  -> ok: {m['tokens_per_s']:,.0f} tokens/s, step {m['step_time_s'] * 1e3:.1f} ms "
+                f"(IQR {m['step_time_s_iqr'] * 1e3:.1f}), loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
+                f"peak {m['mem_peak_bytes'] / 2**20:,.0f} MiB ({m['mem_source']})")
+    return f"  -> {r['status']}: {r['error']}"
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def job(cfg: DictConfig) -> None:
+    global _exit_code
+    hc = HydraConfig.get()
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    what = hc.job.override_dirname or "defaults"
+    if hc.mode.name == "MULTIRUN":
+        total = os.environ.get(TOTAL_ENV, "?")
+        print(f"[point {hc.job.num + 1}/{total}] {what}", flush=True)
+    else:
+        print(f"[run] {what}", flush=True)
+    r = run_point(plain, hc.runtime.output_dir)
+    print(summary_line(r), flush=True)
+    if hc.mode.name != "MULTIRUN" and r["status"] != "ok":
+        _exit_code = 2 if r["status"] in ("invalid", "predicted_oom") else 1
+
+
+def _one_line(e: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep what names the problem."""
+    parts = []
+    while e is not None:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if first not in parts:
+            parts.append(first)
+        e = e.__cause__
+    return ": ".join(parts)
+
+
+def preflight(overrides: list[str], multirun: bool) -> int:
+    """Compose every point of the command once; returns how many points it has."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        parser = OverridesParser.create()
+        parsed = parser.parse_overrides(overrides)
+        if not multirun:
+            if any(o.is_sweep_override() for o in parsed):
+                raise ValueError("a sweep (a=1,2) needs -m: python -m bench.run -m ...")
+            compose("config", overrides=overrides)
+            return 1
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        base = compose("config", overrides=fixed, return_hydra_config=True)
+        params = base.hydra.sweeper.get("params") or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + overrides
+        combos = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+        for combo in combos:
+            compose("config", overrides=combo)
+        return len(combos)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    multirun = "-m" in args or "--multirun" in args
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    if not any(a.startswith("-") for a in overrides):  # other Hydra flags: let Hydra handle them
+        try:
+            os.environ[TOTAL_ENV] = str(preflight(overrides, multirun))
+        except Exception as e:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            sys.exit(2)
+    job()
+    sys.exit(_exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The one measured training loop. It does not know the strategy (see bench/parallel).
+
+Per optimizer step: zero grads, `forward_backward` (all micro-steps), optimizer step, then a
+device synchronisation so that the step's wall time is the device's. Nothing else reads the
+device inside a step: losses stay on the device until the window closes. Warm-up steps run
+first and are not timed. After the window, per-step times are reduced with MAX across ranks
+(the slowest rank counts) and losses are gathered from the ranks that compute them.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bench.parallel import Ctx, Parallel
+from bench.plan import RunSpec
+
+
+def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, GPT-2/3 style: weight decay on matrices only. Fused kernels where the device
+    has them (CUDA, CPU), else the multi-tensor (foreach) path."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    kw: dict[str, Any] = {"lr": spec.lr, "betas": (0.9, 0.95), "eps": 1e-8}
+    try:
+        return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Progress:
+    """One line per phase from rank 0: rewritten in place on a terminal, ~10 lines in a log."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.tty = enabled, sys.stdout.isatty()
+
+    def __call__(self, phase: str, i: int, n: int, note: str = "") -> None:
+        if not self.enabled:
+            return
+        line = f"  [{phase}] {i}/{n} {note}".rstrip()
+        if self.tty:
+            print("\r" + line.ljust(60), end="\n" if i == n else "", flush=True)
+        elif i == n or i % max(1, n // 10) == 0:
+            print(line, flush=True)
+
+
+def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
+          progress: Callable[[str, int, int, str], None]) -> dict[str, Any]:
+    """Run warm-up + measured steps; returns the metrics (the same on every rank)."""
+    opt = make_optimizer(par.parameters(), spec, ctx.device)
+    n_total = spec.warmup_steps + spec.steps
+    batches = batches.to(ctx.device)  # all data resident before the first step
+    losses: list[torch.Tensor] = []
+    times: list[float] = []
+    zero = torch.zeros((), device=ctx.device)
+    t_window = 0.0
+    for step in range(n_total):
+        if step == spec.warmup_steps:  # open the window with every rank lined up
+            synchronize(ctx.device)
+            if ctx.world > 1:
+                dist.barrier()
+            t_window = time.perf_counter()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = par.forward_backward(batches[step])
+        if ctx.scaler is not None:
+            ctx.scaler.step(opt)
+            ctx.scaler.update()
+        else:
+            opt.step()
+        synchronize(ctx.device)
+        dt = time.perf_counter() - t0
+        losses.append(loss if loss is not None else zero)
+        if step >= spec.warmup_steps:
+            times.append(dt)
+            progress("measure", step - spec.warmup_steps + 1, spec.steps, f"{dt:.3f} s/step")
+        else:
+            progress("warm-up", step + 1, spec.warmup_steps, f"{dt:.3f} s/step")
+    window = time.perf_counter() - t_window
+
+    # reductions after the window: slowest rank per step, mean loss over loss ranks (= dp)
+    step_t = torch.tensor(times + [window], dtype=torch.float64)
+    loss_t = torch.stack([l.float() for l in losses]).cpu().double()
+    if ctx.world > 1:
+        dist.all_reduce(step_t, op=dist.ReduceOp.MAX)
+        n_loss = torch.tensor([1.0 if par.has_loss else 0.0], dtype=torch.float64)
+        dist.all_reduce(loss_t)
+        dist.all_reduce(n_loss)
+        loss_t /= n_loss
+    times, window = step_t[:-1].tolist(), step_t[-1].item()
+    q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    tokens_per_s = spec.tokens_per_step * spec.steps / window
+    loss_list = loss_t.tolist()
+    return {
+        "tokens_per_step": spec.tokens_per_step,
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_device": tokens_per_s / spec.devices,
+        "window_s": window,
+        "step_time_s": med,
+        "step_time_s_iqr": q3 - q1,
+        "step_time_s_q1": q1,
+        "step_time_s_q3": q3,
+        "step_times_s": times,
+        "loss": loss_list,
+        "loss_first": loss_list[0],
+        "loss_last": loss_list[-1],
+        "optimizer": "AdamW fused" if opt.defaults.get("fused") else "AdamW foreach",
+    }

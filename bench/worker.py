@@ -1,0 +1,138 @@
+"""What each rank does: pin threads, join the process group, build, train, report.
+
+Started by torch elastic (bench/launch.py) with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR
+and MASTER_PORT in the environment. Rank 0 returns the metrics; an exception is written to
+`<out_dir>/rank<r>.error.json` (elastic only sees an exit code) and re-raised.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+import traceback
+from typing import Any
+
+import psutil
+import torch
+import torch.distributed as dist
+
+from bench import flops
+from bench.data import make_batches
+from bench.model import GPTShape
+from bench.parallel import Ctx, apply
+from bench.plan import RunSpec
+from bench.trainer import Progress, train
+
+
+def pin_cpu(local_rank: int, threads: int) -> list[int]:
+    """Give this rank its own `threads` cores, so that ranks do not share a core."""
+    torch.set_num_threads(threads)
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[local_rank * threads:(local_rank + 1) * threads] or cores
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def memory_stats(device: torch.device, baseline_rss: int) -> dict[str, Any]:
+    m: dict[str, Any] = {"rss_peak_bytes": peak_rss_bytes(), "rss_baseline_bytes": baseline_rss}
+    if device.type == "cuda":
+        s = torch.cuda.memory_stats(device)
+        m.update(torch_max_allocated_bytes=torch.cuda.max_memory_allocated(device),
+                 torch_max_reserved_bytes=torch.cuda.max_memory_reserved(device),
+                 torch_alloc_retries=s.get("num_alloc_retries", 0), torch_ooms=s.get("num_ooms", 0))
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            h = pynvml.nvmlDeviceGetHandleByUUID(_uuid(device))
+            m["nvml_used_bytes_end"] = pynvml.nvmlDeviceGetMemoryInfo(h).used
+            pynvml.nvmlShutdown()
+        except Exception as e:  # no driver or bindings: the torch figures stand alone
+            m["nvml"] = f"unavailable: {type(e).__name__}: {e}"
+    return m
+
+
+def _uuid(device: torch.device) -> str:
+    u = str(torch.cuda.get_device_properties(device).uuid)
+    return u if u.startswith("GPU-") else "GPU-" + u
+
+
+def run_rank(spec_d: dict[str, Any], out_dir: str) -> dict[str, Any] | None:
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    try:
+        return _run(spec_d, out_dir, rank, local_rank, world)
+    except BaseException as e:
+        status = "oom" if isinstance(e, torch.OutOfMemoryError) else "failed"
+        err = {"rank": rank, "status": status, "error": f"rank {rank}: {type(e).__name__}: {e}".strip(),
+               "traceback": traceback.format_exc()}
+        tmp = os.path.join(out_dir, f".rank{rank}.error.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(err, f)
+        os.replace(tmp, os.path.join(out_dir, f"rank{rank}.error.json"))
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world: int) -> dict[str, Any] | None:
+    spec = RunSpec(**{**spec_d, "shape": GPTShape(**spec_d["shape"])})
+    progress = Progress(rank == 0)
+    t0 = time.perf_counter()
+    if spec.accelerator == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        pin_cpu(local_rank, spec.cpu_threads_per_device)
+        dist.init_process_group("gloo")
+    baseline_rss = psutil.Process().memory_info().rss
+    scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
+    ctx = Ctx(rank, world, local_rank, device, spec.precision, scaler)
+    progress("build", 0, 1, f"{spec.size} {spec.strategy} on {world} x {device.type}")
+
+    # data first, outside everything timed; dp rank = rank for the pure strategies
+    dp_rank = rank if spec.dp > 1 else 0
+    batches = make_batches(spec.data, spec.data_path, spec.seed, spec.warmup_steps + spec.steps,
+                           spec.grad_accum, spec.dp, dp_rank, spec.batch_size, spec.seq_len,
+                           spec.shape.vocab_size)
+    par = apply(spec, ctx)
+    n_local = sum(p.numel() for p in par.parameters())
+    t_built = time.perf_counter()
+    progress("build", 1, 1, f"{t_built - t0:.1f} s")
+
+    metrics = train(par, spec, ctx, batches, progress)
+    mem = memory_stats(device, baseline_rss)
+    mem["params_local"] = n_local
+    per_rank = [None] * world
+    dist.all_gather_object(per_rank, mem)
+    if rank != 0:
+        return None
+
+    s = spec.shape
+    fpt = flops.flops_per_token(s.n_layer, s.n_embd, s.vocab_size, spec.seq_len)
+    metrics.update(
+        n_params=flops.n_params(s.n_layer, s.n_embd, s.vocab_size, s.block_size),
+        n_matmul_params=flops.n_matmul_params(s.n_layer, s.n_embd, s.vocab_size),
+        flops_per_token=fpt,
+        flops_formula="6*N + 12*L*H*T (N = 12*L*H^2 + V*H)",
+        flops_per_s_per_device=fpt * metrics["tokens_per_s"] / spec.devices,
+        time_init_s=t_built - t0,
+        memory_per_rank=per_rank,
+    )
+    if device.type == "cuda":
+        metrics.update(mem_peak_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank),
+                       mem_source="torch (max reserved)")
+    else:
+        metrics.update(mem_peak_bytes=max(m["rss_peak_bytes"] for m in per_rank),
+                       mem_peak_bytes_sum=sum(m["rss_peak_bytes"] for m in per_rank),
+                       mem_source="rss (peak, per process)")
+    return metrics
