@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -110,14 +111,22 @@ def job(cfg: DictConfig) -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    """Hydra/OmegaConf errors span several lines; keep what names the problem."""
+    """Hydra/OmegaConf errors span several lines; keep what names the problem and the fix."""
+    missing = re.search(r"Could not find '([\w-]+)/([^']+)'", str(e))
+    if missing:
+        group, name = missing.groups()
+        options = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
+        return f"{group}={name} does not exist; choose one of: {', '.join(options)}"
     parts = []
     while e is not None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if first not in parts:
-            parts.append(first)
+            parts.append(first.rstrip('.'))
         e = e.__cause__
-    return ": ".join(parts)
+    line = ": ".join(parts)
+    if "Key '" in line and " not in '" in line:
+        line += " (python -m bench.run --cfg job lists every key)"
+    return line
 
 
 def preflight(overrides: list[str], multirun: bool) -> int:

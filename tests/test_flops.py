@@ -1,0 +1,41 @@
+import pytest
+
+from bench import flops
+
+
+def test_flops_per_token_gpt2_small_by_hand():
+    # N = 12*L*H^2 + V*H = 12*12*768^2 + 50304*768 = 84,934,656 + 38,633,472
+    n = 84_934_656 + 38_633_472
+    assert flops.n_matmul_params(12, 768, 50304) == n
+    # 6N + 12*L*H*T at T=1024: 741,408,768 + 113,246,208
+    assert flops.flops_per_token(12, 768, 50304, 1024) == 741_408_768 + 113_246_208
+
+
+def test_bubble_fraction():
+    assert flops.bubble_fraction(4, 8) == pytest.approx(3 / 11)
+    assert flops.bubble_fraction(1, 8) == 0
+    assert flops.bubble_fraction(2, 1) == pytest.approx(1 / 2)  # naive split: (p-1)/p
+
+
+def test_activation_bytes_korthikanti():
+    # s=1024, b=1, h=768, a=12, 2-byte activations, unfused: s*b*h*(34 + 5*a*s/h) = 1024*768*114
+    assert flops.activation_bytes_per_layer(1024, 1, 768, 12, 2, fused_attention=False) == 1024 * 768 * 114
+    # fused attention drops the a*s^2 term; fp32 doubles
+    assert flops.activation_bytes_per_layer(1024, 1, 768, 12, 4) == 1024 * 768 * 34 * 2
+
+
+def test_memory_estimate_full_model_by_hand():
+    # mini: L=4, H=128, V=512, T_max=256 -> 891,648 parameters, 16 bytes each with AdamW fp32
+    e = flops.estimate_memory(4, 128, 512, 256, 4, seq=128, micro_batch=8, layers_on_device=4,
+                              first=True, last=True)
+    assert e.params_bytes == 891_648 * 4
+    assert e.params_bytes + e.grads_bytes + e.optimizer_bytes == 891_648 * 16
+    assert e.activations_bytes == 4 * 128 * 8 * 128 * 34 * 2
+    assert e.logits_bytes == 2 * 8 * 128 * 512 * 4
+
+
+def test_memory_estimate_pipeline_stage_holds_less():
+    full = flops.estimate_memory(12, 768, 50304, 1024, 12, 256, 8, 12, True, True)
+    mid = flops.estimate_memory(12, 768, 50304, 1024, 12, 256, 8, 4, False, False)
+    assert mid.total_bytes < full.total_bytes / 3
+    assert mid.logits_bytes == 0
