@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
@@ -78,7 +79,8 @@ def fig_table(t: pd.DataFrame, page: int, pages: int) -> plt.Figure:
     tab = ax.table(cellText=cells or [[""] * len(t.columns)], colLabels=list(t.columns), loc="upper left",
                    cellLoc="left")
     tab.auto_set_font_size(False)
-    tab.set_fontsize(7)
+    tab.set_fontsize(8)
+    tab.scale(1, 1.5)
     tab.auto_set_column_width(list(range(len(t.columns))))
     return fig
 
@@ -104,6 +106,11 @@ def fig_scaling(data: pd.DataFrame) -> plt.Figure:
             ax.plot(g["devices"], ideal, ls=":", color=line.get_color(), alpha=0.6)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks(sorted(d["devices"].unique()))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.set_xlabel("devices")
         ax.set_ylabel("throughput (tokens/s, global)")
         ax.set_title(f"size={size}")

@@ -30,7 +30,8 @@ def pin_cpu(local_rank: int, threads: int) -> list[int]:
     torch.set_num_threads(threads)
     if not hasattr(os, "sched_setaffinity"):
         return []
-    cores = sorted(os.sched_getaffinity(0))
+    listed = os.environ.get("SCALEBENCH_CORES")  # set by bench/launch.py
+    cores = [int(c) for c in listed.split(",")] if listed else sorted(os.sched_getaffinity(0))
     mine = cores[local_rank * threads:(local_rank + 1) * threads] or cores
     os.sched_setaffinity(0, mine)
     return mine
