@@ -69,9 +69,16 @@ def _rank_errors(out_dir: str) -> list[dict[str, Any]]:
     return errs
 
 
-def _describe_failures(exc: BaseException) -> str:
+def _killed_ranks(exc: BaseException, reported: set[int]) -> str | None:
+    """Ranks ended by a signal that left no error file of their own, described in one line."""
+    failures = getattr(exc, "failures", None) or {}
+    dead = {r: f for r, f in failures.items() if f.exitcode is not None and f.exitcode < 0 and r not in reported}
+    return _describe_failures(exc, only=dead) if dead else None
+
+
+def _describe_failures(exc: BaseException, only: dict | None = None) -> str:
     """A one-line account of which rank died and how, from elastic's ChildFailedError."""
-    failures = getattr(exc, "failures", None)
+    failures = only if only is not None else getattr(exc, "failures", None)
     if not failures:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
     parts = []
@@ -109,8 +116,9 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
 
     from bench.worker import run_rank
 
-    # the agent logs every rendezvous step at INFO; the job's own progress lines suffice
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    # the agent logs every rendezvous step at INFO, and a failed rank as a multi-line ERROR
+    # that the Outcome already says in one line (with the traceback in error_detail)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.launcher").setLevel(logging.WARNING)
     os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)  # inherited by the ranks
     restore = _place_ranks(spec)
@@ -139,10 +147,13 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
             _kill_tree()
             raise
         errs = _rank_errors(out_dir)
+        killed = _killed_ranks(e, {r["rank"] for r in errs})
         if timed_out.is_set():
             out = Outcome("timeout", error=f"no result after timeout_s={spec.timeout_s:g}; all ranks ended")
+        elif killed:  # a rank that died by a signal is the cause; the others' errors follow from it
+            out = Outcome("failed", error=killed)
         elif errs:
-            first = errs[0]
+            first = min(errs, key=lambda r: r.get("time", 0))  # the earliest exception is the cause
             out = Outcome(first["status"], error=first["error"], error_detail=first["traceback"])
         else:
             out = Outcome("failed", error=_describe_failures(e))

@@ -159,6 +159,9 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
         batch = gbs // (dp * grad_accum)
     schedule, micro = strat["schedule"], strat["microbatches"]
     if name == "mp" and schedule != "naive":
+        if precision == "fp16":
+            raise InvalidConfig(f"precision=fp16 with strategy.schedule={schedule}: the pipelining "
+                                "schedule runs backward itself, without gradient scaling; use precision=bf16")
         if micro < 1 or batch % micro:
             raise InvalidConfig(f"batch_size={batch} does not divide into strategy.microbatches="
                                 f"{micro}; use a batch_size that is a multiple of {micro}")

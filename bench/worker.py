@@ -71,7 +71,7 @@ def run_rank(spec_d: dict[str, Any], out_dir: str) -> dict[str, Any] | None:
         return _run(spec_d, out_dir, rank, local_rank, world)
     except BaseException as e:
         status = "oom" if isinstance(e, torch.OutOfMemoryError) else "failed"
-        err = {"rank": rank, "status": status, "error": f"rank {rank}: {type(e).__name__}: {e}".strip(),
+        err = {"rank": rank, "status": status, "time": time.time(), "error": f"rank {rank}: {type(e).__name__}: {e}".strip(),
                "traceback": traceback.format_exc()}
         tmp = os.path.join(out_dir, f".rank{rank}.error.json.tmp")
         with open(tmp, "w") as f:
