@@ -32,9 +32,16 @@ class Data(str, Enum):
     text = "text"  # a local UTF-8 file read as byte tokens (the loss visibly falls)
 
 
-class Schedule(str, Enum):
-    naive = "naive"  # plain layer split, whole batch, one stage busy at a time
-    gpipe = "gpipe"  # micro-batches through torch.distributed.pipelining
+# naive: plain layer split, whole batch, one stage busy at a time; gpipe: all forwards then
+# all backwards; 1f1b: one forward, one backward, at most p micro-batches in flight;
+# interleaved: interleaved 1F1B with `stages_per_rank` model chunks per rank. (Functional
+# form because "1f1b" is no Python identifier; OmegaConf matches enum members by name.)
+Schedule = Enum("Schedule", {n: n for n in ("naive", "gpipe", "1f1b", "interleaved")}, type=str)
+
+
+class Checkpointing(str, Enum):
+    none = "none"
+    full = "full"  # recompute each block in backward: keeps only the block inputs
 
 
 @dataclass
@@ -50,8 +57,13 @@ class SizeConfig:
 @dataclass
 class StrategyConfig:
     name: str = MISSING
-    schedule: Schedule = Schedule.naive  # mp only
-    microbatches: int = 4  # mp with a micro-batched schedule only
+    schedule: Schedule = Schedule.naive  # mp / hybrid with pp: pipeline schedule
+    microbatches: int = 4  # micro-batched schedules: micro-batches per micro-step
+    stages_per_rank: int = 2  # interleaved schedule: model chunks per rank (v)
+    tp: int = 1  # hybrid: tensor-parallel degree (the rest of the devices is dp)
+    pp: int = 1  # hybrid: pipeline degree (the rest of the devices is dp)
+    sequence_parallel: bool = False  # tp: shard LayerNorms and the residual stream by sequence
+    reshard_after_forward: bool = True  # fsdp: free gathered parameters after forward (ZeRO-3)
 
 
 @dataclass
@@ -70,6 +82,8 @@ class BenchConfig:
     lr: float = 3e-4
     accelerator: Accelerator = Accelerator.auto
     cpu_threads_per_device: int = 1  # a CPU "device" is a process with this many threads
+    activation_checkpointing: Checkpointing = Checkpointing.none
+    oversubscribe: bool = False  # allow more CPU ranks than cores: for tests, never for benchmarks
     timeout_s: float = 1800.0  # the whole job, launch to teardown
     data: Data = Data.synthetic
     data_path: Optional[str] = None  # text data; null: Python's own standard-library docs
@@ -83,7 +97,7 @@ class BenchConfig:
 # enter the config hash.
 BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global_batch_size",
               "seq_len", "precision", "warmup_steps", "steps", "seed", "lr", "accelerator",
-              "cpu_threads_per_device", "data", "data_path")
+              "cpu_threads_per_device", "activation_checkpointing", "oversubscribe", "data", "data_path")
 
 
 def register() -> None:

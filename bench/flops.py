@@ -66,12 +66,17 @@ def activation_bytes_per_layer(s: int, b: int, h: int, a: int, act_bytes: int,
 
 
 def estimate_memory(L: int, H: int, V: int, T_max: int, a: int, seq: int, micro_batch: int,
-                    layers_on_device: int, first: bool, last: bool, shard: int = 1,
-                    act_bytes: int = FP32_BYTES, in_flight: int = 1) -> MemoryEstimate:
-    """Peak memory of one device holding `layers_on_device` blocks (fp32 master weights,
-    AdamW with two fp32 moments, fp32 gradients: 16 bytes per parameter, divided by `shard`
-    under full sharding), with `in_flight` micro-batches' activations alive at once."""
-    p = layers_on_device * (12 * H * H + 13 * H)
+                    layers_on_device: int, first: bool, last: bool, shard: int = 1, tp: int = 1,
+                    act_bytes: int = FP32_BYTES, in_flight: int = 1,
+                    checkpointing: bool = False) -> MemoryEstimate:
+    """Peak memory of one device holding `layers_on_device` blocks: fp32 weights, fp32
+    gradients and AdamW's two fp32 moments (16 bytes per parameter), the blocks' matrices
+    divided by the tensor-parallel degree `tp`, everything divided by `shard` under full
+    sharding (FSDP); `in_flight` micro-batches' activations alive at once. With
+    checkpointing a block keeps only its input (2*s*b*h in 2-byte units) plus one block's
+    full activations being recomputed."""
+    block = 12 * H * H // tp + 13 * H
+    p = layers_on_device * block
     if first or last:
         p += V * H
     if first:
@@ -79,7 +84,13 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, a: int, seq: int, micro_
     if last:
         p += 2 * H
     params = p * FP32_BYTES // shard
-    acts = in_flight * layers_on_device * activation_bytes_per_layer(seq, micro_batch, H, a, act_bytes)
+    per_layer = activation_bytes_per_layer(seq, micro_batch, H, a, act_bytes)
+    if tp > 1:  # Korthikanti: 10 of the 34 stay whole (LayerNorms, dropout-free residuals), 24 split
+        per_layer = int(seq * micro_batch * H * (10 + 24 / tp) * act_bytes / 2)
+    if checkpointing:
+        acts = in_flight * layers_on_device * seq * micro_batch * H * act_bytes + per_layer
+    else:
+        acts = in_flight * layers_on_device * per_layer
     # logits (fp32) and their gradient live together at the loss
     logits = 2 * micro_batch * seq * V * FP32_BYTES if last else 0
     return MemoryEstimate(params, params, 2 * params, acts, logits)

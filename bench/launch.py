@@ -102,8 +102,9 @@ def _place_ranks(spec: RunSpec) -> set[int] | None:
         return None
     mine = os.sched_getaffinity(0)
     cores = sorted(mine)
-    n = spec.devices * spec.cpu_threads_per_device
-    os.environ[CORES_ENV] = ",".join(map(str, cores[:n]))
+    n = spec.procs * spec.cpu_threads_per_device
+    # oversubscribed (tests only): ranks share cores round-robin
+    os.environ[CORES_ENV] = ",".join(str(cores[i % len(cores)]) for i in range(n))
     if len(cores) > n:
         os.sched_setaffinity(0, cores[n:])
         return mine
@@ -123,7 +124,7 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)  # inherited by the ranks
     restore = _place_ranks(spec)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=spec.devices,
+        min_nodes=1, max_nodes=1, nproc_per_node=spec.procs,
         run_id=f"scalebench-{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
         rdzv_configs={"timeout": 120}, max_restarts=0, monitor_interval=0.5,

@@ -47,8 +47,11 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
     try:
         spec = make_spec(cfg)
         result["spec"] = spec.to_dict()
-        result["degrees"] = {"dp": spec.dp, "tp": spec.tp, "pp": spec.pp, "nodes": 1,
-                             "schedule": spec.schedule or None, "microbatches": spec.microbatches}
+        result["degrees"] = {"dp": spec.dp, "tp": spec.tp, "pp": spec.pp, "nodes": 1, "procs": spec.procs,
+                             "schedule": spec.schedule or None, "microbatches": spec.microbatches,
+                             "stages_per_rank": spec.stages_per_rank, "bubble_ideal": spec.bubble_ideal,
+                             "sequence_parallel": spec.sequence_parallel,
+                             "activation_checkpointing": spec.activation_checkpointing}
         pred = predict_memory(spec)
         result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}
         available = (fp["ram_available_bytes"] if spec.accelerator == "cpu"

@@ -24,9 +24,14 @@ from bench.plan import RunSpec
 def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, GPT-2/3 style: weight decay on matrices only. Fused kernels where the device
     has them (CUDA, CPU), else the multi-tensor (foreach) path."""
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused/foreach kernels take a group's tensors together and cannot mix DTensors (tensor
+    # parallel shards) with plain tensors (replicated embeddings): one group per kind
+    groups = []
+    for dtensor in (False, True):
+        for decay in (True, False):
+            ps = [p for p in params if (p.dim() >= 2) == decay and hasattr(p, "to_local") == dtensor]
+            if ps:
+                groups.append({"params": ps, "weight_decay": 0.1 if decay else 0.0})
     kw: dict[str, Any] = {"lr": spec.lr, "betas": (0.9, 0.95), "eps": 1e-8}
     try:
         return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **kw)

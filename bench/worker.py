@@ -16,11 +16,12 @@ from typing import Any
 import psutil
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from bench import flops
 from bench.data import make_batches
 from bench.model import GPTShape
-from bench.parallel import Ctx, apply
+from bench.parallel import Ctx, apply, mesh_shape
 from bench.plan import RunSpec
 from bench.trainer import Progress, train
 
@@ -64,6 +65,27 @@ def _uuid(device: torch.device) -> str:
     return u if u.startswith("GPU-") else "GPU-" + u
 
 
+DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
+_WRAPPERS = ("_checkpoint_wrapped_module.", "_orig_mod.")  # inserted by wrappers; DDP adds a "module." prefix
+
+
+def dump_params(par, folder: str, rank: int) -> None:
+    """Save this rank's parameters and the gradients of the last step, whole (DTensors
+    gathered: a collective every rank of the mesh takes part in) and under the plain model's
+    names, so a test can merge the ranks' files and compare them with the reference."""
+    def whole(t):
+        return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu()
+    params, grads = {}, {}
+    for m in par.modules:
+        for name, p in m.named_parameters():
+            for w in _WRAPPERS:
+                name = name.replace(w, "")
+            name = name.removeprefix("module.")
+            params[name] = whole(p)
+            grads[name] = whole(p.grad) if p.grad is not None else None
+    torch.save({"params": params, "grads": grads}, os.path.join(folder, f"rank{rank}.pt"))
+
+
 def run_rank(spec_d: dict[str, Any], out_dir: str) -> dict[str, Any] | None:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world = int(os.environ["WORLD_SIZE"])
@@ -97,20 +119,27 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
         dist.init_process_group("gloo")
     baseline_rss = psutil.Process().memory_info().rss
     scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
-    ctx = Ctx(rank, world, local_rank, device, spec.precision, scaler)
+    mesh = None
+    if (ms := mesh_shape(spec)) is not None:
+        mesh = init_device_mesh(device.type, ms[0], mesh_dim_names=ms[1])
+    ctx = Ctx(rank, world, local_rank, device, spec.precision, scaler, mesh)
     progress("build", 0, 1, f"{spec.size} {spec.strategy} on {world} x {device.type}")
 
-    # data first, outside everything timed; dp rank = rank for the pure strategies
-    dp_rank = rank if spec.dp > 1 else 0
+    # data first, outside everything timed. dp is the outer mesh dimension, so the ranks of
+    # one replica (its tp or pp peers) are consecutive and share the replica's rows. The
+    # single-process dataparallel takes every replica's rows at once.
+    procs_dp = 1 if spec.strategy == "dataparallel" else spec.dp
     batches = make_batches(spec.data, spec.data_path, spec.seed, spec.warmup_steps + spec.steps,
-                           spec.grad_accum, spec.dp, dp_rank, spec.batch_size, spec.seq_len,
-                           spec.shape.vocab_size)
+                           spec.grad_accum, procs_dp, rank // (spec.tp * spec.pp),
+                           spec.batch_size * (spec.dp // procs_dp), spec.seq_len, spec.shape.vocab_size)
     par = apply(spec, ctx)
     n_local = sum(p.numel() for p in par.parameters())
     t_built = time.perf_counter()
     progress("build", 1, 1, f"{t_built - t0:.1f} s")
 
     metrics = train(par, spec, ctx, batches, progress)
+    if os.environ.get(DUMP_ENV):
+        dump_params(par, os.environ[DUMP_ENV], rank)
     mem = memory_stats(device, baseline_rss)
     mem["params_local"] = n_local
     per_rank = [None] * world

@@ -30,10 +30,10 @@ def test_bad_input_is_one_line_and_starts_nothing(cli, tmp_path, args, needle):
 def test_invalid_point_is_recorded_with_its_reason(cli, tmp_path):
     r = cli("strategy=mp", "devices=2", "size=tiny", "size.n_layer=1")
     assert r.returncode == 2
-    assert "invalid: strategy=mp with devices=2 needs at least 2 layers" in r.stdout
+    assert "invalid: 2 pipeline stages need at least 2 layers but size=tiny has 1" in r.stdout
     [res] = glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))
     d = json.load(open(res))
-    assert d["status"] == "invalid" and "use devices<=1" in d["error"]
+    assert d["status"] == "invalid" and "use at most 1 stages" in d["error"]
     assert d["metrics"] is None and d["hardware"]["cpu_usable"] >= 1
     assert not glob.glob(str(tmp_path / "results" / "*" / "*" / "rank*"))
 

@@ -23,6 +23,19 @@ def test_degrees_per_strategy():
     assert spec("strategy=mp", "devices=2", "strategy.schedule=gpipe").microbatches == 4
 
 
+def test_degrees_of_the_new_strategies():
+    assert (spec("strategy=tp", "devices=2").tp, spec("strategy=fsdp", "devices=2").dp) == (2, 2)
+    h = spec("strategy=hybrid", "devices=4", "strategy.tp=2", "strategy.pp=1", "oversubscribe=true")
+    assert (h.dp, h.tp, h.pp, h.schedule) == (2, 2, 1, "")
+    h = spec("strategy=hybrid", "devices=4", "strategy.pp=2", "oversubscribe=true")
+    assert (h.dp, h.tp, h.pp, h.schedule, h.microbatches) == (2, 1, 2, "1f1b", 4)
+    assert h.bubble_ideal == pytest.approx(1 / 5)
+    i = spec("strategy=mp", "devices=2", "strategy.schedule=interleaved")
+    assert (i.stages_per_rank, i.bubble_ideal) == (2, pytest.approx(1 / 9))
+    assert spec("strategy=mp", "devices=2").bubble_ideal == 0.5  # naive: one stage busy at a time
+    assert spec("strategy=dp", "devices=2").bubble_ideal is None
+
+
 def test_global_batch_derives_per_replica_batch():
     s = spec("strategy=dp", "devices=2", "global_batch_size=16", "grad_accum=2")
     assert (s.batch_size, s.global_batch_size) == (4, 16)
@@ -32,8 +45,18 @@ def test_global_batch_derives_per_replica_batch():
     (["devices=0"], "devices=0: need at least 1"),
     (["strategy=dp", f"devices={usable_cores() + 1}"], f"use devices<={usable_cores()}"),
     (["strategy=single", "devices=2"], "use devices=1 or strategy=dp"),
-    (["strategy=mp", "devices=2", "size=tiny", "cpu_threads_per_device=1", "size.n_layer=1"],
-     "use devices<=1"),
+    (["strategy=mp", "devices=2", "size=tiny", "size.n_layer=1"], "use at most 1 stages"),
+    (["strategy=tp", "devices=2", "size.n_head=3", "size.n_embd=96"], "use a tp degree among 1, 3"),
+    (["strategy=hybrid", "devices=2", "strategy.tp=2", "strategy.pp=2", "oversubscribe=true"],
+     "exactly one of strategy.tp or strategy.pp"),
+    (["strategy=hybrid", "devices=3", "strategy.tp=2", "strategy.pp=1", "oversubscribe=true"],
+     "use devices that are a multiple of 2"),
+    (["strategy=mp", "devices=2", "strategy.schedule=interleaved", "strategy.stages_per_rank=3"],
+     "needs 6 layers"),
+    (["strategy=mp", "devices=2", "strategy.schedule=interleaved", "strategy.microbatches=3",
+      "batch_size=6"], "multiple of the 2 stages"),
+    (["strategy=dp", "strategy.sequence_parallel=true"], "needs tensor parallelism"),
+    (["strategy=dataparallel", "devices=2"], "use strategy=dp on CPU"),
     (["strategy=dp", "devices=2", "global_batch_size=9"], "use a multiple of 2"),
     (["strategy=mp", "devices=2", "strategy.schedule=gpipe", "batch_size=6"], "multiple of 4"),
     (["seq_len=4096"], "use seq_len<=256"),

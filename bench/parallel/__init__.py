@@ -1,15 +1,18 @@
 """Parallel strategies: each file turns the model into a `Parallel` for this rank.
 
-Every strategy exposes one entry, `apply(spec, ctx) -> Parallel`. The trainer only sees
-`Parallel`: the parameters this rank optimises and a `forward_backward(batch)` that runs one
-optimizer step's worth of micro-steps and leaves gradients in place. So the timed loop is
-the same code for every strategy.
+Every strategy exposes one entry, `apply(spec, ctx) -> Parallel`, and its building block as
+a small function taking a mesh and plain arguments (`tensor.apply_tp`, `fsdp.apply_fsdp`,
+`pipeline.build_stages`). The trainer only sees `Parallel`: the parameters this rank
+optimises and a `forward_backward(batch)` that runs one optimizer step's worth of
+micro-steps and leaves the gradients in place. So the timed loop is the same code for
+every strategy.
 
-Apply order, fixed here for the strategies that compose (hybrids, later):
-  1. tensor parallel (shards each block's Linear layers across the tp group),
-  2. pipeline split (which blocks this rank holds),
-  3. activation checkpointing (wraps the blocks this rank holds),
-  4. data parallel wrapper last (DDP or FSDP), so it sees the final parameters.
+Apply order, fixed (hybrid.py composes them in this order; the 1-D strategies use a prefix):
+  1. tensor parallel: shard each block's Linear layers over the tp mesh dimension;
+  2. pipeline split: which blocks (and embeddings) this rank holds;
+  3. activation checkpointing: wrap the blocks this rank holds;
+  4. data parallel last (DDP or FSDP over the dp mesh dimension), so that it sees the
+     final, already sharded parameters.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from bench.model import loss_fn
 from bench.plan import RunSpec
@@ -33,6 +37,7 @@ class Ctx:
     device: torch.device
     precision: str
     scaler: torch.amp.GradScaler | None = field(default=None)
+    mesh: DeviceMesh | None = None  # named dims: ("dp",), ("tp",), ("pp",), ("dp", "tp"), ("dp", "pp")
 
     def autocast(self):
         if self.precision == "fp32":
@@ -74,7 +79,29 @@ def micro_steps(model: nn.Module, batch: torch.Tensor, ctx: Ctx,
     return total / accum
 
 
+def apply_checkpointing(model: nn.Module) -> None:
+    """Full activation checkpointing: each block keeps only its input and recomputes the
+    rest in backward (non-reentrant, so it composes with DTensor and FSDP)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    for name, block in list(model.layers.items()):
+        model.layers[name] = checkpoint_wrapper(block)
+
+
+MESH_DIMS = {"dp": ("dp",), "fsdp": ("dp",), "tp": ("tp",), "mp": ("pp",)}
+
+
+def mesh_shape(spec: RunSpec) -> tuple[tuple[int, ...], tuple[str, ...]] | None:
+    """The device mesh a strategy runs on; dp is the outer dimension in hybrids."""
+    if spec.strategy in MESH_DIMS:
+        return (spec.devices,), MESH_DIMS[spec.strategy]
+    if spec.strategy == "hybrid":
+        inner = ("tp", spec.tp) if spec.tp > 1 else ("pp", spec.pp)
+        return (spec.dp, inner[1]), ("dp", inner[0])
+    return None  # single, dataparallel: one process
+
+
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
-    from bench.parallel import ddp, pipeline, single
-    impl = {"single": single, "dp": ddp, "mp": pipeline}[spec.strategy]
+    from bench.parallel import dataparallel, ddp, fsdp, hybrid, pipeline, single, tensor
+    impl = {"single": single, "dp": ddp, "mp": pipeline, "tp": tensor, "fsdp": fsdp,
+            "dataparallel": dataparallel, "hybrid": hybrid}[spec.strategy]
     return impl.apply(spec, ctx)

@@ -4,48 +4,88 @@ schedule=naive: the plain split of the seed design. Stage i runs its blocks on t
     micro-step batch, sends the activations (B, T, C) to stage i+1 with torch.distributed
     send/recv, and in backward receives the gradient of its output and sends back the
     gradient of its input. Only one stage works at a time: the bubble is (p-1)/p.
-schedule=gpipe: the batch is cut into `microbatches` micro-batches and run through
-    torch.distributed.pipelining's ScheduleGPipe (all forwards, then all backwards).
+schedule=gpipe | 1f1b | interleaved: the batch is cut into `microbatches` micro-batches and
+    run by torch.distributed.pipelining (ScheduleGPipe: all forwards then all backwards;
+    Schedule1F1B: one forward one backward, at most p micro-batches alive; interleaved
+    1F1B: each rank holds `stages_per_rank` chunks, rank r the chunks r, r+p, ...).
 
 The output layer is tied to the token embedding, which lives on the first stage (input)
 and the last (output). Both copies start equal (same per-name init) and their gradients
-are summed between the two stages after backward (as Megatron-LM does), so they stay equal
+are summed between the two ranks after backward (as Megatron-LM does), so they stay equal
 after every optimizer step and the model is the same one `single` trains.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from bench.model import GPT, build_model, loss_fn
-from bench.parallel import Ctx, Parallel
+from bench.parallel import Ctx, Parallel, apply_checkpointing
 from bench.plan import RunSpec, stage_layers
 
 
-def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
-    pp, stage = spec.pp, ctx.rank  # pure pipeline: rank i is stage i
-    first, last = stage == 0, stage == pp - 1
-    model = build_model(spec.shape, ctx.device, spec.seed, layers=stage_layers(spec.shape.n_layer, pp)[stage],
-                        first=first, last=last)
-    # every rank must take part in creating a group, even those not in it
-    tied = dist.new_group([0, pp - 1]) if pp > 1 else None
+def build_stages(spec: RunSpec, ctx: Ctx, pp_rank: int) -> list[GPT]:
+    """The model chunks this pipeline rank holds: one, or `stages_per_rank` interleaved."""
+    n = spec.pp * spec.stages_per_rank
+    ids = range(pp_rank, n, spec.pp)  # rank r holds chunks r, r + p, r + 2p, ...
+    layers = stage_layers(spec.shape.n_layer, n)
+    return [build_model(spec.shape, ctx.device, spec.seed, layers=layers[i], first=i == 0, last=i == n - 1)
+            for i in ids]
+
+
+def _tie_group(pp_mesh: DeviceMesh, full_mesh: DeviceMesh) -> dist.ProcessGroup | None:
+    """The group {first stage, last stage} of this rank's pipeline; every rank must create
+    every such group, in the same order, even the groups it is not in."""
+    if pp_mesh.size() == 1:
+        return None
+    rows = full_mesh.mesh.reshape(-1, pp_mesh.size()).tolist()  # one row per pipeline (dp replica)
+    mine = None
+    for row in rows:
+        g = dist.new_group([row[0], row[-1]])
+        if dist.get_rank() in (row[0], row[-1]):
+            mine = g
+    return mine
+
+
+def apply(spec: RunSpec, ctx: Ctx, wrap: Callable[[nn.Module], None] | None = None) -> Parallel:
+    """Pipeline over the mesh's "pp" dimension; `wrap` (hybrid: FSDP over dp) is applied to
+    each stage module after the split and checkpointing, before the schedule sees it."""
+    pp_mesh = ctx.mesh["pp"]
+    pp_rank = pp_mesh.get_local_rank()
+    stages = build_stages(spec, ctx, pp_rank)
+    for m in stages:
+        if spec.activation_checkpointing == "full":
+            apply_checkpointing(m)
+        if wrap is not None:
+            wrap(m)
+    tied = _tie_group(pp_mesh, ctx.mesh)
+    first, last = stages[0].first, stages[-1].last
     if spec.schedule == "naive":
-        fb = _naive(model, spec, ctx, stage)
+        fb = _naive(stages[0], spec, ctx, pp_mesh)
     else:
-        fb = _gpipe(model, spec, ctx, stage)
+        fb = _scheduled(stages, spec, ctx, pp_mesh)
 
     def forward_backward(batch: torch.Tensor) -> torch.Tensor | None:
         loss = fb(batch)
-        if tied is not None and (first or last):
-            dist.all_reduce(model.wte.weight.grad, group=tied)  # sum the tied embedding's grads
+        if tied is not None:  # sum the tied embedding's gradients of the first and last stage
+            holder = stages[0] if first else stages[-1]
+            g = holder.wte.weight.grad
+            dist.all_reduce(g.to_local() if hasattr(g, "to_local") else g, group=tied)
         return loss
 
-    return Parallel([model], forward_backward, has_loss=last)
+    return Parallel(stages, forward_backward, has_loss=last)
 
 
-def _naive(model: GPT, spec: RunSpec, ctx: Ctx, stage: int):
-    pp = spec.pp
-    first, last = stage == 0, stage == pp - 1
+def _naive(model: GPT, spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
+    ranks = pp_mesh.mesh.tolist()  # global ranks of this pipeline, stage order
+    stage = pp_mesh.get_local_rank()
+    first, last = model.first, model.last
+    prev_rank = ranks[stage - 1] if not first else None
+    next_rank = ranks[stage + 1] if not last else None
     B, T, C = spec.batch_size, spec.seq_len, spec.shape.n_embd
 
     def forward_backward(batch: torch.Tensor) -> torch.Tensor | None:
@@ -55,7 +95,7 @@ def _naive(model: GPT, spec: RunSpec, ctx: Ctx, stage: int):
             x, y = batch[i, :, :-1], batch[i, :, 1:]
             if not first:  # activations from the previous stage; the residual stream is fp32
                 x = torch.empty(B, T, C, device=ctx.device)
-                dist.recv(x, src=stage - 1)
+                dist.recv(x, src=prev_rank)
                 x.requires_grad_()
             with ctx.autocast():
                 out = model(x)
@@ -64,41 +104,43 @@ def _naive(model: GPT, spec: RunSpec, ctx: Ctx, stage: int):
                 ctx.backward(loss / accum)
                 total += loss.detach()
             else:
-                dist.send(out.detach().float().contiguous(), dst=stage + 1)
+                dist.send(out.detach().float().contiguous(), dst=next_rank)
                 grad = torch.empty(B, T, C, device=ctx.device)
-                dist.recv(grad, src=stage + 1)
+                dist.recv(grad, src=next_rank)
                 out.backward(grad.to(out.dtype))
             if not first:
-                dist.send(x.grad.contiguous(), dst=stage - 1)
+                dist.send(x.grad.contiguous(), dst=prev_rank)
         return total / accum if last else None
 
     return forward_backward
 
 
-def _gpipe(model: GPT, spec: RunSpec, ctx: Ctx, stage: int):
-    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
-    pp = spec.pp
-    first, last = stage == 0, stage == pp - 1
-    pstage = PipelineStage(model, stage, pp, ctx.device)
+def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+    n = spec.pp * spec.stages_per_rank
+    group = pp_mesh.get_group()
+    pipe = [PipelineStage(m, i, n, ctx.device, group=group)
+            for m, i in zip(stages, range(pp_mesh.get_local_rank(), n, spec.pp))]
     accum = spec.grad_accum
     # each micro-batch's loss is a mean over its tokens; the schedule scales gradients by
     # 1/microbatches and we by 1/grad_accum, giving the gradient of the mean loss.
-    schedule = ScheduleGPipe(pstage, spec.microbatches, loss_fn=lambda out, y: loss_fn(out, y) / accum)
+    lf = lambda out, y: loss_fn(out, y) / accum  # noqa: E731
+    if spec.schedule == "interleaved":
+        schedule = ScheduleInterleaved1F1B(pipe, spec.microbatches, loss_fn=lf)
+    else:
+        cls = ScheduleGPipe if spec.schedule == "gpipe" else Schedule1F1B
+        schedule = cls(pipe[0], spec.microbatches, loss_fn=lf)
+    first, last = stages[0].first, stages[-1].last
 
     def forward_backward(batch: torch.Tensor) -> torch.Tensor | None:
         total = torch.zeros((), device=ctx.device)
         for i in range(batch.shape[0]):
             x, y = batch[i, :, :-1], batch[i, :, 1:]
             losses: list[torch.Tensor] = []
+            args = (x,) if first else ()
+            kwargs = {"target": y, "losses": losses} if last else {}
             with ctx.autocast():
-                if first and last:
-                    schedule.step(x, target=y, losses=losses)
-                elif first:
-                    schedule.step(x)
-                elif last:
-                    schedule.step(target=y, losses=losses)
-                else:
-                    schedule.step()
+                schedule.step(*args, **kwargs)
             if last:  # each is loss/accum of one micro-batch: mean over micro-batches
                 total += torch.stack([l.detach() for l in losses]).mean()
         return total if last else None
