@@ -113,6 +113,7 @@ def _place_ranks(spec: RunSpec) -> set[int] | None:
 
 def launch(spec: RunSpec, out_dir: str) -> Outcome:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from bench.worker import run_rank
@@ -143,10 +144,11 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     try:
         results = elastic_launch(config, run_rank)(spec.to_dict(), out_dir)
         out = Outcome("ok", metrics=results.get(0))
-    except BaseException as e:  # ChildFailedError, rendezvous errors, KeyboardInterrupt
-        if isinstance(e, KeyboardInterrupt):
+    except BaseException as e:  # ChildFailedError, rendezvous errors, Ctrl-C, SIGTERM
+        if isinstance(e, (KeyboardInterrupt, SignalException)):
+            # the user stops the sweep: end the ranks and let the caller record and stop
             _kill_tree()
-            raise
+            raise KeyboardInterrupt(f"interrupted ({e})") from e
         errs = _rank_errors(out_dir)
         killed = _killed_ranks(e, {r["rank"] for r in errs})
         if timed_out.is_set():

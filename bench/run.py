@@ -166,7 +166,11 @@ def main() -> None:
         except Exception as e:
             print(f"error: {_one_line(e)}", file=sys.stderr)
             sys.exit(2)
-    job()
+    try:
+        job()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the points finished so far keep their result.json", file=sys.stderr)
+        sys.exit(130)
     sys.exit(_exit_code)
 
 
