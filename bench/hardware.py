@@ -97,3 +97,113 @@ def software() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "torch": torch.__version__, "hydra": hydra.__version__,
             "scalebench": bench.__version__, "git": git_revision(),
             "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None}
+
+
+# Dense peak FLOP/s by device and dtype, from the vendors' datasheets (no sparsity), as in
+# shared/REFERENCE.md. Keys are matched against the CUDA device name in order, so the more
+# specific names come first ("H100 NVL" before "H100", "A100" before "A10"). fp32 is the
+# non-tensor-core rate: torch does not use TF32 for fp32 matmuls unless told to.
+TFLOPS = 1e12
+PEAK_FLOPS: list[tuple[str, dict[str, float], str]] = [
+    # (name pattern, {dtype: FLOP/s}, source)
+    ("H100 NVL", {"bf16": 835 * TFLOPS, "fp16": 835 * TFLOPS, "tf32": 418 * TFLOPS, "fp32": 60 * TFLOPS},
+     "NVIDIA H100 datasheet (NVL column)"),
+    ("H100 PCIe", {"bf16": 756 * TFLOPS, "fp16": 756 * TFLOPS, "tf32": 378 * TFLOPS, "fp32": 51 * TFLOPS},
+     "NVIDIA H100 datasheet (PCIe column)"),
+    ("H100", {"bf16": 989 * TFLOPS, "fp16": 989 * TFLOPS, "tf32": 495 * TFLOPS, "fp32": 67 * TFLOPS},
+     "NVIDIA H100 datasheet (SXM column; 'H100 80GB HBM3' is the SXM part)"),
+    ("H200", {"bf16": 989 * TFLOPS, "fp16": 989 * TFLOPS, "tf32": 495 * TFLOPS, "fp32": 67 * TFLOPS},
+     "NVIDIA H200 datasheet (SXM column)"),
+    ("B200", {"bf16": 2250 * TFLOPS, "fp16": 2250 * TFLOPS, "tf32": 1100 * TFLOPS, "fp32": 75 * TFLOPS},
+     "NVIDIA DGX B200 / HGX B200 datasheet, per GPU, dense"),
+    ("A100", {"bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS, "tf32": 156 * TFLOPS, "fp32": 19.5 * TFLOPS},
+     "NVIDIA A100 datasheet (SXM and PCIe share the dense peaks)"),
+    ("L40S", {"bf16": 362 * TFLOPS, "fp16": 362 * TFLOPS, "tf32": 183 * TFLOPS, "fp32": 91.6 * TFLOPS},
+     "NVIDIA L40S datasheet"),
+    ("L40", {}, "the L40 (not L40S): no table entry, measured instead"),
+    ("L4", {"bf16": 121 * TFLOPS, "fp16": 121 * TFLOPS, "tf32": 60 * TFLOPS, "fp32": 30.3 * TFLOPS},
+     "NVIDIA L4 datasheet"),
+    ("A10G", {}, "AWS A10G differs from the A10: no table entry, measured instead"),
+    ("A10", {"bf16": 125 * TFLOPS, "fp16": 125 * TFLOPS, "tf32": 62.5 * TFLOPS, "fp32": 31.2 * TFLOPS},
+     "NVIDIA A10 datasheet"),
+    ("V100", {"fp16": 125 * TFLOPS, "fp32": 15.7 * TFLOPS}, "NVIDIA V100 datasheet (SXM2)"),
+    ("T4", {"fp16": 65 * TFLOPS, "fp32": 8.1 * TFLOPS}, "NVIDIA T4 datasheet"),
+    ("MI300X", {"bf16": 1307 * TFLOPS, "fp16": 1307 * TFLOPS, "tf32": 654 * TFLOPS, "fp32": 163 * TFLOPS},
+     "AMD Instinct MI300X datasheet"),
+]
+
+
+def table_peak(device_name: str, dtype: str) -> tuple[float | None, str]:
+    """(peak FLOP/s, source) for a device name from the table; (None, why) when the device
+    or the dtype is not in it. Never another device's number."""
+    for pattern, peaks, source in PEAK_FLOPS:
+        if pattern in device_name:
+            if dtype in peaks:
+                return peaks[dtype], source
+            return None, f"{device_name}: no {dtype} entry ({source})"
+    return None, f"{device_name}: not in the peak table"
+
+
+CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scalebench", "peaks.json")
+
+
+def measure_matmul_peak(device, dtype: str, seconds: float = 1.0) -> float:
+    """Achievable dense matmul FLOP/s on `device` in `dtype` (fp32 | bf16 | fp16) with the
+    threads this process has: square matmuls large enough to be compute-bound (2048 on a
+    CPU, 8192 on a GPU), best of a few timed batches after a warm-up."""
+    import time
+
+    import torch
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.matmul(a, b)
+    sync()
+    t0 = time.perf_counter()
+    torch.matmul(a, b)
+    sync()
+    one = max(time.perf_counter() - t0, 1e-6)
+    reps = max(1, int(seconds / 4 / one))
+    best = 0.0
+    for _ in range(4):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b)
+        sync()
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+    return best
+
+
+def _cache_key(device, dtype: str) -> str:
+    import torch
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return f"{platform.node()}|{name}|{device.type}|{dtype}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+
+
+def matmul_peak(device, dtype: str) -> tuple[float, str]:
+    """Measured achievable peak, cached per machine, device, dtype, threads and torch."""
+    import json
+    key = _cache_key(device, dtype)
+    try:
+        with open(CACHE) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = measure_matmul_peak(device, dtype)
+        try:
+            os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+            tmp = f"{CACHE}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(cache, f, indent=1)
+            os.replace(tmp, CACHE)
+        except OSError:
+            pass  # an unwritable cache only costs a re-measurement next time
+        return cache[key], f"measured matmul peak ({key.split('|', 1)[1]})"
+    return cache[key], f"measured matmul peak, cached ({key.split('|', 1)[1]})"

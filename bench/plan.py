@@ -261,7 +261,10 @@ def predict_memory(spec: RunSpec) -> flops.MemoryEstimate:
     ests = [flops.estimate_memory(s.n_layer, s.n_embd, s.vocab_size, s.block_size, s.n_head,
                                   spec.seq_len, batch_per_proc, len(r), first=i == 0, last=i == spec.pp - 1,
                                   in_flight=in_flight, shard=spec.dp if sharded else 1, tp=spec.tp,
-                                  checkpointing=spec.activation_checkpointing == "full")
+                                  checkpointing=spec.activation_checkpointing == "full",
+                                  device=spec.accelerator, sequence_parallel=spec.sequence_parallel,
+                                  compute_bytes=4 if spec.precision == "fp32" else 2,
+                                  fsdp_reshard=spec.reshard_after_forward if sharded else None)
             for i, r in enumerate(stage_layers(s.n_layer, spec.pp))]
     return max(ests, key=lambda e: e.total_bytes)
 

@@ -22,8 +22,8 @@ from bench.results import load  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType, selectable text
                             "svg.hashsalt": "scalebench", "font.size": 9})
-TABLE_COLS = ["size", "strategy", "schedule", "devices", "batch_size", "precision", "status",
-              "tokens_per_s", "step_time_s", "step_time_s_iqr", "mem_peak_bytes", "loss_last"]
+TABLE_COLS = ["size", "strategy", "devices", "degree_dp", "degree_tp", "degree_pp", "schedule", "batch_size",
+              "precision", "status", "tokens_per_s", "step_time_s", "step_time_s_iqr", "mem_peak_bytes", "loss_last"]
 ROWS_PER_PAGE = 28
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # font subsetting chatter at INFO
 
@@ -36,12 +36,17 @@ def table_frame(df: pd.DataFrame) -> pd.DataFrame:
     t["step_ms"] = t.pop("step_time_s") * 1e3
     t["iqr_ms"] = t.pop("step_time_s_iqr") * 1e3
     t["peak_MiB"] = t.pop("mem_peak_bytes") / 2**20
-    t = t.rename(columns={"tokens_per_s": "tokens/s", "batch_size": "batch", "loss_last": "loss"})
+    t = t.rename(columns={"tokens_per_s": "tokens/s", "batch_size": "batch", "loss_last": "loss",
+                          "degree_dp": "dp", "degree_tp": "tp", "degree_pp": "pp"})
+    for c in ("dp", "tp", "pp", "devices", "batch"):  # integers, blank when unknown
+        t[c] = t[c].astype("Int64")
     t["error"] = df["error"].fillna("").str.slice(0, 60) if "error" in df else ""
     return t.sort_values(["size", "strategy", "devices"], na_position="last", kind="stable").reset_index(drop=True)
 
 
 def _fmt(v) -> str:
+    if v is None or v is pd.NA:
+        return ""
     if isinstance(v, float):
         if pd.isna(v):
             return ""
@@ -54,6 +59,7 @@ def summary_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "no results"
     t = table_frame(df).drop(columns=["error"])
+    t = t.astype(object).where(t.notna(), "")  # pandas skips formatters for missing values
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
     body = t.to_string(index=False, na_rep="", formatters={c: _fmt for c in t.columns})
     errs = [f"  {r.size} {r.strategy} devices={r.devices}: {r.error}"
@@ -85,18 +91,37 @@ def fig_table(t: pd.DataFrame, page: int, pages: int) -> plt.Figure:
     return fig
 
 
+def variant(row) -> str:
+    """A strategy with what distinguishes its layouts: 'mp/1f1b', 'hybrid tp=2', 'tp+sp'."""
+    def get(k):
+        v = row.get(k)
+        return None if v is None or (isinstance(v, float) and pd.isna(v)) else v
+    name = str(get("strategy"))
+    if isinstance(get("schedule"), str) and get("schedule"):
+        name += f"/{get('schedule')}"
+    if name.startswith("hybrid"):
+        tp, pp = int(get("degree_tp") or 1), int(get("degree_pp") or 1)
+        name += f" tp={tp}" if tp > 1 else f" pp={pp}"
+    if get("degree_sequence_parallel") is True:
+        name += "+sp"
+    if get("degree_activation_checkpointing") == "full":
+        name += "+ckpt"
+    return name
+
+
 def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
-    """ok runs, median tokens/s per (size, strategy, devices): the data behind the plot."""
+    """ok runs, median tokens/s per (size, variant, devices): the data behind the plot."""
     ok = df[df["status"] == "ok"] if not df.empty else df
     if ok.empty:
         return pd.DataFrame(columns=["size", "strategy", "devices", "tokens_per_s"])
+    ok = ok.assign(strategy=[variant(r) for r in ok.to_dict("records")])
     return (ok.groupby(["size", "strategy", "devices"], as_index=False)["tokens_per_s"].median()
             .sort_values(["size", "strategy", "devices"]))
 
 
 def fig_scaling(data: pd.DataFrame) -> plt.Figure:
     sizes = list(dict.fromkeys(data["size"]))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(7.5, 5.2 * len(sizes)), 4.8), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         d = data[data["size"] == size]
         for strat, g in d.groupby("strategy"):

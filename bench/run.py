@@ -90,9 +90,14 @@ def _finish(result: dict[str, Any], t0: float, out_dir: str) -> None:
 def summary_line(r: dict[str, Any]) -> str:
     m = r.get("metrics") or {}
     if r["status"] == "ok":
+        pred = (r.get("prediction") or {}).get("total_bytes")
+        mfu = m.get("mfu") if m.get("mfu") is not None else m.get("mfu_measured_peak")
         return (f"  -> ok: {m['tokens_per_s']:,.0f} tokens/s, step {m['step_time_s'] * 1e3:.1f} ms "
                 f"(IQR {m['step_time_s_iqr'] * 1e3:.1f}), loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
-                f"peak {m['mem_peak_bytes'] / 2**20:,.0f} MiB ({m['mem_source']})")
+                + (f"MFU {mfu:.2f} ({'datasheet' if m.get('mfu') is not None else 'measured'} peak), "
+                   if mfu is not None else "")
+                + f"peak {m['mem_peak_bytes'] / 2**20:,.0f} MiB ({m['mem_source']})"
+                + (f", predicted {pred / 2**20:,.0f} MiB + runtime baseline" if pred else ""))
     return f"  -> {r['status']}: {r['error']}"
 
 

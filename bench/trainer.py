@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from bench.parallel import Ctx, Parallel
 from bench.plan import RunSpec
+from bench.telemetry import Sampler
 
 
 def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
@@ -61,8 +62,9 @@ class Progress:
 
 
 def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
-          progress: Callable[[str, int, int, str], None]) -> dict[str, Any]:
-    """Run warm-up + measured steps; returns the metrics (the same on every rank)."""
+          progress: Callable[[str, int, int, str], None], sampler: Sampler | None = None) -> dict[str, Any]:
+    """Run warm-up + measured steps; returns the metrics (the same on every rank).
+    `sampler` (bench/telemetry.py) runs over the measured window only."""
     opt = make_optimizer(par.parameters(), spec, ctx.device)
     n_total = spec.warmup_steps + spec.steps
     batches = batches.to(ctx.device)  # all data resident before the first step
@@ -76,6 +78,8 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
             if ctx.world > 1:
                 dist.barrier()
             t_window = time.perf_counter()
+            if sampler is not None:
+                sampler.start()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = par.forward_backward(batches[step])
@@ -93,6 +97,8 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         else:
             progress("warm-up", step + 1, spec.warmup_steps, f"{dt:.3f} s/step")
     window = time.perf_counter() - t_window
+    if sampler is not None:
+        sampler.stop()
 
     # reductions after the window: slowest rank per step, mean loss over loss ranks (= dp)
     step_t = torch.tensor(times + [window], dtype=torch.float64)

@@ -18,11 +18,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from bench import flops
+from bench import flops, hardware
 from bench.data import make_batches
 from bench.model import GPTShape
 from bench.parallel import Ctx, apply, mesh_shape
 from bench.plan import RunSpec
+from bench.telemetry import Sampler
 from bench.trainer import Progress, train
 
 
@@ -42,27 +43,28 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def memory_stats(device: torch.device, baseline_rss: int) -> dict[str, Any]:
-    m: dict[str, Any] = {"rss_peak_bytes": peak_rss_bytes(), "rss_baseline_bytes": baseline_rss}
+def memory_stats(device: torch.device, baseline_rss: int, sampler: Sampler) -> dict[str, Any]:
+    """This rank's memory: the process's RSS peak over its whole life (getrusage, exact),
+    the sampled window figures, and on a GPU torch's allocator peaks."""
+    m: dict[str, Any] = {"rss_peak_bytes": peak_rss_bytes(), "rss_baseline_bytes": baseline_rss,
+                         **sampler.summary()}
     if device.type == "cuda":
         s = torch.cuda.memory_stats(device)
         m.update(torch_max_allocated_bytes=torch.cuda.max_memory_allocated(device),
                  torch_max_reserved_bytes=torch.cuda.max_memory_reserved(device),
                  torch_alloc_retries=s.get("num_alloc_retries", 0), torch_ooms=s.get("num_ooms", 0))
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            h = pynvml.nvmlDeviceGetHandleByUUID(_uuid(device))
-            m["nvml_used_bytes_end"] = pynvml.nvmlDeviceGetMemoryInfo(h).used
-            pynvml.nvmlShutdown()
-        except Exception as e:  # no driver or bindings: the torch figures stand alone
-            m["nvml"] = f"unavailable: {type(e).__name__}: {e}"
     return m
 
 
-def _uuid(device: torch.device) -> str:
-    u = str(torch.cuda.get_device_properties(device).uuid)
-    return u if u.startswith("GPU-") else "GPU-" + u
+def peaks(device: torch.device, precision: str) -> dict[str, Any]:
+    """The FLOP/s that MFU divides by: the datasheet's (GPUs in the table) and a measured
+    matmul peak (every device; cached), each with its source."""
+    dtype = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else hardware.cpu_model()
+    table, table_src = hardware.table_peak(name, dtype) if device.type == "cuda" else (None, "CPU: no datasheet peak")
+    measured, measured_src = hardware.matmul_peak(device, dtype)
+    return {"peak_flops_per_s": table, "peak_flops_source": table_src,
+            "peak_flops_measured_per_s": measured, "peak_flops_measured_source": measured_src}
 
 
 DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
@@ -118,6 +120,7 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
         pin_cpu(local_rank, spec.cpu_threads_per_device)
         dist.init_process_group("gloo")
     baseline_rss = psutil.Process().memory_info().rss
+    peak = peaks(device, spec.precision) if rank == 0 else {}  # before the model takes memory
     scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
     mesh = None
     if (ms := mesh_shape(spec)) is not None:
@@ -137,10 +140,13 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
     t_built = time.perf_counter()
     progress("build", 1, 1, f"{t_built - t0:.1f} s")
 
-    metrics = train(par, spec, ctx, batches, progress)
+    # NVML every 20 ms; on a CPU the exact peak comes from getrusage, so the RSS samples
+    # (window peak) can be sparser and keep the GIL free for the training loop
+    sampler = Sampler(device, interval_s=0.02 if device.type == "cuda" else 0.05)
+    metrics = train(par, spec, ctx, batches, progress, sampler)
     if os.environ.get(DUMP_ENV):
         dump_params(par, os.environ[DUMP_ENV], rank)
-    mem = memory_stats(device, baseline_rss)
+    mem = memory_stats(device, baseline_rss, sampler)
     mem["params_local"] = n_local
     per_rank = [None] * world
     dist.all_gather_object(per_rank, mem)
@@ -158,11 +164,25 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
         time_init_s=t_built - t0,
         memory_per_rank=per_rank,
     )
+    achieved = metrics["flops_per_s_per_device"]
+    metrics.update(peak, mfu=achieved / peak["peak_flops_per_s"] if peak["peak_flops_per_s"] else None,
+                   mfu_measured_peak=achieved / peak["peak_flops_measured_per_s"])
+    energy = [m["energy_j"] for m in per_rank]
+    if all(e is not None for e in energy) and sum(energy) > 0:
+        metrics.update(energy_j=sum(energy), tokens_per_j=metrics["tokens_per_step"] * spec.steps / sum(energy))
     if device.type == "cuda":
-        metrics.update(mem_peak_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank),
-                       mem_source="torch (max reserved)")
+        nvml_peaks = [m["nvml_used_peak_bytes"] for m in per_rank]
+        if all(p is not None for p in nvml_peaks):
+            metrics.update(mem_peak_bytes=max(nvml_peaks), mem_source="nvml (used, peak over the window)")
+        else:
+            metrics.update(mem_peak_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank),
+                           mem_source=f"torch (max reserved); nvml {per_rank[0]['nvml']}")
+        metrics.update(mem_torch_max_allocated_bytes=max(m["torch_max_allocated_bytes"] for m in per_rank),
+                       mem_torch_max_reserved_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank))
     else:
         metrics.update(mem_peak_bytes=max(m["rss_peak_bytes"] for m in per_rank),
                        mem_peak_bytes_sum=sum(m["rss_peak_bytes"] for m in per_rank),
+                       mem_rss_window_peak_bytes=max(m["rss_window_peak_bytes"] for m in per_rank),
+                       mem_baseline_bytes=max(m["rss_baseline_bytes"] for m in per_rank),
                        mem_source="rss (peak, per process)")
     return metrics

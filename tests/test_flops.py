@@ -31,7 +31,8 @@ def test_memory_estimate_full_model_by_hand():
     assert e.params_bytes == 891_648 * 4
     assert e.params_bytes + e.grads_bytes + e.optimizer_bytes == 891_648 * 16
     assert e.activations_bytes == 4 * 128 * 8 * 128 * 34 * 2
-    assert e.logits_bytes == 2 * 8 * 128 * 512 * 4
+    assert e.logits_bytes == 3 * 8 * 128 * 512 * 4
+    assert e.runtime_bytes == 128 * 2**20
 
 
 def test_memory_estimate_pipeline_stage_holds_less():
@@ -39,3 +40,25 @@ def test_memory_estimate_pipeline_stage_holds_less():
     mid = flops.estimate_memory(12, 768, 50304, 1024, 12, 256, 8, 4, False, False)
     assert mid.total_bytes < full.total_bytes / 3
     assert mid.logits_bytes == 0
+
+
+def test_fsdp_and_autocast_buffers_by_hand():
+    # mini: block = 12*128^2 + 13*128 = 198,272 params; root = 512*128 + 256*128 = 98,304
+    block, root = 198_272, 98_304
+    e = flops.estimate_memory(4, 128, 512, 256, 4, 128, 8, 4, True, True, shard=2, fsdp_reshard=True)
+    assert e.params_bytes == 891_648 * 4 // 2
+    # root gathered + this block and the prefetched next (fp32) + one block's full fp32 gradient
+    assert e.buffers_bytes == root * 4 + 2 * block * 4 + block * 4
+    keep = flops.estimate_memory(4, 128, 512, 256, 4, 128, 8, 4, True, True, shard=2, fsdp_reshard=False)
+    assert keep.buffers_bytes == root * 4 + 4 * block * 4 + block * 4
+    # bf16 autocast caches 2-byte copies of the weights
+    bf = flops.estimate_memory(4, 128, 512, 256, 4, 128, 8, 4, True, True, compute_bytes=2)
+    assert bf.buffers_bytes == (4 * block + root) * 2
+
+
+def test_sequence_parallel_splits_the_rest_of_the_activations():
+    tp = flops.estimate_memory(4, 128, 512, 256, 4, 128, 8, 4, True, True, tp=2)
+    sp = flops.estimate_memory(4, 128, 512, 256, 4, 128, 8, 4, True, True, tp=2, sequence_parallel=True)
+    # per layer s*b*h*(10 + 24/t) vs s*b*h*(10/t + 24/t), 4-byte activations (x2 of 2-byte units)
+    assert tp.activations_bytes == 4 * 128 * 8 * 128 * 22 * 2
+    assert sp.activations_bytes == 4 * 128 * 8 * 128 * 17 * 2

@@ -39,3 +39,12 @@ def test_pdf_pages_and_text(tmp_path):
     # deterministic: the same results make the same bytes
     again = report.write_report(_df(), str(tmp_path / "r2.pdf"), title="unit report")
     assert open(out, "rb").read() == open(again, "rb").read()
+
+
+def test_variant_names_the_layout():
+    assert report.variant({"strategy": "mp", "schedule": "1f1b"}) == "mp/1f1b"
+    assert report.variant({"strategy": "hybrid", "schedule": float("nan"), "degree_tp": 2.0, "degree_pp": 1.0}) \
+        == "hybrid tp=2"
+    assert report.variant({"strategy": "tp", "degree_sequence_parallel": True,
+                           "degree_activation_checkpointing": "full"}) == "tp+sp+ckpt"
+    assert report.variant({"strategy": "dp", "schedule": None}) == "dp"

@@ -70,13 +70,23 @@ CASES = {
     "mp_gpipe": ("strategy=mp", "devices=2", "batch_size=8", "strategy.schedule=gpipe"),
     "mp_1f1b": ("strategy=mp", "devices=2", "batch_size=8", "strategy.schedule=1f1b"),
     "mp_interleaved": ("strategy=mp", "devices=2", "batch_size=8", "strategy.schedule=interleaved"),
+    "mp_1f1b_grad_accum": ("strategy=mp", "devices=2", "batch_size=4", "grad_accum=2",
+                           "strategy.schedule=1f1b", "strategy.microbatches=2"),
+    "mp_gpipe_grad_accum": ("strategy=mp", "devices=2", "batch_size=4", "grad_accum=2",
+                            "strategy.schedule=gpipe", "strategy.microbatches=2"),
+    "mp_naive_grad_accum": ("strategy=mp", "devices=2", "batch_size=4", "grad_accum=2"),
     "tp": ("strategy=tp", "devices=2", "batch_size=8"),
     "tp_sequence_parallel": ("strategy=tp", "devices=2", "batch_size=8", "strategy.sequence_parallel=true"),
     "fsdp": ("strategy=fsdp", "devices=2", "batch_size=4"),
     "fsdp_keep_gathered_checkpointed": ("strategy=fsdp", "devices=2", "batch_size=4",
                                         "strategy.reshard_after_forward=false", "activation_checkpointing=full"),
+    "fsdp_grad_accum": ("strategy=fsdp", "devices=2", "batch_size=2", "grad_accum=2"),
     "hybrid_dp_tp": ("strategy=hybrid", "devices=4", "strategy.tp=2", "strategy.pp=1", "batch_size=4"),
+    "hybrid_dp_tp_sequence_parallel": ("strategy=hybrid", "devices=4", "strategy.tp=2", "strategy.pp=1",
+                                       "batch_size=4", "strategy.sequence_parallel=true"),
     "hybrid_dp_mp": ("strategy=hybrid", "devices=4", "strategy.pp=2", "batch_size=4", "strategy.microbatches=2"),
+    "hybrid_dp_mp_naive": ("strategy=hybrid", "devices=4", "strategy.pp=2", "batch_size=4",
+                           "strategy.schedule=naive"),
 }
 
 

@@ -121,15 +121,17 @@ def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
     group = pp_mesh.get_group()
     pipe = [PipelineStage(m, i, n, ctx.device, group=group)
             for m, i in zip(stages, range(pp_mesh.get_local_rank(), n, spec.pp))]
-    accum = spec.grad_accum
-    # each micro-batch's loss is a mean over its tokens; the schedule scales gradients by
-    # 1/microbatches and we by 1/grad_accum, giving the gradient of the mean loss.
-    lf = lambda out, y: loss_fn(out, y) / accum  # noqa: E731
+    # each micro-batch's loss is a mean over its tokens; dividing it by microbatches x
+    # grad_accum gives the gradient of the mean loss. (Not the schedule's scale_grads: it
+    # rescales the whole .grad at the end of every step(), which would shrink the
+    # gradients of earlier micro-steps again under gradient accumulation.)
+    scale = spec.microbatches * spec.grad_accum
+    lf = lambda out, y: loss_fn(out, y) / scale  # noqa: E731
     if spec.schedule == "interleaved":
-        schedule = ScheduleInterleaved1F1B(pipe, spec.microbatches, loss_fn=lf)
+        schedule = ScheduleInterleaved1F1B(pipe, spec.microbatches, loss_fn=lf, scale_grads=False)
     else:
         cls = ScheduleGPipe if spec.schedule == "gpipe" else Schedule1F1B
-        schedule = cls(pipe[0], spec.microbatches, loss_fn=lf)
+        schedule = cls(pipe[0], spec.microbatches, loss_fn=lf, scale_grads=False)
     first, last = stages[0].first, stages[-1].last
 
     def forward_backward(batch: torch.Tensor) -> torch.Tensor | None:
@@ -141,8 +143,8 @@ def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
             kwargs = {"target": y, "losses": losses} if last else {}
             with ctx.autocast():
                 schedule.step(*args, **kwargs)
-            if last:  # each is loss/accum of one micro-batch: mean over micro-batches
-                total += torch.stack([l.detach() for l in losses]).mean()
+            if last:  # each is one micro-batch's loss / (microbatches x grad_accum)
+                total += torch.stack([l.detach() for l in losses]).sum()
         return total if last else None
 
     return forward_backward

@@ -1,0 +1,68 @@
+"""Telemetry logic that runs without a GPU; the NVML path itself is tested where one exists."""
+import time
+
+import pytest
+import torch
+
+from bench import hardware
+from bench.telemetry import Sampler, mj_to_j, mw_to_w, nvml_uuid
+
+
+def test_uuid_mapping_and_units():
+    assert nvml_uuid("58a1c2d0-1111-2222-3333-444455556666") == "GPU-58a1c2d0-1111-2222-3333-444455556666"
+    assert nvml_uuid("GPU-58a1") == "GPU-58a1" and nvml_uuid("MIG-1a2b") == "MIG-1a2b"
+    assert mw_to_w(350_000) == 350.0 and mj_to_j(1_500) == 1.5
+
+
+def test_cpu_sampler_sees_memory_grow():
+    s = Sampler(torch.device("cpu"), interval_s=0.005).start()
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    time.sleep(0.05)
+    s.stop()
+    out = s.summary()
+    del big
+    assert out["samples"] >= 3 and out["nvml"] == "not a GPU run"
+    assert out["rss_window_peak_bytes"] >= s.rss[0] + 60 * 2**20
+    assert out["energy_j"] is None and out["nvml_used_peak_bytes"] is None
+
+
+def test_peak_table_never_borrows_another_devices_number():
+    assert hardware.table_peak("NVIDIA H100 80GB HBM3", "bf16")[0] == 989e12
+    assert hardware.table_peak("NVIDIA H100 PCIe", "bf16")[0] == 756e12
+    assert hardware.table_peak("NVIDIA H100 NVL", "fp32")[0] == 60e12
+    assert hardware.table_peak("NVIDIA H200", "bf16")[0] == 989e12
+    assert hardware.table_peak("NVIDIA A100-SXM4-80GB", "fp32")[0] == 19.5e12
+    for unknown in ("NVIDIA A10G", "NVIDIA L40", "NVIDIA GeForce RTX 4090", "AMD EPYC 7B13"):
+        peak, why = hardware.table_peak(unknown, "bf16")
+        assert peak is None and why
+    assert hardware.table_peak("Tesla T4", "bf16")[0] is None  # no bf16 on a T4
+    assert hardware.table_peak("NVIDIA L40S", "bf16")[0] == 362e12
+
+
+def test_measured_matmul_peak_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "CACHE", str(tmp_path / "peaks.json"))
+    calls = []
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda d, t: calls.append(t) or 1e11)
+    assert hardware.matmul_peak(torch.device("cpu"), "fp32")[0] == 1e11
+    peak, src = hardware.matmul_peak(torch.device("cpu"), "fp32")
+    assert peak == 1e11 and "cached" in src and calls == ["fp32"]
+
+
+def test_real_matmul_peak_is_plausible():
+    flops = hardware.measure_matmul_peak(torch.device("cpu"), "fp32", seconds=0.2)
+    assert 1e9 < flops < 1e14
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nvml_sampler_on_a_gpu():
+    dev = torch.device("cuda", 0)
+    s = Sampler(dev, interval_s=0.01).start()
+    a = torch.randn(8192, 8192, device=dev)
+    for _ in range(20):
+        a = a @ a.T / 8192
+    torch.cuda.synchronize()
+    s.stop()
+    out = s.summary()
+    assert out["nvml"] == "ok" and out["nvml_used_peak_bytes"] > 8192 * 8192 * 4
+    assert 0 <= out["gpu_util_mean"] <= 1 and out["power_mean_w"] > 0
