@@ -96,8 +96,10 @@ def summary_line(r: dict[str, Any]) -> str:
                 f"(IQR {m['step_time_s_iqr'] * 1e3:.1f}), loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
                 + (f"MFU {mfu:.2f} ({'datasheet' if m.get('mfu') is not None else 'measured'} peak), "
                    if mfu is not None else "")
-                + f"peak {m['mem_peak_bytes'] / 2**20:,.0f} MiB ({m['mem_source']})"
-                + (f", predicted {pred / 2**20:,.0f} MiB + runtime baseline" if pred else ""))
+                + f"peak {m['mem_peak_bytes'] / 2**20:,.0f} MiB ({m['mem_source']}"
+                + (f"; {(m['mem_peak_bytes'] - m['mem_baseline_bytes']) / 2**20:,.0f} above the runtime baseline"
+                   if m.get("mem_baseline_bytes") else "")
+                + (f"), predicted {pred / 2**20:,.0f} MiB" if pred else ")"))
     return f"  -> {r['status']}: {r['error']}"
 
 
