@@ -1,7 +1,10 @@
 """`python -m bench.report RESULTS... -o reports/NAME.pdf`: result files -> PDF (+ CSV, Markdown).
 
-Pure functions DataFrame -> table/Figure, one writer. Reads result files only, so a report
-can be re-made anywhere from results copied from many machines.
+Reads result files only, so a report can be re-made anywhere from results copied from many
+machines. Pages, each skipped with a note on the summary page when its data is missing:
+summary, scaling with devices, model size, memory, batch size, best strategy, step-time
+spread, pipeline bubble, loss curves, hardware comparison, repeats, appendix (every run).
+The figures are pure functions in bench/figures.py.
 """
 from __future__ import annotations
 
@@ -14,18 +17,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
+from bench import figures  # noqa: E402
+from bench.figures import A4, variant  # noqa: E402,F401  (variant: re-exported for callers)
 from bench.results import load  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType, selectable text
                             "svg.hashsalt": "scalebench", "font.size": 9})
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # font subsetting chatter at INFO
 TABLE_COLS = ["size", "strategy", "devices", "degree_dp", "degree_tp", "degree_pp", "schedule", "batch_size",
               "precision", "status", "tokens_per_s", "step_time_s", "step_time_s_iqr", "mem_peak_bytes", "loss_last"]
 ROWS_PER_PAGE = 28
-logging.getLogger("fontTools").setLevel(logging.WARNING)  # font subsetting chatter at INFO
+CI_LEVEL = 0.95
 
 
 def table_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -51,7 +57,7 @@ def _fmt(v) -> str:
         if pd.isna(v):
             return ""
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
-    return "" if v is None else str(v)
+    return str(v)
 
 
 def summary_table(df: pd.DataFrame) -> str:
@@ -67,119 +73,148 @@ def summary_table(df: pd.DataFrame) -> str:
     return "\n".join([f"{len(df)} runs: {counts}", body] + (["not ok:"] + errs if errs else []))
 
 
-def fig_title_page(df: pd.DataFrame, title: str) -> plt.Figure:
-    fig = plt.figure(figsize=(11.69, 8.27))
-    fig.text(0.05, 0.92, title, fontsize=18, weight="bold")
-    counts = df["status"].value_counts().to_dict() if not df.empty else {}
-    lines = [f"{len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()),
-             "hardware: " + ", ".join(sorted(df["hardware_label"].dropna().unique())) if not df.empty else ""]
-    fig.text(0.05, 0.86, "\n".join(lines), fontsize=11, va="top")
+# -- repeats -------------------------------------------------------------------------------
+
+def bootstrap_ci(samples: np.ndarray, stat=np.median, n: int = 2000, level: float = CI_LEVEL,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `stat`; deterministic (fixed seed)."""
+    samples = np.asarray(samples, dtype=float)
+    if len(samples) < 2:
+        return (float(stat(samples)),) * 2 if len(samples) else (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    boots = stat(rng.choice(samples, size=(n, len(samples)), replace=True), axis=1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def repeats_data(df: pd.DataFrame) -> pd.DataFrame:
+    """Configurations run more than once (seeds, repeats): the median tokens/s over the
+    repeats and a 95% bootstrap interval of the median of all their measured steps."""
+    ok = figures.ok_runs(df)
+    cols = ["size", "variant", "devices", "batch_size", "hardware_label", "repeats", "tokens_per_s_median",
+            "ci_low", "ci_high"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (_, hw), g in ok.groupby(["point_key", "hardware_label"]):
+        if len(g) < 2:
+            continue
+        steps = np.concatenate([np.asarray(s, dtype=float) for s in g["step_times_s"]])
+        tokens = g["tokens_per_step"].iloc[0]
+        lo_t, hi_t = bootstrap_ci(steps)
+        r = g.iloc[0]
+        rows.append({"size": r["size"], "variant": r["variant"], "devices": r["devices"],
+                     "batch_size": r["batch_size"], "hardware_label": hw, "repeats": len(g),
+                     "tokens_per_s_median": float(g["tokens_per_s"].median()),
+                     "ci_low": tokens / hi_t, "ci_high": tokens / lo_t})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+def _text_page(title: str, lines: list[str], size: int = 10) -> plt.Figure:
+    fig = plt.figure(figsize=A4)
+    fig.text(0.05, 0.93, title, fontsize=16, weight="bold")
+    fig.text(0.05, 0.88, "\n".join(lines), fontsize=size, va="top", family="monospace")
     return fig
 
 
-def fig_table(t: pd.DataFrame, page: int, pages: int) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(11.69, 8.27))
+def summary_lines(df: pd.DataFrame, skipped: list[str]) -> list[str]:
+    counts = df["status"].value_counts().to_dict() if not df.empty else {}
+    lines = [f"{len(df)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), ""]
+    for label in sorted(df["hardware_label"].dropna().unique()) if not df.empty else []:
+        lines.append(f"hardware: {label}")
+    if "software_torch" in df:
+        lines.append("software: torch " + ", ".join(sorted(df["software_torch"].dropna().unique())))
+    best = figures.best_data(df)
+    if not best.empty:
+        lines += ["", "best configuration per size (median tokens/s):"]
+        for size in figures._size_order(best):
+            b = best[best["size"] == size].sort_values("tokens_per_s").iloc[-1]
+            lines.append(f"  {size:>6}: {b['variant']} on {b['devices']} device(s), {b['tokens_per_s']:,.0f} tokens/s")
+    if skipped:
+        lines += ["", "pages left out (no data for them):"] + [f"  - {s}" for s in skipped]
+    return lines
+
+
+def fig_table(t: pd.DataFrame, title: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=A4)
     ax.axis("off")
-    ax.set_title(f"All runs ({page}/{pages})", loc="left", fontsize=12)
+    ax.set_title(title, loc="left", fontsize=12)
     cells = [[_fmt(v) for v in row] for row in t.itertuples(index=False)]
     tab = ax.table(cellText=cells or [[""] * len(t.columns)], colLabels=list(t.columns), loc="upper left",
                    cellLoc="left")
     tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
-    tab.scale(1, 1.5)
+    tab.set_fontsize(7)
+    tab.scale(1, 1.4)
     tab.auto_set_column_width(list(range(len(t.columns))))
     return fig
 
 
-def variant(row) -> str:
-    """A strategy with what distinguishes its layouts: 'mp/1f1b', 'hybrid tp=2', 'tp+sp'."""
-    def get(k):
-        v = row.get(k)
-        return None if v is None or (isinstance(v, float) and pd.isna(v)) else v
-    name = str(get("strategy"))
-    if isinstance(get("schedule"), str) and get("schedule"):
-        name += f"/{get('schedule')}"
-    if name.startswith("hybrid"):
-        tp, pp = int(get("degree_tp") or 1), int(get("degree_pp") or 1)
-        name += f" tp={tp}" if tp > 1 else f" pp={pp}"
-    if get("degree_sequence_parallel") is True:
-        name += "+sp"
-    if get("degree_activation_checkpointing") == "full":
-        name += "+ckpt"
-    return name
+def pages(df: pd.DataFrame, title: str):
+    """Every page of the report, in order."""
+    built, skipped = [], []
 
+    def page(name, data, draw, empty=None):
+        if (data.empty if empty is None else empty):
+            skipped.append(name)
+        else:
+            built.append((name, lambda: draw(data)))
 
-def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
-    """ok runs, median tokens/s per (size, variant, devices): the data behind the plot."""
-    ok = df[df["status"] == "ok"] if not df.empty else df
-    if ok.empty:
-        return pd.DataFrame(columns=["size", "strategy", "devices", "tokens_per_s"])
-    ok = ok.assign(strategy=[variant(r) for r in ok.to_dict("records")])
-    return (ok.groupby(["size", "strategy", "devices"], as_index=False)["tokens_per_s"].median()
-            .sort_values(["size", "strategy", "devices"]))
-
-
-def fig_scaling(data: pd.DataFrame) -> plt.Figure:
-    sizes = list(dict.fromkeys(data["size"]))
-    fig, axes = plt.subplots(1, len(sizes), figsize=(max(7.5, 5.2 * len(sizes)), 4.8), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        d = data[data["size"] == size]
-        for strat, g in d.groupby("strategy"):
-            line, = ax.plot(g["devices"], g["tokens_per_s"], marker="o", label=strat)
-            base = g.iloc[0]  # ideal: linear from the fewest devices measured
-            ideal = base["tokens_per_s"] * g["devices"] / base["devices"]
-            ax.plot(g["devices"], ideal, ls=":", color=line.get_color(), alpha=0.6)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(sorted(d["devices"].unique()))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.set_xlabel("devices")
-        ax.set_ylabel("throughput (tokens/s, global)")
-        ax.set_title(f"size={size}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(title="strategy (dotted: ideal linear)", fontsize=7)
-    fig.suptitle("Scaling with devices")
-    fig.tight_layout()
-    return fig
-
-
-def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report") -> str:
-    """Write the PDF, and a CSV and a Markdown table beside it; returns the PDF path."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    page("scaling with devices", figures.scaling_data(df), figures.fig_scaling)
+    page("model size (needs two or more sizes)", figures.size_data(df), figures.fig_size)
+    page("memory", figures.memory_data(df), figures.fig_memory)
+    page("batch size (needs two or more batch sizes)", figures.batch_data(df), figures.fig_batch)
+    page("best strategy map", figures.best_data(df), figures.fig_best)
+    page("step-time spread", figures.spread_data(df), figures.fig_spread)
+    page("pipeline bubble (needs mp runs and a 1-device run of the same shape)", figures.bubble_data(df),
+         figures.fig_bubble)
+    groups = figures.loss_data(df)
+    page("loss curves (needs one configuration under two or more strategies)", groups, figures.fig_loss,
+         empty=not groups)
+    page("hardware comparison (needs results from two or more hardware labels)", figures.hardware_data(df),
+         figures.fig_hardware)
+    reps = repeats_data(df)
+    page("repeats (needs a configuration run more than once, e.g. seed=0,1,2)", reps,
+         lambda r: fig_table(r, f"Repeats: median tokens/s and its {CI_LEVEL:.0%} bootstrap interval"))
+    yield _text_page(title, summary_lines(df, skipped))
+    for name, draw in built:
+        try:
+            yield draw()
+        except Exception as e:  # one odd page must not cost the rest of the report
+            plt.close("all")
+            yield _text_page(name, [f"this page could not be drawn: {type(e).__name__}: {e}"])
     t = table_frame(df)
+    n = max(1, -(-len(t) // ROWS_PER_PAGE))
+    for i in range(n):
+        yield fig_table(t.iloc[i * ROWS_PER_PAGE:(i + 1) * ROWS_PER_PAGE], f"Appendix: every run ({i + 1}/{n})")
+
+
+def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", extra=()) -> str:
+    """Write the PDF (plus `extra` figures, e.g. compare's), and a CSV and a Markdown table
+    beside it; returns the PDF path."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     # deterministic: fixed metadata, no creation date, so the same results give the same file
     meta = {"Title": title, "Creator": "scalebench", "Producer": "matplotlib", "CreationDate": None}
     with PdfPages(out, metadata=meta) as pdf:
-        for fig in _pages(df, t, title):
+        for fig in list(pages(df, title)) + list(extra):
             pdf.savefig(fig)
             plt.close(fig)
     base = os.path.splitext(out)[0]
-    flat = df.drop(columns=[c for c in ("step_times_s", "loss") if c in df])
-    flat.to_csv(base + ".csv", index=False)
+    df.drop(columns=[c for c in ("step_times_s", "loss") if c in df]).to_csv(base + ".csv", index=False)
+    t = table_frame(df)
     with open(base + ".md", "w") as f:
-        f.write(f"# {title}\n\n" + t.to_markdown(index=False) if _has_tabulate() else t.to_string(index=False))
+        f.write(f"# {title}\n\n")
+        f.write("| " + " | ".join(t.columns) + " |\n|" + "---|" * len(t.columns) + "\n")
+        for row in t.itertuples(index=False):
+            f.write("| " + " | ".join(_fmt(v) for v in row) + " |\n")
     return out
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _pages(df: pd.DataFrame, t: pd.DataFrame, title: str):
-    yield fig_title_page(df, title)
-    pages = max(1, -(-len(t) // ROWS_PER_PAGE))
-    for i in range(pages):
-        yield fig_table(t.iloc[i * ROWS_PER_PAGE:(i + 1) * ROWS_PER_PAGE], i + 1, pages)
-    data = scaling_data(df)
-    if not data.empty:
-        yield fig_scaling(data)
+def _fail(msg: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(msg, file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,10 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     missing = [p for p in a.results if not os.path.exists(p)]
     if missing:
-        sys.exit(f"error: no such file or folder: {', '.join(missing)}; give result folders made by bench.run")
+        _fail(f"error: no such file or folder: {', '.join(missing)}; give result folders made by bench.run")
     df = load(a.results, on_skip=lambda m: print(f"skipped {m}", file=sys.stderr))
     if df.empty:
-        sys.exit(f"error: no result.json under {', '.join(a.results)}; run a sweep first (python -m bench.run -m ...)")
+        _fail(f"error: no result.json under {', '.join(a.results)}; run a sweep first (python -m bench.run -m ...)")
     print(summary_table(df))
     print(f"report: {write_report(df, a.output, a.title)}")
 

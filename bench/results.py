@@ -14,6 +14,7 @@ One `result.json` per job, written whatever happened to the job:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
+
+from bench import flops
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "invalid", "failed", "timeout", "oom", "predicted_oom")
@@ -74,6 +77,17 @@ def read_result(path: str) -> dict[str, Any]:
     return r
 
 
+REPEAT_KEYS = ("seed",)  # what differs between repeats of one configuration
+
+
+def point_key(cfg: dict[str, Any]) -> str:
+    """The benchmark configuration without the repeat axes: repeats of one point, and the
+    same point measured on other machines, share it."""
+    from bench.config import BENCH_KEYS
+    blob = json.dumps({k: cfg.get(k) for k in BENCH_KEYS if k not in REPEAT_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
     """One tidy row: the benchmark axes, the degrees, the scalar metrics, and the lists."""
     cfg = r.get("config") or {}
@@ -95,6 +109,17 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         "finished_at": r.get("finished_at"), "duration_s": r.get("duration_s"),
         "mem_predicted_bytes": pred.get("total_bytes"),
     }
+    hw = r.get("hardware") or {}
+    gpu = hw.get("gpu") or {}
+    row.update(
+        point_key=point_key(cfg),
+        scaling="strong" if cfg.get("global_batch_size") else "weak",
+        n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])
+                  if all(k in size for k in ("n_layer", "n_embd", "vocab_size", "block_size")) else None),
+        capacity_bytes=(gpu.get("memory_bytes") or [None])[0] if row["accelerator"] == "cuda" else hw.get("ram_bytes"),
+        data=cfg.get("data"), activation_checkpointing=cfg.get("activation_checkpointing"),
+        software_torch=(r.get("software") or {}).get("torch"),
+    )
     row.update({f"degree_{k}": v for k, v in (r.get("degrees") or {}).items()})
     for k, v in m.items():
         if isinstance(v, (int, float, str, bool)) or v is None:

@@ -69,3 +69,14 @@ def test_report_cli(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.report", str(tmp_path / "empty")],
                        capture_output=True, text=True, env=env)
     assert r.returncode != 0 and "no result.json" in r.stderr
+
+
+def test_end_of_sweep_report_survives_a_failed_point(cli, tmp_path):
+    r = cli("-m", "size=tiny", "strategy=single", "devices=1,2", "steps=2", "seq_len=32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "2 runs: 1 ok, 1 invalid" in r.stdout and "report: reports/" in r.stdout
+    from pypdf import PdfReader
+    [pdf] = glob.glob(str(tmp_path / "reports" / "*.pdf"))
+    text = "".join(p.extract_text() for p in PdfReader(pdf).pages)
+    assert "1 ok" in text and "strategy=single runs on one device" in text
+    assert glob.glob(str(tmp_path / "reports" / "*.csv")) and glob.glob(str(tmp_path / "reports" / "*.md"))
