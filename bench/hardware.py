@@ -68,8 +68,10 @@ def label(fp: dict[str, Any]) -> str:
     """Short hardware label, e.g. `8xH100-SXM-80GB` or `Xeon-2c-24GB`."""
     g = fp["gpu"]
     if g["count"]:
-        name = re.sub(r"^NVIDIA\s+", "", g["names"][0]).replace(" ", "-")
-        return f"{g['count']}x{name}-{round(g['memory_bytes'][0] / 1e9)}GB"
+        name = re.sub(r"^(NVIDIA|AMD)\s+", "", g["names"][0]).replace(" ", "-")
+        if re.search(r"\d+GB", name):  # e.g. 'H100 80GB HBM3' names its memory already
+            return f"{g['count']}x{name}"
+        return f"{g['count']}x{name}-{round(g['memory_bytes'][0] / 2**30)}GB"
     model = fp["cpu_model"]
     fam = next((w for w in ("EPYC", "Xeon", "Ryzen", "Core", "Neoverse", "Apple") if w in model),
                model.split()[0] if model else "CPU")

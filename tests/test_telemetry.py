@@ -66,3 +66,11 @@ def test_nvml_sampler_on_a_gpu():
     out = s.summary()
     assert out["nvml"] == "ok" and out["nvml_used_peak_bytes"] > 8192 * 8192 * 4
     assert 0 <= out["gpu_util_mean"] <= 1 and out["power_mean_w"] > 0
+
+
+def test_hardware_labels():
+    gpu = {"count": 8, "names": ["NVIDIA H100 80GB HBM3"], "memory_bytes": [85e9]}
+    assert hardware.label({"gpu": gpu}) == "8xH100-80GB-HBM3"
+    assert hardware.label({"gpu": {"count": 1, "names": ["NVIDIA H200"], "memory_bytes": [150e9]}}) == "1xH200-140GB"
+    cpu = {"gpu": {"count": 0}, "cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "cpu_usable": 2, "ram_bytes": 24 * 2**30}
+    assert hardware.label(cpu) == "Xeon-2c-24GB"
