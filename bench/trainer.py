@@ -101,14 +101,16 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         sampler.stop()
 
     # reductions after the window: slowest rank per step, mean loss over loss ranks (= dp)
-    step_t = torch.tensor(times + [window], dtype=torch.float64)
-    loss_t = torch.stack([l.float() for l in losses]).cpu().double()
+    # on the device: NCCL reduces CUDA tensors only (gloo takes CPU ones, the device there)
+    step_t = torch.tensor(times + [window], dtype=torch.float64, device=ctx.device)
+    loss_t = torch.stack([l.float() for l in losses]).double()
     if ctx.world > 1:
         dist.all_reduce(step_t, op=dist.ReduceOp.MAX)
-        n_loss = torch.tensor([1.0 if par.has_loss else 0.0], dtype=torch.float64)
+        n_loss = torch.tensor([1.0 if par.has_loss else 0.0], dtype=torch.float64, device=ctx.device)
         dist.all_reduce(loss_t)
         dist.all_reduce(n_loss)
         loss_t /= n_loss
+    step_t, loss_t = step_t.cpu(), loss_t.cpu()
     times, window = step_t[:-1].tolist(), step_t[-1].item()
     q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
     tokens_per_s = spec.tokens_per_step * spec.steps / window
