@@ -200,13 +200,16 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
         batch = gbs // (dp * grad_accum)
 
     pipelined = name == "mp" or (name == "hybrid" and pp > 1)
+    if precision == "fp16" and (pipelined and pp > 1 or tp > 1):
+        # the gradient scaler needs every rank to scale its own backward and to agree on
+        # skipping a step: not so for pipeline stages (only the last sees the loss) or for
+        # tensor-parallel shards mixed with replicated parameters
+        raise InvalidConfig(f"precision=fp16 is not supported with {'pipeline' if pp > 1 else 'tensor'} "
+                            "parallelism (gradient scaling); use precision=bf16")
     schedule = strat["schedule"] if pipelined else ""
     micro, chunks = 1, 1
     if pipelined and schedule != "naive":
         micro = strat["microbatches"]
-        if precision == "fp16":
-            raise InvalidConfig(f"precision=fp16 with strategy.schedule={schedule}: the pipelining "
-                                "schedule runs backward itself, without gradient scaling; use precision=bf16")
         if micro < 1 or batch % micro:
             raise InvalidConfig(f"batch_size={batch} does not divide into strategy.microbatches="
                                 f"{micro}; use a batch_size that is a multiple of {micro}")

@@ -31,6 +31,13 @@ def mj_to_j(mj: float) -> float:
     return mj / 1000.0
 
 
+def _try(read):
+    try:
+        return read()
+    except Exception:
+        return None
+
+
 class Sampler:
     """Start at the window's opening, stop at its close; `summary()` gives the figures."""
 
@@ -72,13 +79,16 @@ class Sampler:
         self.rss.append(self.proc.memory_info().rss)
         if self._h is None:
             return
-        nv = self._nv
-        try:
-            self.gpu_mem.append(nv.nvmlDeviceGetMemoryInfo(self._h, version=nv.nvmlMemory_v2).used)
-        except Exception:
-            self.gpu_mem.append(nv.nvmlDeviceGetMemoryInfo(self._h).used)
-        self.util.append(nv.nvmlDeviceGetUtilizationRates(self._h).gpu)
-        self.power_w.append(mw_to_w(nv.nvmlDeviceGetPowerUsage(self._h)))
+        nv, h = self._nv, self._h
+        # each read on its own: a device may not support one (NOT_SUPPORTED), and the
+        # sampler must outlive that
+        mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2).used)
+        if mem is None:
+            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h).used)
+        for out, v in ((self.gpu_mem, mem), (self.util, _try(lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu)),
+                       (self.power_w, _try(lambda: mw_to_w(nv.nvmlDeviceGetPowerUsage(h))))):
+            if v is not None:
+                out.append(v)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

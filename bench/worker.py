@@ -121,6 +121,9 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
         dist.init_process_group("gloo")
     baseline_rss = psutil.Process().memory_info().rss
     peak = peaks(device, spec.precision) if rank == 0 else {}  # before the model takes memory
+    if device.type == "cuda":  # the calibration's matrices must not count as the run's memory
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
     mesh = None
     if (ms := mesh_shape(spec)) is not None:
@@ -168,7 +171,9 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
     metrics.update(peak, mfu=achieved / peak["peak_flops_per_s"] if peak["peak_flops_per_s"] else None,
                    mfu_measured_peak=achieved / peak["peak_flops_measured_per_s"])
     energy = [m["energy_j"] for m in per_rank]
-    if all(e is not None for e in energy) and sum(energy) > 0:
+    if spec.strategy == "dataparallel":  # one process drives every GPU; NVML sampled GPU 0 only
+        metrics["telemetry_note"] = "nvml figures are GPU 0's only (single-process dataparallel)"
+    elif all(e is not None for e in energy) and sum(energy) > 0:
         metrics.update(energy_j=sum(energy), tokens_per_j=metrics["tokens_per_step"] * spec.steps / sum(energy))
     if device.type == "cuda":
         nvml_peaks = [m["nvml_used_peak_bytes"] for m in per_rank]

@@ -16,9 +16,22 @@ from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps
 from bench.plan import RunSpec
 
 
+class _Autocast(nn.Module):
+    """DataParallel runs each replica in its own thread, where autocast is re-entered with
+    the device's default dtype (fp16 on CUDA): enter ours inside the replica instead."""
+
+    def __init__(self, module: nn.Module, ctx: Ctx):
+        super().__init__()
+        self.module, self._ctx = module, ctx
+
+    def forward(self, x):
+        with self._ctx.autocast():
+            return self.module(x)
+
+
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
     model = build_model(spec.shape, ctx.device, spec.seed)
     if spec.activation_checkpointing == "full":
         apply_checkpointing(model)
-    dp = nn.DataParallel(model, device_ids=list(range(spec.devices)))
+    dp = nn.DataParallel(_Autocast(model, ctx), device_ids=list(range(spec.devices)))
     return Parallel([dp], partial(micro_steps, dp, ctx=ctx), has_loss=True)

@@ -141,8 +141,8 @@ def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
             losses: list[torch.Tensor] = []
             args = (x,) if first else ()
             kwargs = {"target": y, "losses": losses} if last else {}
-            with ctx.autocast():
-                schedule.step(*args, **kwargs)
+            with ctx.autocast():  # return_outputs=False: no merged (B, T, V) logits to keep
+                schedule.step(*args, return_outputs=False, **kwargs)
             if last:  # each is one micro-batch's loss / (microbatches x grad_accum)
                 total += torch.stack([l.detach() for l in losses]).sum()
         return total if last else None
