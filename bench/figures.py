@@ -62,10 +62,13 @@ def _log2_devices(ax, devices) -> None:
 
 
 def _thousands(ax, axis="y") -> None:
+    """Plain numbers on a log axis; minor ticks labelled only when the axis spans less than
+    a decade (else they crowd the labels). Call after the data is drawn."""
     fmt = ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     a = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     a.set_major_formatter(fmt)
-    a.set_minor_formatter(fmt)
+    a.set_minor_formatter(fmt if lo > 0 and hi / lo < 10 else ticker.NullFormatter())
 
 
 # -- scaling with devices ------------------------------------------------------------------
