@@ -77,12 +77,14 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
     """Median tokens/s per (size, variant, scaling, batch, devices), and the efficiency
     against the fewest devices of the same series: tps(d) / (tps(d0) * d / d0)."""
     ok = ok_runs(df)
-    cols = ["size", "variant", "scaling", "batch_size", "devices", "tokens_per_s", "efficiency"]
+    cols = ["size", "n_params", "variant", "scaling", "batch_size", "devices", "tokens_per_s", "efficiency"]
     if ok.empty:
         return pd.DataFrame(columns=cols)
-    g = (ok.groupby(["size", "variant", "scaling", "batch_size", "devices"], as_index=False)["tokens_per_s"]
-         .median().sort_values(["size", "variant", "scaling", "batch_size", "devices"]))
+    g = (ok.groupby(["size", "n_params", "variant", "scaling", "batch_size", "devices"], as_index=False)
+         ["tokens_per_s"].median().sort_values(["n_params", "variant", "scaling", "batch_size", "devices"]))
     first = g.groupby(["size", "variant", "scaling", "batch_size"])[["devices", "tokens_per_s"]].transform("first")
+    g = g.reset_index(drop=True)
+    first = first.reset_index(drop=True)
     g["efficiency"] = g["tokens_per_s"] / (first["tokens_per_s"] * g["devices"] / first["devices"])
     return g[cols]
 
@@ -228,8 +230,8 @@ def best_data(df: pd.DataFrame) -> pd.DataFrame:
     """The fastest variant per (size, devices)."""
     ok = ok_runs(df)
     if ok.empty:
-        return pd.DataFrame(columns=["size", "devices", "variant", "tokens_per_s"])
-    med = ok.groupby(["size", "devices", "variant"], as_index=False)["tokens_per_s"].median()
+        return pd.DataFrame(columns=["size", "n_params", "devices", "variant", "tokens_per_s"])
+    med = ok.groupby(["size", "n_params", "devices", "variant"], as_index=False)["tokens_per_s"].median()
     return med.loc[med.groupby(["size", "devices"])["tokens_per_s"].idxmax()].reset_index(drop=True)
 
 
@@ -334,7 +336,8 @@ def loss_data(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     groups = []
     for key, g in ok.groupby(LOSS_KEYS, dropna=False):
         if len(g) > 1:
-            label = ", ".join(f"{k}={v}" for k, v in zip(LOSS_KEYS, key))
+            size, gbs, seq, seed, data, prec = key
+            label = f"{size}: global batch {gbs} x seq {seq}, seed {seed}, {data}, {prec}"
             groups.append((label, g[["variant", "devices", "loss"]].reset_index(drop=True)))
     return groups[:6]
 

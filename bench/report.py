@@ -46,7 +46,7 @@ def table_frame(df: pd.DataFrame) -> pd.DataFrame:
                           "degree_dp": "dp", "degree_tp": "tp", "degree_pp": "pp"})
     for c in ("dp", "tp", "pp", "devices", "batch"):  # integers, blank when unknown
         t[c] = t[c].astype("Int64")
-    t["error"] = df["error"].fillna("").str.slice(0, 60) if "error" in df else ""
+    t["error"] = df["error"].fillna("").str.slice(0, 48) if "error" in df else ""  # whole in the CSV
     return t.sort_values(["size", "strategy", "devices"], na_position="last", kind="stable").reset_index(drop=True)
 
 

@@ -72,7 +72,7 @@ def test_loss_groups_are_the_same_model_on_the_same_tokens():
     groups = figures.loss_data(frame())
     assert len(groups) == 1  # the mini runs share size, global batch, seq, seed, data, precision
     label, g = groups[0]
-    assert "size=mini" in label and len(g) == 6
+    assert label.startswith("mini:") and len(g) == 6
 
 
 def test_batch_page_needs_two_batch_sizes():
