@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ CORES_ENV = "SCALEBENCH_CORES"  # the cores the ranks of this job share out, in 
 
 @dataclass
 class Outcome:
-    status: str  # ok | failed | timeout | oom
+    status: str  # ok | failed | timeout | oom | diverged
     metrics: dict[str, Any] | None = None
     error: str | None = None
     error_detail: str | None = None
@@ -144,6 +145,10 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     try:
         results = elastic_launch(config, run_rank)(spec.to_dict(), out_dir)
         out = Outcome("ok", metrics=results.get(0))
+        bad = [i for i, v in enumerate(out.metrics["loss"]) if not math.isfinite(v)]
+        if bad:  # recorded, not averaged into the throughput as if nothing happened
+            out.status = "diverged"
+            out.error = f"loss became {out.metrics['loss'][bad[0]]} at step {bad[0]} (warm-up included)"
     except BaseException as e:  # ChildFailedError, rendezvous errors, Ctrl-C, SIGTERM
         if isinstance(e, (KeyboardInterrupt, SignalException)):
             # the user stops the sweep: end the ranks and let the caller record and stop

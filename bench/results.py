@@ -3,7 +3,7 @@
 One `result.json` per job, written whatever happened to the job:
 
     schema_version  int, SCHEMA_VERSION
-    status          ok | invalid | failed | timeout | oom | predicted_oom
+    status          ok | invalid | failed | timeout | oom | predicted_oom | diverged | interrupted
     error           one line, or null;  error_detail: traceback or null
     config          the resolved config (all keys);  config_hash: of its benchmark keys
     spec            the RunSpec (resolved precision/accelerator, derived batch) or null
@@ -26,7 +26,7 @@ import pandas as pd
 from bench import flops
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "invalid", "failed", "timeout", "oom", "predicted_oom")
+STATUSES = ("ok", "invalid", "failed", "timeout", "oom", "predicted_oom", "diverged", "interrupted")
 RESULT_NAME = "result.json"
 
 

@@ -70,7 +70,7 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
     except PredictedOOM as e:
         result.update(status="predicted_oom", error=str(e))
     except KeyboardInterrupt:
-        result.update(status="failed", error="interrupted by the user")
+        result.update(status="interrupted", error="interrupted (Ctrl-C or SIGTERM); the sweep stopped here")
         _finish(result, t0, out_dir)
         raise
     except Exception as e:  # a bug of ours must not end the sweep either

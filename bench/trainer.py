@@ -8,6 +8,8 @@ first and are not timed. After the window, per-step times are reduced with MAX a
 """
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 import sys
 import time
@@ -40,6 +42,29 @@ def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torc
         return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
+FAULT_ENV = "SCALEBENCH_FAULT"  # for tests only: "kill:RANK:STEP", "hang:RANK:STEP", "nan:RANK:STEP"
+
+
+def parse_fault(text: str) -> tuple[str, int, int] | None:
+    """Fault injection for the tests (never set in a benchmark): kill rank r at step s
+    (SIGKILL), hang it there (sleep past any timeout), or make the loss NaN at step s."""
+    if not text:
+        return None
+    kind, rank, step = text.split(":")
+    if kind not in ("kill", "hang", "nan"):
+        raise ValueError(f"{FAULT_ENV}={text}: kind must be kill, hang or nan")
+    return kind, int(rank), int(step)
+
+
+def inject(fault: tuple[str, int, int] | None, rank: int, step: int) -> None:
+    if fault is None or fault[1] != rank or fault[2] != step:
+        return
+    if fault[0] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault[0] == "hang":
+        time.sleep(10**6)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -66,6 +91,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
     """Run warm-up + measured steps; returns the metrics (the same on every rank).
     `sampler` (bench/telemetry.py) runs over the measured window only."""
     opt = make_optimizer(par.parameters(), spec, ctx.device)
+    fault = parse_fault(os.environ.get(FAULT_ENV, ""))
     n_total = spec.warmup_steps + spec.steps
     batches = batches.to(ctx.device)  # all data resident before the first step
     losses: list[torch.Tensor] = []
@@ -80,9 +106,12 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
             t_window = time.perf_counter()
             if sampler is not None:
                 sampler.start()
+        inject(fault, ctx.rank, step)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = par.forward_backward(batches[step])
+        if fault and fault[0] == "nan" and step == fault[2] and loss is not None:
+            loss = loss * float("nan")
         if ctx.scaler is not None:
             ctx.scaler.step(opt)
             ctx.scaler.update()
