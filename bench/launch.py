@@ -45,7 +45,15 @@ def free_port() -> int:
 
 
 def _kill_tree(timeout: float = 5.0) -> None:
-    kids = psutil.Process().children(recursive=True)
+    """End every process below this one (the ranks and their agent's helpers), except
+    multiprocessing's resource tracker, which serves this process and stays."""
+    kids = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(p.cmdline()):
+                kids.append(p)
+        except psutil.Error:
+            pass
     for p in kids:
         try:
             p.terminate()
