@@ -100,5 +100,14 @@ BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global
               "cpu_threads_per_device", "activation_checkpointing", "oversubscribe", "data", "data_path")
 
 
+def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
+    """Hash of the keys that define what is measured (less `exclude`): the config hash,
+    and without the repeat axes the key that matches a point across repeats and machines."""
+    import hashlib
+    import json
+    blob = json.dumps({k: cfg.get(k) for k in BENCH_KEYS if k not in exclude}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def register() -> None:
     ConfigStore.instance().store(name="base_config", node=BenchConfig)

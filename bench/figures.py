@@ -83,8 +83,6 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
     g = (ok.groupby(["size", "n_params", "variant", "scaling", "batch_size", "devices"], as_index=False)
          ["tokens_per_s"].median().sort_values(["n_params", "variant", "scaling", "batch_size", "devices"]))
     first = g.groupby(["size", "variant", "scaling", "batch_size"])[["devices", "tokens_per_s"]].transform("first")
-    g = g.reset_index(drop=True)
-    first = first.reset_index(drop=True)
     g["efficiency"] = g["tokens_per_s"] / (first["tokens_per_s"] * g["devices"] / first["devices"])
     return g[cols]
 

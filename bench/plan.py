@@ -6,14 +6,12 @@ process is started for it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench import flops
-from bench.config import BENCH_KEYS
+from bench.config import bench_hash
 from bench.model import GPTShape
 
 STRATEGIES = ("single", "dp", "mp", "tp", "fsdp", "dataparallel", "hybrid")
@@ -91,14 +89,8 @@ def stage_layers(n_layer: int, stages: int) -> list[range]:
     return out
 
 
-def bench_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that defines what is measured."""
-    return {k: cfg.get(k) for k in BENCH_KEYS}
-
-
 def config_hash(cfg: dict[str, Any]) -> str:
-    blob = json.dumps(bench_config(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return bench_hash(cfg)
 
 
 def usable_cores() -> int:

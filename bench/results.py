@@ -14,7 +14,6 @@ One `result.json` per job, written whatever happened to the job:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -83,9 +82,8 @@ REPEAT_KEYS = ("seed",)  # what differs between repeats of one configuration
 def point_key(cfg: dict[str, Any]) -> str:
     """The benchmark configuration without the repeat axes: repeats of one point, and the
     same point measured on other machines, share it."""
-    from bench.config import BENCH_KEYS
-    blob = json.dumps({k: cfg.get(k) for k in BENCH_KEYS if k not in REPEAT_KEYS}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    from bench.config import bench_hash
+    return bench_hash(cfg, exclude=REPEAT_KEYS)
 
 
 def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:

@@ -59,7 +59,7 @@ def memory_stats(device: torch.device, baseline_rss: int, sampler: Sampler) -> d
 def peaks(device: torch.device, precision: str) -> dict[str, Any]:
     """The FLOP/s that MFU divides by: the datasheet's (GPUs in the table) and a measured
     matmul peak (every device; cached), each with its source."""
-    dtype = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
+    dtype = precision  # resolved: fp32 | bf16 | fp16, the matmul dtype the run computes in
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else hardware.cpu_model()
     table, table_src = hardware.table_peak(name, dtype) if device.type == "cuda" else (None, "CPU: no datasheet peak")
     measured, measured_src = hardware.matmul_peak(device, dtype)
