@@ -5,6 +5,8 @@ raising, so Hydra always reaches on_multirun_end.
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 from typing import Any
 
@@ -16,10 +18,18 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from bench import report
         from bench.results import load
+        from bench.run import SKIPPED_NAME
 
         sweep_dir = config.hydra.sweep.dir
-        df = load([sweep_dir], on_skip=lambda msg: print(f"skipped {msg}"))
+        # a resumed sweep's report shows the ok results it skipped beside the new ones
+        reused = []
+        for marker in sorted(glob.glob(os.path.join(sweep_dir, "**", SKIPPED_NAME), recursive=True)):
+            with open(marker) as f:
+                reused.append(json.load(f)["result"])
+        df = load([sweep_dir, *reused], on_skip=lambda msg: print(f"skipped {msg}"))
         print()
+        if reused:
+            print(f"resume: {len(reused)} point(s) skipped, their ok results already exist (reused in the report)")
         print(report.summary_table(df))
         if df.empty:
             return

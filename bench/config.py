@@ -91,6 +91,7 @@ class BenchConfig:
     report_dir: str = "reports"  # where the end-of-sweep report goes
     hardware_label: Optional[str] = None  # null: derived from the machine's fingerprint
     force: bool = False  # run even when the memory model predicts an out-of-memory
+    resume: bool = False  # skip points with an ok result (same config hash and hardware) under results_root
 
 
 # Keys that change what is measured; everything else (paths, timeouts, labels) does not
@@ -110,4 +111,11 @@ def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
 
 
 def register() -> None:
+    import secrets
+
+    from omegaconf import OmegaConf
     ConfigStore.instance().store(name="base_config", node=BenchConfig)
+    # `${uniq:}` in the sweep folder's name: two sweeps started in the same second get two
+    # folders. Cached like Hydra's `${now:}`, so every job of a sweep (also a job that
+    # submitit runs in another process, which receives the sweep's resolver cache) agrees.
+    OmegaConf.register_new_resolver("uniq", lambda: secrets.token_hex(2), use_cache=True, replace=True)

@@ -36,6 +36,7 @@ class Outcome:
     error_detail: str | None = None
     launch_s: float = 0.0  # wall time from launch to teardown
     rank_errors: list[dict[str, Any]] = field(default_factory=list)
+    cores: dict[str, Any] | None = None  # CPU: the cores claimed, the wait for them
 
 
 def free_port() -> int:
@@ -103,21 +104,79 @@ def _describe_failures(exc: BaseException, only: dict | None = None) -> str:
     return "; ".join(parts)
 
 
-def _place_ranks(spec: RunSpec) -> set[int] | None:
-    """On CPU, hand the ranks the first devices x threads cores (through CORES_ENV) and move
-    this process (the elastic agent, which polls its workers) onto the cores left over, so
-    that it never takes time from a rank. Returns the affinity to restore afterwards."""
+class CoreClaim:
+    """Advisory locks, one file per CPU core, shared by every scalebench job of this user on
+    this host: two sweeps at once take turns on the cores instead of timing each other.
+    A job claims all the cores it needs or none (no deadlock), waits while another job holds
+    them, and after `patience_s` runs on what it was given, marked as sharing."""
+
+    def __init__(self, cores: list[int], n: int, patience_s: float) -> None:
+        import tempfile
+        self.dir = os.path.join(tempfile.gettempdir(), f"scalebench-cores-{os.getuid()}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.files: list[Any] = []
+        self.cores: list[int] = []
+        self.waited_s, self.shared = 0.0, False
+        t0 = time.perf_counter()
+        told = False
+        while not self._try(cores, n):
+            self.waited_s = time.perf_counter() - t0
+            if self.waited_s > patience_s:
+                self.cores, self.shared = cores[:n], True
+                return
+            if not told:
+                print(f"  [launch] waiting: another scalebench job holds the cores this one needs ({n})",
+                      flush=True)
+                told = True
+            time.sleep(0.5)
+        self.waited_s = time.perf_counter() - t0
+
+    def _try(self, cores: list[int], n: int) -> bool:
+        import fcntl
+        for c in cores:
+            f = open(os.path.join(self.dir, f"core{c}.lock"), "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            f.write(str(os.getpid()))
+            f.flush()
+            self.files.append(f)
+            self.cores.append(c)
+            if len(self.cores) == n:
+                return True
+        self.release()
+        return False
+
+    def release(self) -> None:
+        for f in self.files:
+            f.close()  # closing drops the flock
+        self.files, self.cores = [], []
+
+
+def _place_ranks(spec: RunSpec) -> tuple[set[int] | None, CoreClaim | None]:
+    """On CPU, claim devices x threads cores, hand them to the ranks (through CORES_ENV) and
+    move this process (the elastic agent, which polls its workers) onto cores no rank uses,
+    so that it never takes time from a rank. Returns the affinity to restore afterwards and
+    the claim to release."""
     if spec.accelerator != "cpu" or not hasattr(os, "sched_getaffinity"):
-        return None
+        return None, None
     mine = os.sched_getaffinity(0)
     cores = sorted(mine)
     n = spec.procs * spec.cpu_threads_per_device
-    # oversubscribed (tests only): ranks share cores round-robin
-    os.environ[CORES_ENV] = ",".join(str(cores[i % len(cores)]) for i in range(n))
-    if len(cores) > n:
-        os.sched_setaffinity(0, cores[n:])
-        return mine
-    return None
+    claim = None
+    if n <= len(cores):
+        claim = CoreClaim(cores, n, patience_s=spec.timeout_s)
+        use = claim.cores
+    else:  # oversubscribed (tests only): ranks share cores round-robin
+        use = [cores[i % len(cores)] for i in range(n)]
+    os.environ[CORES_ENV] = ",".join(str(c) for c in use)
+    spare = [c for c in cores if c not in use]
+    if spare:
+        os.sched_setaffinity(0, spare)
+        return mine, claim
+    return None, claim
 
 
 def launch(spec: RunSpec, out_dir: str) -> Outcome:
@@ -132,7 +191,9 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.launcher").setLevel(logging.WARNING)
     os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)  # inherited by the ranks
-    restore = _place_ranks(spec)
+    restore, claim = _place_ranks(spec)
+    # elastic installs its own SIGINT/SIGTERM handlers and leaves them; put ours back after
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=spec.procs,
         run_id=f"scalebench-{uuid.uuid4().hex[:12]}",
@@ -176,7 +237,15 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
         out.rank_errors = errs
     finally:
         done.set()
+        for sig, h in handlers.items():
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(sig, h)
         if restore:
             os.sched_setaffinity(0, restore)
+        if claim:
+            claim.release()
     out.launch_s = time.perf_counter() - t0
+    if claim:
+        out.cores = {"cores": [int(c) for c in os.environ[CORES_ENV].split(",")],
+                     "waited_for_cores_s": round(claim.waited_s, 3), "shared_with_other_jobs": claim.shared}
     return out

@@ -76,6 +76,22 @@ def read_result(path: str) -> dict[str, Any]:
     return r
 
 
+def ok_index(root: str) -> dict[tuple[str, str], str]:
+    """(config_hash, hardware_label) -> the first ok result file under `root`: what a resumed
+    sweep may skip. Unreadable and foreign files are passed over (resume reruns rather than
+    trusts them)."""
+    index: dict[tuple[str, str], str] = {}
+    if os.path.isdir(root):
+        for f in find_result_files([root]):
+            try:
+                r = read_result(f)
+            except ValueError:
+                continue
+            if r["status"] == "ok":
+                index.setdefault((r.get("config_hash"), r.get("hardware_label")), f)
+    return index
+
+
 REPEAT_KEYS = ("seed",)  # what differs between repeats of one configuration
 
 

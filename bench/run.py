@@ -9,6 +9,7 @@ its result.json and the sweep goes on: the job function never raises.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import sys
@@ -21,12 +22,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import config, hardware
 from bench.plan import InvalidConfig, PredictedOOM, check_memory, config_hash, make_spec, predict_memory
-from bench.results import SCHEMA_VERSION, write_result
+from bench.results import SCHEMA_VERSION, ok_index, write_result
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"
 config.register()
 _exit_code = 0
+SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder instead of a result
+_ok_cache: dict[str, dict] = {}  # results_root -> ok_index, read once per process
+
+
+def _already_ok(cfg: dict[str, Any], label: str) -> str | None:
+    root = os.path.abspath(cfg["results_root"])
+    if root not in _ok_cache:
+        _ok_cache[root] = ok_index(root)
+    return _ok_cache[root].get((config_hash(cfg), label))
 
 
 def _now() -> str:
@@ -37,11 +47,20 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """Plan, launch and record one point; returns the result that was written."""
     t0 = time.perf_counter()
     fp = hardware.fingerprint()
+    label = cfg.get("hardware_label") or hardware.label(fp)
+    if cfg.get("resume"):
+        done = _already_ok(cfg, label)
+        if done:  # a pointer, not a copy: the measured result stays where it is, untouched
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, SKIPPED_NAME), "w") as f:
+                json.dump({"status": "skipped", "result": os.path.abspath(done), "config_hash": config_hash(cfg),
+                           "hardware_label": label, "at": _now()}, f, indent=1)
+            return {"status": "skipped", "error": f"resume: an ok result exists at {done}"}
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": None, "error": None, "error_detail": None,
         "config": cfg, "config_hash": config_hash(cfg), "spec": None,
         "degrees": None, "metrics": None, "prediction": None,
-        "hardware": fp, "hardware_label": cfg.get("hardware_label") or hardware.label(fp),
+        "hardware": fp, "hardware_label": label,
         "software": hardware.software(), "started_at": _now(), "output_dir": os.path.abspath(out_dir),
     }
     try:
@@ -62,7 +81,7 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
         print("  [launch] starting " + f"{spec.devices} rank(s)", flush=True)
         out = launch(spec, out_dir)
         result.update(status=out.status, error=out.error, error_detail=out.error_detail, metrics=out.metrics,
-                      launch_s=out.launch_s)
+                      launch_s=out.launch_s, cores=out.cores)
         if out.rank_errors:
             result["rank_errors"] = [{k: e.get(k) for k in ("rank", "status", "error")} for e in out.rank_errors]
     except InvalidConfig as e:
@@ -116,7 +135,7 @@ def job(cfg: DictConfig) -> None:
         print(f"[run] {what}", flush=True)
     r = run_point(plain, hc.runtime.output_dir)
     print(summary_line(r), flush=True)
-    if hc.mode.name != "MULTIRUN" and r["status"] != "ok":
+    if hc.mode.name != "MULTIRUN" and r["status"] not in ("ok", "skipped"):
         _exit_code = 2 if r["status"] in ("invalid", "predicted_oom") else 1
 
 
@@ -139,11 +158,15 @@ def _one_line(e: BaseException) -> str:
     return line
 
 
-def preflight(overrides: list[str], multirun: bool) -> int:
-    """Compose every point of the command once; returns how many points it has."""
+def compose_points(overrides: list[str], multirun: bool) -> list[tuple[str, dict[str, Any]]]:
+    """Compose every point of the command once, as Hydra will: (its sweep overrides, its
+    resolved config). Raises on a wrong key, type or option."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    def plain(c: DictConfig) -> dict[str, Any]:
+        return OmegaConf.to_container(c, resolve=True, enum_to_str=True)
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         parser = OverridesParser.create()
@@ -151,25 +174,75 @@ def preflight(overrides: list[str], multirun: bool) -> int:
         if not multirun:
             if any(o.is_sweep_override() for o in parsed):
                 raise ValueError("a sweep (a=1,2) needs -m: python -m bench.run -m ...")
-            compose("config", overrides=overrides)
-            return 1
+            return [(" ".join(overrides), plain(compose("config", overrides=overrides)))]
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("config", overrides=fixed, return_hydra_config=True)
         params = base.hydra.sweeper.get("params") or {}
         lines = [f"{k}={v}" for k, v in params.items()] + overrides
         combos = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
-        for combo in combos:
-            compose("config", overrides=combo)
-        return len(combos)
+        return [(" ".join(c), plain(compose("config", overrides=c))) for c in combos]
+
+
+def check_writable(folder: str, key: str) -> None:
+    """`folder` exists as a writable folder or can be made: tried for real (a temporary
+    folder in its nearest existing ancestor), since permission bits do not tell root."""
+    import tempfile
+    path = os.path.abspath(folder)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{key}={folder} cannot be made: {probe} is a file; choose another {key}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".scalebench-probe-", dir=probe))
+    except OSError as e:
+        raise ValueError(f"{key}={folder} is not writable ({e.strerror}: {probe}); "
+                         f"choose another {key}") from None
+
+
+def preflight(overrides: list[str], multirun: bool) -> int:
+    """Everything that can be checked before the first job: every point composes, the output
+    folders are writable, and each point plans (devices, degrees, batch split, precision,
+    context). A single run that cannot run stops here; a sweep records its invalid points
+    (they belong in the report) and stops only when none can run. Returns the point count."""
+    from bench.plan import InvalidConfig, make_spec
+    points = compose_points(overrides, multirun)
+    for key in ("results_root", "report_dir"):
+        for folder in sorted({c[key] for _, c in points}):
+            check_writable(folder, key)
+    invalid = []
+    for what, cfg in points:
+        try:
+            make_spec(cfg)
+        except InvalidConfig as e:
+            invalid.append((what, str(e)))
+    if invalid and (not multirun or len(invalid) == len(points)):
+        what, msg = invalid[0]
+        raise ValueError(msg if not multirun else f"no point of this sweep can run; {what}: {msg}")
+    if invalid:
+        print(f"note: {len(invalid)} of {len(points)} points cannot run and will be recorded as invalid, "
+              f"e.g. {invalid[0][0]}: {invalid[0][1]}", flush=True)
+    if points[0][1].get("resume") and multirun:
+        print("resume: points with an ok result for the same config and hardware under "
+              f"{points[0][1]['results_root']} are skipped", flush=True)
+    return len(points)
 
 
 def main() -> None:
+    import signal
+
+    def terminate(signum, frame):  # SIGTERM (a scheduler, kill): stop as Ctrl-C does
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
     args = sys.argv[1:]
     multirun = "-m" in args or "--multirun" in args
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     if not any(a.startswith("-") for a in overrides):  # other Hydra flags: let Hydra handle them
         try:
             os.environ[TOTAL_ENV] = str(preflight(overrides, multirun))
+        except KeyboardInterrupt:
+            sys.exit(130)
         except Exception as e:
             print(f"error: {_one_line(e)}", file=sys.stderr)
             sys.exit(2)

@@ -30,6 +30,24 @@ def run_cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
+def fake_set(folder, scale=1.0, sizes=("mini",)) -> str:
+    """A result set without running anything: ok dp results with seeded step times that are
+    `scale` times 0.2 s, labelled as machine `M<scale>`."""
+    import numpy as np
+
+    from bench.results import SCHEMA_VERSION, write_result
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        steps = list(0.2 * scale * (1 + 0.01 * rng.standard_normal(10)))
+        write_result(str(folder / size), {
+            "schema_version": SCHEMA_VERSION, "status": "ok", "error": None,
+            "config": {"size": {"name": size}, "strategy": {"name": "dp"}, "devices": 2, "batch_size": 8, "seed": 0},
+            "config_hash": "h", "hardware_label": f"M{scale}", "degrees": {"dp": 2, "tp": 1, "pp": 1},
+            "metrics": {"tokens_per_s": 4096 / float(np.median(steps)), "tokens_per_step": 4096,
+                        "step_times_s": steps, "step_time_s": float(np.median(steps))}})
+    return str(folder)
+
+
 @pytest.fixture
 def cli(tmp_path):
     return lambda *args, **kw: run_cli(*args, cwd=str(tmp_path), **kw)

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from bench import compare
-from bench.results import SCHEMA_VERSION, write_result
-from conftest import ROOT
+from conftest import ROOT, fake_set
 
 
 def test_mann_whitney_against_known_values():
@@ -33,38 +32,14 @@ def test_verdicts(slow, expected):
     assert compare.verdict(p, ratio, alpha=0.05, min_ratio=0.05) == expected
 
 
-def _set(folder, scale=1.0, sizes=("mini",)):
-    rng = np.random.default_rng(0)
-    for size in sizes:
-        steps = list(0.2 * scale * (1 + 0.01 * rng.standard_normal(10)))
-        write_result(str(folder / size), {
-            "schema_version": SCHEMA_VERSION, "status": "ok", "error": None,
-            "config": {"size": {"name": size}, "strategy": {"name": "dp"}, "devices": 2, "batch_size": 8, "seed": 0},
-            "config_hash": "h", "hardware_label": f"M{scale}", "degrees": {"dp": 2, "tp": 1, "pp": 1},
-            "metrics": {"tokens_per_s": 4096 / float(np.median(steps)), "tokens_per_step": 4096,
-                        "step_times_s": steps, "step_time_s": float(np.median(steps))}})
-    return str(folder)
-
-
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "bench.compare", *args], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ROOT})
 
 
 def test_cli_flags_a_planted_slowdown_and_passes_identical_sets(tmp_path):
-    a, b = _set(tmp_path / "a"), _set(tmp_path / "b", scale=1.25)
+    a, b = fake_set(tmp_path / "a"), fake_set(tmp_path / "b", scale=1.25)
     r = _run(a, b, "--pdf", str(tmp_path / "c.pdf"))
     assert r.returncode == 1 and "slower" in r.stdout and (tmp_path / "c.pdf").exists()
-    r = _run(a, _set(tmp_path / "a2"))
+    r = _run(a, fake_set(tmp_path / "a2"))
     assert r.returncode == 0 and "within noise" in r.stdout
-
-
-def test_cli_bad_input(tmp_path):
-    a = _set(tmp_path / "a")
-    r = _run(a, str(tmp_path / "missing"))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file or folder" in r.stderr
-    (tmp_path / "empty").mkdir()
-    r = _run(a, str(tmp_path / "empty"))
-    assert r.returncode == 2 and "no ok results" in r.stderr
-    r = _run(a, _set(tmp_path / "other", sizes=("small",)))
-    assert r.returncode == 2 and "no configuration in common" in r.stderr

@@ -33,3 +33,33 @@ def test_load_is_tidy_and_skips_corrupt_files(tmp_path):
     assert (ok["size"], ok["strategy"], ok["devices"], ok["degree_dp"]) == ("tiny", "dp", 2, 2)
     assert ok["tokens_per_s"] == 10.0 and ok["loss"] == [1.0, 0.5]
     assert len(skipped) == 2 and any("schema version" in s for s in skipped)
+
+
+def test_ok_index_finds_ok_results_by_config_and_hardware(tmp_path):
+    from bench.results import ok_index
+    write_result(str(tmp_path / "a"), _result(tokens_per_s=1.0))
+    write_result(str(tmp_path / "a"), _result(tokens_per_s=2.0))  # a rerun: result.1.json
+    write_result(str(tmp_path / "b"), {**_result("failed"), "config_hash": "def"})
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "result.json").write_text("{")  # truncated: passed over
+    idx = ok_index(str(tmp_path))
+    assert list(idx) == [("abc", "X-2c-24GB")] and os.path.dirname(idx["abc", "X-2c-24GB"]) == str(tmp_path / "a")
+    assert ok_index(str(tmp_path / "nothing")) == {}
+
+
+def test_corrupt_files_are_named_and_skipped_by_report_and_compare(tmp_path, capsys):
+    import pytest
+
+    from bench import compare, report
+    from conftest import fake_set
+    a, b = fake_set(tmp_path / "a"), fake_set(tmp_path / "b")
+    for folder in (a, b):
+        os.makedirs(os.path.join(folder, "broken"))
+        with open(os.path.join(folder, "broken", "result.json"), "w") as f:
+            f.write('{"schema_version": 1, "sta')
+    report.main([a, "-o", str(tmp_path / "r.pdf")])
+    assert (tmp_path / "r.pdf").exists()
+    assert f"skipped {a}/broken/result.json: unreadable" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # identical sets: nothing slower, exit 0
+        compare.main([a, b])
+    assert e.value.code in (0, None) and "broken/result.json: unreadable" in capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""Bad input, in one table: each row is a command a user might type, and the one line it
+must answer with (exit code 2, `error: ...` on stderr, no traceback) before any job starts.
+The README's troubleshooting section lists the same messages (checked below).
+
+The commands run in this process (`main(argv)`, exactly what `python -m ...` calls) so the
+table stays fast; tests/test_cli.py runs the real command line end to end.
+"""
+import os
+import re
+import signal
+import sys
+
+import pytest
+
+from bench import compare, report
+from bench import run as bench_run
+from conftest import ROOT, fake_set
+
+NO_CUDA = not __import__("torch").cuda.is_available()
+
+# (what, command, arguments, the message the user sees). {file}, {ok}, {other}, {empty},
+# {missing} are paths made for each row: a plain file, an ok result set, a result set with
+# other configurations, an empty folder, a path that does not exist.
+BAD_INPUT = [
+    ("unknown size", "run", ["size=huge"], "size=huge does not exist; choose one of: 13b, 2.7b"),
+    ("unknown size in a sweep", "run", ["-m", "size=tiny,huge"], "size=huge does not exist"),
+    ("unknown strategy", "run", ["strategy=nope"], "strategy=nope does not exist; choose one of"),
+    ("unknown precision", "run", ["precision=fp8"], "Invalid value 'fp8', expected one of [fp32, bf16, fp16, auto]"),
+    ("unknown key", "run", ["foo=1"], "Key 'foo' not in 'BenchConfig'"),
+    ("wrong type", "run", ["devices=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("sweep without -m", "run", ["size=tiny,mini"], "a sweep (a=1,2) needs -m"),
+    ("devices 0", "run", ["devices=0"], "devices=0: need at least 1"),
+    ("devices negative", "run", ["strategy=dp", "devices=-2"], "devices=-2: need at least 1"),
+    ("devices beyond the cores", "run", ["strategy=dp", "devices=4096", "accelerator=cpu"],
+     "devices=4096 x cpu_threads_per_device=1 needs 4096 cores but"),
+    ("a GPU run without a GPU", "run", ["accelerator=cuda"], "accelerator=cuda but torch sees no CUDA device"),
+    ("heads not divisible by tp", "run", ["strategy=tp", "devices=3", "oversubscribe=true", "accelerator=cpu"],
+     "tensor parallel degree 3 does not divide size=mini's 4 heads; use a tp degree among 1, 2, 4"),
+    ("more stages than layers", "run", ["strategy=mp", "devices=2", "size=tiny", "size.n_layer=1", "accelerator=cpu"],
+     "2 pipeline stages need at least 2 layers but size=tiny has 1"),
+    ("batch not divisible by micro-batches", "run",
+     ["strategy=mp", "devices=2", "strategy.schedule=gpipe", "batch_size=6", "accelerator=cpu"],
+     "batch_size=6 does not divide into strategy.microbatches=4"),
+    ("global batch not divisible by dp", "run", ["strategy=dp", "devices=2", "global_batch_size=9", "accelerator=cpu"],
+     "global_batch_size=9 does not divide into dp=2 x grad_accum=1"),
+    ("seq_len beyond the context", "run", ["seq_len=4096"], "seq_len=4096 exceeds size=mini's context of 256"),
+    ("fp16 on CPU", "run", ["precision=fp16", "accelerator=cpu"], "precision=fp16 needs a CUDA device"),
+    ("dataparallel without CUDA", "run", ["strategy=dataparallel", "accelerator=cpu"],
+     "strategy=dataparallel (nn.DataParallel) is a multi-GPU, single-process strategy"),
+    ("every point of a sweep invalid", "run", ["-m", "strategy=single", "devices=2,3"],
+     "no point of this sweep can run; strategy=single devices=2"),
+    ("results folder under a file", "run", ["results_root={file}/results"], "is a file; choose another results_root"),
+    ("unwritable results folder", "run", ["results_root=/proc/scalebench"], "is not writable"),
+    ("unwritable report folder", "run", ["-m", "report_dir=/proc/scalebench"], "report_dir=/proc/scalebench is not writable"),
+    ("report on a missing folder", "report", ["{missing}"], "no such file or folder"),
+    ("report on an empty folder", "report", ["{empty}"], "no result.json under"),
+    ("compare with one set", "compare", ["{ok}"], "give at least two result folders"),
+    ("compare with a missing folder", "compare", ["{ok}", "{missing}"], "no such file or folder"),
+    ("compare with an empty folder", "compare", ["{ok}", "{empty}"], "no ok results under"),
+    ("compare with nothing in common", "compare", ["{ok}", "{other}"], "the result sets have no configuration in common"),
+]
+
+
+def _call(command, argv, capsys):
+    """Run one command as `python -m bench.<command> argv` would; (exit code, stdout, stderr)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as e:
+            if command == "run":
+                old = sys.argv
+                sys.argv = ["bench.run", *argv]
+                try:
+                    bench_run.main()
+                finally:
+                    sys.argv = old
+            else:
+                {"report": report, "compare": compare}[command].main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("what,command,argv,message", BAD_INPUT, ids=[r[0] for r in BAD_INPUT])
+def test_bad_input_is_one_line_and_starts_nothing(what, command, argv, message, tmp_path, monkeypatch, capsys):
+    if what == "a GPU run without a GPU" and not NO_CUDA:
+        pytest.skip("this machine has a GPU")
+    if "/proc/" in " ".join(argv) and not os.path.isdir("/proc"):
+        pytest.skip("no /proc here")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "empty").mkdir()
+    paths = {"file": str(tmp_path / "file"), "missing": str(tmp_path / "missing"), "empty": str(tmp_path / "empty"),
+             "ok": fake_set(tmp_path / "ok"), "other": fake_set(tmp_path / "other", sizes=("small",))}
+    argv = [a.format(**paths) for a in argv]
+    before = set(os.listdir(tmp_path))
+    code, out, err = _call(command, argv, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    # nothing started, nothing written: no results, reports or job folders appeared
+    assert set(os.listdir(tmp_path)) == before
+    assert not any(n.endswith(".pdf") for _, _, names in os.walk(tmp_path) for n in names)
+
+
+def test_readme_troubleshooting_lists_every_message():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("## Troubleshooting"):]
+    section = section[:section.index("\n## ", 4)] if "\n## " in section[4:] else section
+    missing = [(what, msg) for what, _, _, msg in BAD_INPUT
+               if re.sub(r"\s+", " ", msg) not in re.sub(r"\s+", " ", section.replace("`", ""))]
+    assert not missing, f"README troubleshooting lacks: {missing}"
