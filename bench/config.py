@@ -67,9 +67,20 @@ class StrategyConfig:
 
 
 @dataclass
+class LauncherConfig:
+    name: str = "local"  # local | multinode
+    nodes: int = 1  # multinode: machines in the job (devices is per node)
+    node_rank: Optional[int] = None  # multinode: this node's rank (static rendezvous); null: c10d assigns
+    rdzv_endpoint: Optional[str] = None  # multinode: host:port of the rendezvous, the same on every node
+    run_id: str = "scalebench"  # multinode: shared by the nodes; each point appends its config hash
+    join_timeout_s: float = 600.0  # multinode: how long a node waits for the others
+
+
+@dataclass
 class BenchConfig:
     size: SizeConfig = MISSING
     strategy: StrategyConfig = MISSING
+    launcher: LauncherConfig = MISSING
     devices: int = 1  # processes (CPU) or GPUs per node
     batch_size: int = 8  # sequences per data-parallel replica per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
@@ -106,7 +117,11 @@ def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
     and without the repeat axes the key that matches a point across repeats and machines."""
     import hashlib
     import json
-    blob = json.dumps({k: cfg.get(k) for k in BENCH_KEYS if k not in exclude}, sort_keys=True, default=str)
+    keys = {k: cfg.get(k) for k in BENCH_KEYS if k not in exclude}
+    nodes = (cfg.get("launcher") or {}).get("nodes", 1)
+    if nodes != 1:  # only then, so that single-node hashes stay what they always were
+        keys["nodes"] = nodes
+    blob = json.dumps(keys, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -37,6 +37,40 @@ class Outcome:
     launch_s: float = 0.0  # wall time from launch to teardown
     rank_errors: list[dict[str, Any]] = field(default_factory=list)
     cores: dict[str, Any] | None = None  # CPU: the cores claimed, the wait for them
+    writes_result: bool = True  # multinode: False on the nodes that do not hold rank 0
+
+
+RANK0_MARK = ".holds_rank0"  # written by global rank 0 into its node's job folder at start
+
+
+def _writes_result(spec: RunSpec, out_dir: str, started: bool) -> bool:
+    """After a failure, whether this node records it: always on one node; across nodes the
+    node of rank 0, or, when no worker ever started (the rendezvous failed), node 0 or the
+    node the rendezvous endpoint names."""
+    if spec.nodes == 1 or os.path.exists(os.path.join(out_dir, RANK0_MARK)):
+        return True
+    if started:
+        return False
+    from bench.cluster import is_local_host
+    return spec.node_rank == 0 or (spec.node_rank is None and is_local_host(spec.rdzv_endpoint.rpartition(":")[0]))
+
+
+def interconnect(spec: RunSpec, metrics: dict[str, Any], out_dir: str) -> str:
+    """How the ranks talked: NCCL's transports from its log, or gloo over loopback / TCP."""
+    hosts = metrics.get("hosts") or []
+    if spec.procs * spec.nodes == 1:
+        return "none (one process)"
+    if spec.accelerator == "cuda":
+        lines: list[str] = []
+        for path in glob.glob(os.path.join(out_dir, ".nccl", "*.log")):
+            with open(path, errors="replace") as f:
+                lines += f.readlines()
+        from bench.cluster import nccl_transports
+        return nccl_transports(lines) or "nccl (transport not logged; NCCL_DEBUG was set by the user)"
+    if len(set(hosts)) <= 1:
+        return "loopback/gloo (one host)"
+    iface = os.environ.get("GLOO_SOCKET_IFNAME")
+    return f"tcp/gloo across {len(set(hosts))} hosts" + (f" ({iface})" if iface else "")
 
 
 def free_port() -> int:
@@ -97,7 +131,7 @@ def _describe_failures(exc: BaseException, only: dict | None = None) -> str:
             sig = signal.Signals(-f.exitcode).name
             why = f"killed by signal {-f.exitcode} ({sig})"
             if -f.exitcode == signal.SIGKILL:
-                why += ", likely out of memory"
+                why += " (out of memory, or killed from outside)"
             parts.append(f"rank {rank} {why}")
         else:
             parts.append(f"rank {rank} exited with code {f.exitcode}")
@@ -194,11 +228,23 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     restore, claim = _place_ranks(spec)
     # elastic installs its own SIGINT/SIGTERM handlers and leaves them; put ours back after
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if spec.rdzv_backend == "local":  # a private rendezvous: nobody else can join this job
+        rdzv = dict(rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
+                    run_id=f"scalebench-{uuid.uuid4().hex[:12]}", rdzv_configs={"join_timeout": 120})
+    elif spec.rdzv_backend == "c10d":  # elastic: the nodes are numbered as they arrive
+        rdzv = dict(rdzv_backend="c10d", rdzv_endpoint=spec.rdzv_endpoint, run_id=spec.run_id,
+                    rdzv_configs={"join_timeout": int(spec.join_timeout_s)})
+    else:  # static: each node was given its rank (torchrun --node-rank)
+        rdzv = dict(rdzv_backend="static", rdzv_endpoint=spec.rdzv_endpoint, run_id=spec.run_id,
+                    rdzv_configs={"rank": spec.node_rank, "timeout": int(spec.join_timeout_s)})
+    if spec.accelerator == "cuda" and "NCCL_DEBUG" not in os.environ:
+        # NCCL's own account of its transports (NVLink/P2P, SHM, IB, sockets), read after the run
+        os.makedirs(os.path.join(out_dir, ".nccl"), exist_ok=True)
+        os.environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
+                          NCCL_DEBUG_FILE=os.path.join(out_dir, ".nccl", "%h.%p.log"))
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=spec.procs,
-        run_id=f"scalebench-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
-        rdzv_configs={"timeout": 120}, max_restarts=0, monitor_interval=0.5,
+        min_nodes=spec.nodes, max_nodes=spec.nodes, nproc_per_node=spec.procs, **rdzv,
+        max_restarts=0, monitor_interval=0.5,
         start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=os.path.join(out_dir, ".elastic")),
     )
     timed_out = threading.Event()
@@ -214,7 +260,11 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     try:
         results = elastic_launch(config, run_rank)(spec.to_dict(), out_dir)
         out = Outcome("ok", metrics=results.get(0))
-        bad = [i for i, v in enumerate(out.metrics["loss"]) if not math.isfinite(v)]
+        if 0 not in results:  # another node holds rank 0 and writes the result
+            out.writes_result = False
+        else:
+            out.metrics["interconnect"] = interconnect(spec, out.metrics, out_dir)
+        bad = [i for i, v in enumerate((out.metrics or {}).get("loss", [])) if not math.isfinite(v)]
         if bad:  # recorded, not averaged into the throughput as if nothing happened
             out.status = "diverged"
             out.error = f"loss became {out.metrics['loss'][bad[0]]} at step {bad[0]} (warm-up included)"
@@ -235,6 +285,7 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
         else:
             out = Outcome("failed", error=_describe_failures(e))
         out.rank_errors = errs
+        out.writes_result = _writes_result(spec, out_dir, started=bool(getattr(e, "failures", None) or errs))
     finally:
         done.set()
         for sig, h in handlers.items():

@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench import flops
+from bench import cluster, flops
 from bench.config import bench_hash
 from bench.model import GPTShape
 
@@ -60,6 +60,14 @@ class RunSpec:
     data: str
     data_path: str | None
     timeout_s: float
+    # where the ranks run: `devices` above counts them all; nodes x devices_per_node
+    nodes: int = 1
+    devices_per_node: int = 0
+    rdzv_backend: str = "local"  # local (a private port here) | c10d | static
+    rdzv_endpoint: str | None = None
+    node_rank: int | None = None  # static rendezvous only
+    run_id: str = ""
+    join_timeout_s: float = 600.0
 
     @property
     def tokens_per_step(self) -> int:
@@ -144,9 +152,15 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
     name = strat["name"]
     if name not in STRATEGIES:
         raise InvalidConfig(f"strategy={name} is not implemented; use one of {', '.join(STRATEGIES)}")
-    devices = cfg["devices"]
+    devices = cfg["devices"]  # per node
     if devices < 1:
         raise InvalidConfig(f"devices={devices}: need at least 1")
+    launcher = cfg.get("launcher") or {"name": "local"}
+    try:
+        rdzv = cluster.resolve(launcher)
+    except cluster.RendezvousError as e:
+        raise InvalidConfig(str(e)) from None
+    nodes = rdzv.nodes if rdzv else 1
     for key in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device"):
         if cfg[key] is not None and cfg[key] < 1:
             raise InvalidConfig(f"{key}={cfg[key]}: must be at least 1")
@@ -157,6 +171,9 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
     n_gpu = _cuda_devices() if accel in ("auto", "cuda") else 0
     if accel == "auto":
         accel = "cuda" if n_gpu else "cpu"
+    if name == "dataparallel" and nodes > 1:
+        raise InvalidConfig("strategy=dataparallel (nn.DataParallel) runs in one process on one node; "
+                            "use strategy=dp across nodes")
     if name == "dataparallel" and accel != "cuda":
         raise InvalidConfig("strategy=dataparallel (nn.DataParallel) is a multi-GPU, single-process "
                             "strategy with no CPU meaning; use strategy=dp on CPU")
@@ -182,6 +199,7 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
         raise InvalidConfig(f"seq_len={seq_len} exceeds size={size['name']}'s context of "
                             f"{shape.block_size}; use seq_len<={shape.block_size}")
 
+    per_node, devices = devices, devices * nodes
     dp, tp, pp = degrees(name, devices, strat, shape, size["name"])
     grad_accum, batch = cfg["grad_accum"], cfg["batch_size"]
     if cfg["global_batch_size"] is not None:
@@ -226,7 +244,7 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
 
     return RunSpec(size=size["name"], shape=shape, strategy=name, schedule=schedule,
                    microbatches=micro, stages_per_rank=chunks, devices=devices,
-                   procs=1 if name == "dataparallel" else devices, dp=dp, tp=tp, pp=pp,
+                   procs=1 if name == "dataparallel" else per_node, dp=dp, tp=tp, pp=pp,
                    batch_size=batch, grad_accum=grad_accum, global_batch_size=batch * dp * grad_accum,
                    seq_len=seq_len, precision=precision, warmup_steps=cfg["warmup_steps"],
                    steps=cfg["steps"], seed=cfg["seed"], lr=cfg["lr"], accelerator=accel,
@@ -234,7 +252,12 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
                    sequence_parallel=bool(strat.get("sequence_parallel")) and tp > 1,
                    reshard_after_forward=bool(strat.get("reshard_after_forward", True)),
                    oversubscribe=bool(cfg.get("oversubscribe")), data=cfg["data"],
-                   data_path=cfg["data_path"], timeout_s=cfg["timeout_s"])
+                   data_path=cfg["data_path"], timeout_s=cfg["timeout_s"],
+                   nodes=nodes, devices_per_node=per_node, rdzv_backend=rdzv.backend if rdzv else "local",
+                   rdzv_endpoint=rdzv.endpoint if rdzv else None, node_rank=rdzv.node_rank if rdzv else None,
+                   # a rendezvous per point: the nodes of a sweep meet again for each one
+                   run_id=f"{launcher.get('run_id', 'scalebench')}-{bench_hash(cfg)[:8]}",
+                   join_timeout_s=float(launcher.get("join_timeout_s", 600.0)))
 
 
 def _cuda_bf16() -> bool:

@@ -113,7 +113,9 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         "path": path, "status": r["status"], "error": r.get("error"),
         "size": size.get("name"), "strategy": strat.get("name"),
         "schedule": spec.get("schedule") or None,
-        "devices": cfg.get("devices"), "batch_size": spec.get("batch_size", cfg.get("batch_size")),
+        # all devices of the job (nodes x devices per node)
+        "devices": spec.get("devices", cfg.get("devices")), "nodes": spec.get("nodes", 1),
+        "batch_size": spec.get("batch_size", cfg.get("batch_size")),
         "global_batch_size": spec.get("global_batch_size"), "grad_accum": cfg.get("grad_accum"),
         "seq_len": spec.get("seq_len", cfg.get("seq_len")),
         "precision": spec.get("precision", cfg.get("precision")),

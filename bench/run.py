@@ -28,6 +28,7 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"
 config.register()
 _exit_code = 0
+NODE_NAME = "node.json"  # multinode: what a node that does not hold rank 0 leaves behind
 SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder instead of a result
 _ok_cache: dict[str, dict] = {}  # results_root -> ok_index, read once per process
 
@@ -66,7 +67,8 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
     try:
         spec = make_spec(cfg)
         result["spec"] = spec.to_dict()
-        result["degrees"] = {"dp": spec.dp, "tp": spec.tp, "pp": spec.pp, "nodes": 1, "procs": spec.procs,
+        result["degrees"] = {"dp": spec.dp, "tp": spec.tp, "pp": spec.pp, "nodes": spec.nodes,
+                             "devices_per_node": spec.devices_per_node, "procs": spec.procs,
                              "schedule": spec.schedule or None, "microbatches": spec.microbatches,
                              "stages_per_rank": spec.stages_per_rank, "bubble_ideal": spec.bubble_ideal,
                              "sequence_parallel": spec.sequence_parallel,
@@ -74,12 +76,23 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
         pred = predict_memory(spec)
         result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}
         available = (fp["ram_available_bytes"] if spec.accelerator == "cpu"
-                     else min(fp["gpu"]["memory_bytes"][:spec.devices]))
+                     else min(fp["gpu"]["memory_bytes"][:spec.devices_per_node]))
         if not cfg.get("force"):
             check_memory(spec, pred, available)
         from bench.launch import launch  # torch elastic: imported only when something runs
-        print("  [launch] starting " + f"{spec.devices} rank(s)", flush=True)
+        print(f"  [launch] starting {spec.procs} rank(s)" + (
+            f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {spec.rdzv_backend} at "
+            f"{spec.rdzv_endpoint}, run id {spec.run_id})" if spec.nodes > 1 else ""), flush=True)
         out = launch(spec, out_dir)
+        if not out.writes_result:  # another node holds rank 0 and records the job
+            note = {"status": out.status, "error": out.error, "node_of": spec.nodes, "config_hash": result["config_hash"],
+                    "note": "this node did not hold rank 0; the node that did writes result.json", "at": _now()}
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, NODE_NAME), "w") as f:
+                json.dump(note, f, indent=1)
+            return {"status": "ok" if out.status == "ok" else out.status,
+                    "error": out.error or "the node holding rank 0 writes result.json",
+                    "node_only": True}
         result.update(status=out.status, error=out.error, error_detail=out.error_detail, metrics=out.metrics,
                       launch_s=out.launch_s, cores=out.cores)
         if out.rank_errors:
@@ -108,6 +121,8 @@ def _finish(result: dict[str, Any], t0: float, out_dir: str) -> None:
 
 def summary_line(r: dict[str, Any]) -> str:
     m = r.get("metrics") or {}
+    if r.get("node_only"):
+        return f"  -> {r['status']} on this node: {r['error']}"
     if r["status"] == "ok":
         pred = (r.get("prediction") or {}).get("total_bytes")
         mfu = m.get("mfu") if m.get("mfu") is not None else m.get("mfu_measured_peak")

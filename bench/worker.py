@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import time
 import traceback
 from typing import Any
@@ -20,6 +21,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from bench import flops, hardware
 from bench.data import make_batches
+from bench.launch import RANK0_MARK
 from bench.model import GPTShape
 from bench.parallel import Ctx, apply, mesh_shape
 from bench.plan import RunSpec
@@ -91,6 +93,8 @@ def dump_params(par, folder: str, rank: int) -> None:
 def run_rank(spec_d: dict[str, Any], out_dir: str) -> dict[str, Any] | None:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world = int(os.environ["WORLD_SIZE"])
+    if rank == 0:  # tells this node's launcher that it writes the job's result
+        open(os.path.join(out_dir, RANK0_MARK), "w").close()
     try:
         return _run(spec_d, out_dir, rank, local_rank, world)
     except BaseException as e:
@@ -151,6 +155,7 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
         dump_params(par, os.environ[DUMP_ENV], rank)
     mem = memory_stats(device, baseline_rss, sampler)
     mem["params_local"] = n_local
+    mem["host"] = socket.gethostname()
     per_rank = [None] * world
     dist.all_gather_object(per_rank, mem)
     if rank != 0:
@@ -165,6 +170,7 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
         flops_formula="6*N + 12*L*H*T (N = 12*L*H^2 + V*H)",
         flops_per_s_per_device=fpt * metrics["tokens_per_s"] / spec.devices,
         time_init_s=t_built - t0,
+        hosts=sorted({m["host"] for m in per_rank}),
         memory_per_rank=per_rank,
     )
     achieved = metrics["flops_per_s_per_device"]

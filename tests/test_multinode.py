@@ -1,0 +1,92 @@
+"""launcher=multinode: the rendezvous from the config or from SLURM, and a real two-node job
+(two launchers meeting on 127.0.0.1, as two machines would on their network)."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from bench.cluster import RendezvousError, nccl_transports, resolve, slurm_port
+from bench.launch import launch
+from bench.plan import make_spec
+from conftest import ROOT, compose_cfg
+
+MULTI = {"name": "multinode", "nodes": 2, "node_rank": None, "rdzv_endpoint": "10.0.0.1:29500",
+         "run_id": "x", "join_timeout_s": 60}
+
+
+def test_rendezvous_from_the_config():
+    assert resolve({"name": "local", "nodes": 1}) is None
+    r = resolve(MULTI, env={})
+    assert (r.nodes, r.node_rank, r.endpoint, r.backend, r.source) == (2, None, "10.0.0.1:29500", "c10d", "config")
+    r = resolve({**MULTI, "node_rank": 1}, env={})
+    assert (r.node_rank, r.backend) == (1, "static")
+    for bad, msg in [({"rdzv_endpoint": None}, "needs launcher.rdzv_endpoint=HOST:PORT"),
+                     ({"rdzv_endpoint": "nohost"}, "is not HOST:PORT"),
+                     ({"rdzv_endpoint": "h:99999"}, "is not HOST:PORT"),
+                     ({"node_rank": 2}, "launcher.node_rank=2 is outside 0..1"),
+                     ({"nodes": 0}, "launcher.nodes=0: need at least 1")]:
+        with pytest.raises(RendezvousError, match=msg.replace(".", r"\.")):
+            resolve({**MULTI, **bad}, env={})
+
+
+def test_rendezvous_from_a_slurm_job():
+    env = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NODEID": "1"}
+    hosts = {"gpu[07-08]": ["gpu07", "gpu08"]}.__getitem__  # what `scontrol show hostnames` prints
+    r = resolve({**MULTI, "rdzv_endpoint": None}, env=env, hostnames=hosts)
+    assert (r.nodes, r.node_rank, r.endpoint, r.backend, r.source) == (2, 1, f"gpu07:{slurm_port('123456')}",
+                                                                       "static", "slurm")
+    assert 20000 <= slurm_port("123456") < 40000 and slurm_port("123456") == slurm_port("123456")
+    with pytest.raises(RendezvousError, match="launcher.nodes=4 but this SLURM job has 2 nodes"):
+        resolve({**MULTI, "nodes": 4, "rdzv_endpoint": None}, env=env, hostnames=hosts)
+
+
+def test_nccl_transport_lines():
+    lines = ["gpu07:1:1 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n",
+             "gpu07:1:1 [0] NCCL INFO Channel 01/0 : 1[1] -> 2[0] [send] via NET/IB/0\n",
+             "gpu07:1:1 [0] NCCL INFO Using network IB\n"]
+    assert nccl_transports(lines) == "nccl: NET/IB, P2P/CUMEM/read; network IB"
+    assert nccl_transports(["NCCL INFO cudaDriverVersion 12040"]) is None
+
+
+def test_multinode_spec_counts_every_node():
+    spec = make_spec(compose_cfg("strategy=dp", "devices=1", "accelerator=cpu", "launcher=multinode",
+                                 "launcher.rdzv_endpoint=127.0.0.1:29500"))
+    assert (spec.devices, spec.devices_per_node, spec.procs, spec.nodes, spec.dp) == (2, 1, 1, 2, 2)
+    assert spec.rdzv_backend == "c10d" and spec.run_id.startswith("scalebench-")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rendezvous", ["c10d", "static"])
+def test_two_nodes_on_one_machine_match_two_devices_on_one(tmp_path, rendezvous):
+    base = ["size=tiny", "strategy=dp", "seq_len=32", "warmup_steps=1", "steps=3", "accelerator=cpu"]
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    nodes = []
+    for n in range(2):  # the same command on both "nodes"; static also gives each its rank
+        extra = [f"launcher.node_rank={n}"] if rendezvous == "static" else []
+        cmd = [sys.executable, "-m", "bench.run", *base, "devices=1", "launcher=multinode",
+               f"launcher.rdzv_endpoint=127.0.0.1:{port}", *extra]
+        nodes.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    [res] = glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))  # one result for the job
+    assert len(glob.glob(str(tmp_path / "results" / "*" / "*" / "node.json"))) == 1
+    r = json.load(open(res))
+    assert r["status"] == "ok" and r["degrees"]["nodes"] == 2 and r["degrees"]["devices_per_node"] == 1
+    assert r["spec"]["devices"] == 2 and r["metrics"]["interconnect"] == "loopback/gloo (one host)"
+    assert r["spec"]["rdzv_backend"] == rendezvous
+    ref = launch(make_spec(compose_cfg(*base, "devices=2")), str(tmp_path / "ref"))
+    assert ref.status == "ok"
+    assert r["metrics"]["loss"] == pytest.approx(ref.metrics["loss"], abs=1e-6)
