@@ -40,14 +40,19 @@ class Outcome:
     writes_result: bool = True  # multinode: False on the nodes that do not hold rank 0
 
 
-RANK0_MARK = ".holds_rank0"  # written by global rank 0 into its node's job folder at start
+RANK0_MARK = ".holds_rank0"  # global rank 0 writes RANK0_MARK.<node tag> into the job folder at start
+NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # this launcher's tag (host-pid): nodes may share the folder
+
+
+def node_tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _writes_result(spec: RunSpec, out_dir: str, started: bool) -> bool:
     """After a failure, whether this node records it: always on one node; across nodes the
     node of rank 0, or, when no worker ever started (the rendezvous failed), node 0 or the
     node the rendezvous endpoint names."""
-    if spec.nodes == 1 or os.path.exists(os.path.join(out_dir, RANK0_MARK)):
+    if spec.nodes == 1 or os.path.exists(os.path.join(out_dir, f"{RANK0_MARK}.{node_tag()}")):
         return True
     if started:
         return False
@@ -242,10 +247,11 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
         os.makedirs(os.path.join(out_dir, ".nccl"), exist_ok=True)
         os.environ.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
                           NCCL_DEBUG_FILE=os.path.join(out_dir, ".nccl", "%h.%p.log"))
+    os.environ[NODE_TAG_ENV] = node_tag()
     config = LaunchConfig(
         min_nodes=spec.nodes, max_nodes=spec.nodes, nproc_per_node=spec.procs, **rdzv,
         max_restarts=0, monitor_interval=0.5,
-        start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=os.path.join(out_dir, ".elastic")),
+        start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=os.path.join(out_dir, ".elastic", node_tag())),
     )
     timed_out = threading.Event()
     done = threading.Event()

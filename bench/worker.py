@@ -21,7 +21,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from bench import flops, hardware
 from bench.data import make_batches
-from bench.launch import RANK0_MARK
+from bench.launch import NODE_TAG_ENV, RANK0_MARK
 from bench.model import GPTShape
 from bench.parallel import Ctx, apply, mesh_shape
 from bench.plan import RunSpec
@@ -94,7 +94,7 @@ def run_rank(spec_d: dict[str, Any], out_dir: str) -> dict[str, Any] | None:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world = int(os.environ["WORLD_SIZE"])
     if rank == 0:  # tells this node's launcher that it writes the job's result
-        open(os.path.join(out_dir, RANK0_MARK), "w").close()
+        open(os.path.join(out_dir, f"{RANK0_MARK}.{os.environ.get(NODE_TAG_ENV, '')}"), "w").close()
     try:
         return _run(spec_d, out_dir, rank, local_rank, world)
     except BaseException as e:

@@ -90,3 +90,31 @@ def test_two_nodes_on_one_machine_match_two_devices_on_one(tmp_path, rendezvous)
     ref = launch(make_spec(compose_cfg(*base, "devices=2")), str(tmp_path / "ref"))
     assert ref.status == "ok"
     assert r["metrics"]["loss"] == pytest.approx(ref.metrics["loss"], abs=1e-6)
+
+
+def test_slurm_launcher_conf_composes_without_slurm():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from bench.run import CONF_DIR
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "launcher=multinode", "launcher.nodes=4",
+                                           "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    la = cfg.hydra.launcher
+    assert la._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (la.nodes, la.tasks_per_node, la.partition, la.gpus_per_node) == (4, 1, "gpu", 8)
+    assert OmegaConf.select(cfg, "hydra.launcher.array_parallelism") == 8
+
+
+@pytest.mark.slow
+def test_sweep_through_the_submitit_plugin(cli, tmp_path):
+    """hydra/launcher=submitit_local: the real plugin runs each point as its own process (all
+    at once; the per-core claims make them take turns), the callback reports in the submitter."""
+    r = cli("-m", "hydra/launcher=submitit_local", "size=tiny", "strategy=single,dp", "steps=2", "seq_len=32",
+            "accelerator=cpu")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 runs: 2 ok" in r.stdout and "report: reports/" in r.stdout
+    [sweep] = glob.glob(str(tmp_path / "results" / "*"))
+    assert len(glob.glob(os.path.join(sweep, "*", "result.json"))) == 2
+    logs = glob.glob(os.path.join(sweep, ".submitit", "*", "*_log.out"))
+    assert len(logs) == 2 and all("-> ok:" in open(f).read() for f in logs)
