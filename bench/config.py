@@ -94,6 +94,7 @@ class BenchConfig:
     accelerator: Accelerator = Accelerator.auto
     cpu_threads_per_device: int = 1  # a CPU "device" is a process with this many threads
     activation_checkpointing: Checkpointing = Checkpointing.none
+    compile: bool = False  # torch.compile each block; compilation runs in the warm-up, outside the window
     oversubscribe: bool = False  # allow more CPU ranks than cores: for tests, never for benchmarks
     timeout_s: float = 1800.0  # the whole job, launch to teardown
     data: Data = Data.synthetic
@@ -121,6 +122,8 @@ def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
     nodes = (cfg.get("launcher") or {}).get("nodes", 1)
     if nodes != 1:  # only then, so that single-node hashes stay what they always were
         keys["nodes"] = nodes
+    if cfg.get("compile"):  # likewise
+        keys["compile"] = True
     blob = json.dumps(keys, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

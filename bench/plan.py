@@ -68,6 +68,7 @@ class RunSpec:
     node_rank: int | None = None  # static rendezvous only
     run_id: str = ""
     join_timeout_s: float = 600.0
+    compile: bool = False  # torch.compile each block (compiled during the warm-up)
 
     @property
     def tokens_per_step(self) -> int:
@@ -166,6 +167,9 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
             raise InvalidConfig(f"{key}={cfg[key]}: must be at least 1")
     if cfg["warmup_steps"] < 0:
         raise InvalidConfig(f"warmup_steps={cfg['warmup_steps']}: must be 0 or more")
+    if cfg.get("compile") and cfg["warmup_steps"] < 2:
+        raise InvalidConfig(f"compile=true compiles in the first steps (forward, then backward); use "
+                            f"warmup_steps>=2 so that compilation stays outside the measured window")
 
     accel = cfg["accelerator"]
     n_gpu = _cuda_devices() if accel in ("auto", "cuda") else 0
@@ -257,7 +261,8 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
                    rdzv_endpoint=rdzv.endpoint if rdzv else None, node_rank=rdzv.node_rank if rdzv else None,
                    # a rendezvous per point: the nodes of a sweep meet again for each one
                    run_id=f"{launcher.get('run_id', 'scalebench')}-{bench_hash(cfg)[:8]}",
-                   join_timeout_s=float(launcher.get("join_timeout_s", 600.0)))
+                   join_timeout_s=float(launcher.get("join_timeout_s", 600.0)),
+                   compile=bool(cfg.get("compile")))
 
 
 def _cuda_bf16() -> bool:

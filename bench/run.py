@@ -80,9 +80,10 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
         if not cfg.get("force"):
             check_memory(spec, pred, available)
         from bench.launch import launch  # torch elastic: imported only when something runs
-        print(f"  [launch] starting {spec.procs} rank(s)" + (
+        if not os.environ.get("SCALEBENCH_QUIET"):
+            print(f"  [launch] starting {spec.procs} rank(s)" + (
             f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {spec.rdzv_backend} at "
-            f"{spec.rdzv_endpoint}, run id {spec.run_id})" if spec.nodes > 1 else ""), flush=True)
+                f"{spec.rdzv_endpoint}, run id {spec.run_id})" if spec.nodes > 1 else ""), flush=True)
         out = launch(spec, out_dir)
         if not out.writes_result:  # another node holds rank 0 and records the job
             note = {"status": out.status, "error": out.error, "node_of": spec.nodes, "config_hash": result["config_hash"],

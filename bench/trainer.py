@@ -74,7 +74,8 @@ class Progress:
     """One line per phase from rank 0: rewritten in place on a terminal, ~10 lines in a log."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.tty = enabled, sys.stdout.isatty()
+        # SCALEBENCH_QUIET: bench.perf runs many points and prints its own lines
+        self.enabled, self.tty = enabled and not os.environ.get("SCALEBENCH_QUIET"), sys.stdout.isatty()
 
     def __call__(self, phase: str, i: int, n: int, note: str = "") -> None:
         if not self.enabled:
@@ -96,6 +97,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
     batches = batches.to(ctx.device)  # all data resident before the first step
     losses: list[torch.Tensor] = []
     times: list[float] = []
+    warmup_times: list[float] = []
     zero = torch.zeros((), device=ctx.device)
     t_window = 0.0
     for step in range(n_total):
@@ -124,6 +126,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
             times.append(dt)
             progress("measure", step - spec.warmup_steps + 1, spec.steps, f"{dt:.3f} s/step")
         else:
+            warmup_times.append(dt)
             progress("warm-up", step + 1, spec.warmup_steps, f"{dt:.3f} s/step")
     window = time.perf_counter() - t_window
     if sampler is not None:
@@ -158,4 +161,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         "loss_first": loss_list[0],
         "loss_last": loss_list[-1],
         "optimizer": "AdamW fused" if opt.defaults.get("fused") else "AdamW foreach",
+        "warmup_times_s": warmup_times,
+        # compilation happens in the warm-up: its cost is the warm-up's excess over steady steps
+        "compile_s": max(0.0, sum(warmup_times) - len(warmup_times) * med) if spec.compile else None,
     }

@@ -10,7 +10,7 @@ every strategy.
 Apply order, fixed (hybrid.py composes them in this order; the 1-D strategies use a prefix):
   1. tensor parallel: shard each block's Linear layers over the tp mesh dimension;
   2. pipeline split: which blocks (and embeddings) this rank holds;
-  3. activation checkpointing: wrap the blocks this rank holds;
+  3. activation checkpointing, then torch.compile (compile=true), of the blocks this rank holds;
   4. data parallel last (DDP or FSDP over the dp mesh dimension), so that it sees the
      final, already sharded parameters.
 """
@@ -85,6 +85,22 @@ def apply_checkpointing(model: nn.Module) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     for name, block in list(model.layers.items()):
         model.layers[name] = checkpoint_wrapper(block)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """torch.compile each block in place (as torchtitan does): the blocks are identical, so
+    one compilation serves them all, and the module tree (names, FSDP units, DDP buckets)
+    stays as it was. Compilation happens in the first warm-up steps, outside the window."""
+    for block in model.layers.values():
+        block.compile()
+
+
+def prepare_blocks(model: nn.Module, spec: RunSpec) -> None:
+    """Step 3 of the apply order: checkpointing, then compilation, of the blocks this rank holds."""
+    if spec.activation_checkpointing == "full":
+        apply_checkpointing(model)
+    if spec.compile:
+        apply_compile(model)
 
 
 MESH_DIMS = {"dp": ("dp",), "fsdp": ("dp",), "tp": ("tp",), "mp": ("pp",)}

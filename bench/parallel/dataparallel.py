@@ -12,7 +12,7 @@ from functools import partial
 import torch.nn as nn
 
 from bench.model import build_model
-from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps
+from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
 from bench.plan import RunSpec
 
 
@@ -31,7 +31,6 @@ class _Autocast(nn.Module):
 
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
     model = build_model(spec.shape, ctx.device, spec.seed)
-    if spec.activation_checkpointing == "full":
-        apply_checkpointing(model)
+    prepare_blocks(model, spec)
     dp = nn.DataParallel(_Autocast(model, ctx), device_ids=list(range(spec.devices)))
     return Parallel([dp], partial(micro_steps, dp, ctx=ctx), has_loss=True)

@@ -12,14 +12,13 @@ from functools import partial
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bench.model import build_model
-from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps
+from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
 from bench.plan import RunSpec
 
 
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
     model = build_model(spec.shape, ctx.device, spec.seed)  # same seed: replicas start equal
-    if spec.activation_checkpointing == "full":
-        apply_checkpointing(model)
+    prepare_blocks(model, spec)
     ddp = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
               gradient_as_bucket_view=True, process_group=ctx.mesh["dp"].get_group())
     return Parallel([ddp], partial(micro_steps, ddp, ctx=ctx, no_sync=ddp.no_sync), has_loss=True)

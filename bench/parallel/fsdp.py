@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from bench.model import build_model
-from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps
+from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
 from bench.plan import RunSpec
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,7 +33,6 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, precision: str, reshard_after
 
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
     model = build_model(spec.shape, ctx.device, spec.seed)
-    if spec.activation_checkpointing == "full":
-        apply_checkpointing(model)
+    prepare_blocks(model, spec)
     apply_fsdp(model, ctx.mesh["dp"], spec.precision, spec.reshard_after_forward)
     return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from bench.model import build_model
-from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps, pipeline
+from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps, pipeline
 from bench.parallel.fsdp import apply_fsdp
 from bench.parallel.tensor import apply_tp
 from bench.plan import RunSpec
@@ -25,7 +25,6 @@ def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
         return pipeline.apply(spec, ctx, wrap=lambda m: shard(m))
     model = build_model(spec.shape, ctx.device, spec.seed)
     apply_tp(model, ctx.mesh["tp"], spec.sequence_parallel)
-    if spec.activation_checkpointing == "full":
-        apply_checkpointing(model)
+    prepare_blocks(model, spec)
     shard(model)
     return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)

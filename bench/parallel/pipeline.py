@@ -24,7 +24,7 @@ import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from bench.model import GPT, build_model, loss_fn
-from bench.parallel import Ctx, Parallel, apply_checkpointing
+from bench.parallel import Ctx, Parallel, prepare_blocks
 from bench.plan import RunSpec, stage_layers
 
 
@@ -58,8 +58,7 @@ def apply(spec: RunSpec, ctx: Ctx, wrap: Callable[[nn.Module], None] | None = No
     pp_rank = pp_mesh.get_local_rank()
     stages = build_stages(spec, ctx, pp_rank)
     for m in stages:
-        if spec.activation_checkpointing == "full":
-            apply_checkpointing(m)
+        prepare_blocks(m, spec)
         if wrap is not None:
             wrap(m)
     tied = _tie_group(pp_mesh, ctx.mesh)

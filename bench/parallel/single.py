@@ -4,12 +4,11 @@ from __future__ import annotations
 from functools import partial
 
 from bench.model import build_model
-from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps
+from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
 from bench.plan import RunSpec
 
 
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
     model = build_model(spec.shape, ctx.device, spec.seed)
-    if spec.activation_checkpointing == "full":
-        apply_checkpointing(model)
+    prepare_blocks(model, spec)
     return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)

@@ -21,7 +21,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                RowwiseParallel, SequenceParallel, parallelize_module)
 
 from bench.model import GPT, build_model
-from bench.parallel import Ctx, Parallel, apply_checkpointing, micro_steps
+from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
 from bench.plan import RunSpec
 
 
@@ -49,6 +49,5 @@ def apply_tp(model: GPT, mesh: DeviceMesh, sequence_parallel: bool) -> None:
 def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
     model = build_model(spec.shape, ctx.device, spec.seed)  # same full weights on every rank,
     apply_tp(model, ctx.mesh["tp"], spec.sequence_parallel)  # then each keeps its shard
-    if spec.activation_checkpointing == "full":
-        apply_checkpointing(model)
+    prepare_blocks(model, spec)
     return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)
