@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("overrides", nargs="*", default=[], help="config overrides for every run, e.g. seq_len=256")
     ap.add_argument("--sizes", default=None, help="comma list (default: mini,small on CPU; small,medium,large,xl on GPU)")
     ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--repeats", type=int, default=3, help="suite/bare alternations for sizes up to mini")
+    ap.add_argument("--repeats", type=int, default=5, help="suite/bare alternations for sizes up to mini "
+                    "(bigger sizes run once on a CPU)")
     ap.add_argument("--compile", action="store_true", help="also measure compile=true (torch.compile per block)")
     ap.add_argument("--no-dp", action="store_true", help="skip the 1 -> 2 device data-parallel rows")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
@@ -220,13 +221,18 @@ def main(argv: list[str] | None = None) -> None:
                 spec = make_spec(cfg)
                 suite, bare, fixed, window, compile_s = [], [], [], [], []
                 for i in range(repeats):
-                    r = _suite(cfg)
-                    m = r["metrics"]
-                    suite.append(m["step_time_s"])
-                    window.append(m["window_s"])
-                    fixed.append(r["duration_s"] - m["window_s"] - sum(m["warmup_times_s"]))
-                    compile_s.append(m.get("compile_s"))
-                    bare.append(statistics.median(_bare(spec.to_dict())[0]))
+                    # ABBA: the order alternates, so that a drift of the machine's speed
+                    # (frequent on shared VMs) does not land on one side
+                    for which in (("suite", "bare") if i % 2 == 0 else ("bare", "suite")):
+                        if which == "bare":
+                            bare.append(statistics.median(_bare(spec.to_dict())[0]))
+                            continue
+                        r = _suite(cfg)
+                        m = r["metrics"]
+                        suite.append(m["step_time_s"])
+                        window.append(m["window_s"])
+                        fixed.append(r["duration_s"] - m["window_s"] - sum(m["warmup_times_s"]))
+                        compile_s.append(m.get("compile_s"))
                     print(f"  {size} {prec}{' compile' if comp else ''} {i + 1}/{repeats}: suite "
                           f"{_fmt_ms(suite[-1])} ms/step, bare {_fmt_ms(bare[-1])} ms/step", flush=True)
                 s, b = statistics.median(suite), statistics.median(bare)
@@ -234,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
                 tps = spec.tokens_per_step / s
                 peak = peaks[prec]
                 rows.append(dict(size=size, precision=prec, compile=comp, suite_ms=s * 1e3, bare_ms=b * 1e3,
-                                 overhead=s / b - 1, tokens_per_s=tps, bare_tokens_per_s=spec.tokens_per_step / b,
+                                 overhead=s / b - 1, overhead_best=min(suite) / min(bare) - 1, tokens_per_s=tps, bare_tokens_per_s=spec.tokens_per_step / b,
                                  mfu=fpt * tps / peak, bare_mfu=fpt * spec.tokens_per_step / b / peak,
                                  mfu_datasheet=(fpt * tps / peaks["datasheet_bf16"]
                                                 if prec == "bf16" and peaks.get("datasheet_bf16") else None),
@@ -242,13 +248,15 @@ def main(argv: list[str] | None = None) -> None:
                                  compile_s=compile_s[0], steps=steps, repeats=repeats, spec=spec))
 
     print(f"\n{'size':<6} {'prec':<5} {'compile':<7} {'suite ms':>9} {'bare ms':>9} {'overhead':>9} "
-          f"{'tokens/s':>9} {'MFU':>5} {'bare MFU':>8}" + (" MFU(datasheet)" if accel == "cuda" else ""))
+          f"{'(best)':>7} {'tokens/s':>9} {'MFU':>5} {'bare MFU':>8}" + (" MFU(datasheet)" if accel == "cuda" else ""))
     for r in rows:
         print(f"{r['size']:<6} {r['precision']:<5} {'yes' if r['compile'] else 'no':<7} {r['suite_ms']:>9,.1f} "
-              f"{r['bare_ms']:>9,.1f} {r['overhead']:>+9.1%} {r['tokens_per_s']:>9,.0f} {r['mfu']:>5.2f} "
+              f"{r['bare_ms']:>9,.1f} {r['overhead']:>+9.1%} {r['overhead_best']:>+7.1%} {r['tokens_per_s']:>9,.0f} "
+              f"{r['mfu']:>5.2f} "
               f"{r['bare_mfu']:>8.2f}" + (f" {r['mfu_datasheet']:>14.2f}" if r["mfu_datasheet"] else ""))
-    print("  (MFU: (6N + 12LHT) x tokens/s over the measured matmul peak of the same precision; "
-          f"seq {rows[0]['spec'].seq_len}, batch {rows[0]['spec'].batch_size}, one device)")
+    print("  (step times: median over the repeats of each run's median step; overhead = suite / bare - 1, "
+          "also from the best runs;\n   MFU: (6N + 12LHT) x tokens/s over the measured matmul peak of the same "
+          f"precision; seq {rows[0]['spec'].seq_len}, batch {rows[0]['spec'].batch_size}, one device)")
     for r in rows:
         if r["compile"] and r["compile_s"] is not None:
             print(f"  compile: {r['size']} {r['precision']}: {r['compile_s']:.1f} s of compilation in the warm-up, "
@@ -269,16 +277,19 @@ def main(argv: list[str] | None = None) -> None:
         warm, steps = STEPS_GPU if accel == "cuda" else STEPS["mini"]
         tps = {1: [], 2: []}
         for i in range(a.repeats):
-            for n in (1, 2):
+            for n in ((1, 2) if i % 2 == 0 else (2, 1)):  # ABBA, as above
                 r = _suite(_cfg(["strategy=dp", f"devices={n}", f"size={size}", "precision=fp32" if accel == "cpu"
                                  else "precision=bf16", f"warmup_steps={warm}", f"steps={steps}", *a.overrides]))
                 tps[n].append(r["metrics"]["tokens_per_s"])
+                if n == 2:
+                    m2 = r["metrics"]
             print(f"  dp {size} {i + 1}/{a.repeats}: 1 device {tps[1][-1]:,.0f} tokens/s, 2 devices {tps[2][-1]:,.0f}",
                   flush=True)
         t1, t2 = statistics.median(tps[1]), statistics.median(tps[2])
         dp_eff = t2 / (2 * t1)
         print(f"data parallel, {size}: 1 device {t1:,.0f} tokens/s, 2 devices {t2:,.0f} tokens/s, "
               f"efficiency {dp_eff:.3f}")
+        dp_detail = (size, t1, t2, m2)
 
     small = [r for r in rows if not r["compile"]]
     fixed = statistics.median(r["fixed_s"] for r in small)
@@ -313,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
                    fixed < TARGETS["fixed_cost_s"], None))
     for name, got, want, ok, _ in checks:
         print(f"  {'met   ' if ok else 'MISSED'} {name:<48} {got:>8}  (target {want})")
+    if dp_eff is not None and (a.profile == "always" or (a.profile == "auto" and dp_eff < TARGETS["dp_efficiency"])):
+        _dp_profile(*dp_detail, accel)
 
     # profiles: where the step's time goes, for what missed (or everything, --profile always)
     todo = []
@@ -335,6 +348,54 @@ def main(argv: list[str] | None = None) -> None:
         for kind, ms in sorted(table.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<36} {ms:>9,.1f} ms  {ms / total:>5.0%}")
     print(f"\n(perf took {time.perf_counter() - t_start:,.0f} s)")
+
+
+def _allreduce_proc(rank: int, n: int, port: int, q) -> None:
+    import torch
+    import torch.distributed as dist
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank % len(os.sched_getaffinity(0))]})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    buf = torch.zeros(n)
+    for _ in range(3):
+        dist.all_reduce(buf)
+    ts = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        dist.all_reduce(buf)
+        ts.append(time.perf_counter() - t0)
+    if rank == 0:
+        q.put(statistics.median(ts))
+    dist.destroy_process_group()
+
+
+def _dp_profile(size: str, t1: float, t2: float, m: dict[str, Any], accel: str) -> None:
+    """Why 2 devices fall short of 2x: the all-reduce of the gradients (measured alone, same
+    size, same backend, the same one core per rank) against the step, and what is left."""
+    from bench.launch import free_port
+    step1 = m["tokens_per_step"] / 2 / t1  # one replica's step on its own
+    step2 = m["tokens_per_step"] / t2
+    n = m["n_params"]
+    print(f"\nprofile, data parallel {size} on 2 devices: step {step2 * 1e3:.1f} ms against {step1 * 1e3:.1f} ms on one "
+          f"(+{step2 / step1 - 1:.0%})")
+    if accel != "cpu":
+        return
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = free_port()
+    ps = [ctx.Process(target=_allreduce_proc, args=(r, n, port, q)) for r in range(2)]
+    for p in ps:
+        p.start()
+    ar = q.get()
+    for p in ps:
+        p.join()
+    print(f"  gloo all-reduce of the {n * 4 / 2**20:.1f} MiB fp32 gradient, 2 ranks on 2 cores: {ar * 1e3:.1f} ms "
+          f"({ar / step2:.0%} of the step; on a CPU the all-reduce runs on the cores that compute, so DDP's "
+          "overlap with backward cannot hide it)")
+    rest = step2 - step1 - ar
+    print(f"  the rest, {max(rest, 0) * 1e3:.1f} ms ({max(rest, 0) / step2:.0%}): every step waits for the slower of "
+          "the two ranks (each step's time is the maximum over ranks), DDP's bucketing and the agent process "
+          "sharing the two cores")
 
 
 def _gpus() -> int:

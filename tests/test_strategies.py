@@ -112,3 +112,18 @@ def test_cuda_bf16_runs(tmp_path, strategy):
     res = launch(spec, str(tmp_path))
     assert res.status == "ok", res.error
     assert res.metrics["mem_source"].startswith("torch") and res.metrics["tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(tmp_path):
+    """compile=true: torch.compile per block gives the eager losses; compilation happens in
+    the warm-up and is reported, not timed."""
+    from bench.launch import launch
+    from bench.plan import make_spec
+    base = ("size=tiny", "strategy=dp", "devices=1", "accelerator=cpu", "seq_len=32", "warmup_steps=2", "steps=2")
+    eager = launch(make_spec(compose_cfg(*base)), str(tmp_path / "eager"))
+    comp = launch(make_spec(compose_cfg(*base, "compile=true")), str(tmp_path / "compiled"))
+    assert eager.status == comp.status == "ok", comp.error
+    assert comp.metrics["loss"] == pytest.approx(eager.metrics["loss"], abs=1e-4)
+    assert comp.metrics["compile_s"] > 0 and eager.metrics["compile_s"] is None
+    assert comp.metrics["warmup_times_s"][0] > 5 * comp.metrics["step_time_s"]  # compiling was in the warm-up
