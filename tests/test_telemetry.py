@@ -41,11 +41,14 @@ def test_peak_table_never_borrows_another_devices_number():
 
 def test_measured_matmul_peak_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "CACHE", str(tmp_path / "peaks.json"))
-    calls = []
-    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda d, t: calls.append(t) or 1e11)
+    calls, measured = [], [1e11, 0.5e11, 2e11]  # what three measurements would read
+    monkeypatch.setattr(hardware, "measure_matmul_peak", lambda d, t, s=1.0: calls.append(t) or measured.pop(0))
     assert hardware.matmul_peak(torch.device("cpu"), "fp32")[0] == 1e11
     peak, src = hardware.matmul_peak(torch.device("cpu"), "fp32")
     assert peak == 1e11 and "cached" in src and calls == ["fp32"]
+    # a refresh on a busy machine reads low: the cache keeps the best measurement
+    assert hardware.matmul_peak(torch.device("cpu"), "fp32", refresh=True)[0] == 1e11
+    assert hardware.matmul_peak(torch.device("cpu"), "fp32", refresh=True)[0] == 2e11
 
 
 def test_real_matmul_peak_is_plausible():
