@@ -300,8 +300,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # targets, met or missed
     print("\ntargets")
-    checks = []
+    checks: list[tuple] = []
     for r in small:
+        if r["repeats"] < 3:  # one run each: between-process noise, not the harness
+            print(f"  (harness overhead, {r['size']} {r['precision']}: {r['overhead']:+.1%} from one run each, "
+                  "not judged: runs of one configuration differ by several % between processes here)")
+            continue
         checks.append((f"harness overhead, {r['size']} {r['precision']}", f"{r['overhead']:+.1%}",
                        f"<= {TARGETS['overhead']:.0%}", r["overhead"] <= TARGETS["overhead"], r))
     if accel == "cpu":
