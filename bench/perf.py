@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         _dp_profile(*dp_detail, accel)
 
     # profiles: where the step's time goes, for what missed (or everything, --profile always)
-    todo = []
+    todo = list(small) if a.profile == "always" else []
     for name, _, _, ok, what in checks:
         if a.profile == "always" or (a.profile == "auto" and not ok):
             if isinstance(what, tuple):  # bf16 speedup: both precisions of that size
