@@ -22,10 +22,16 @@ class SweepReport(Callback):
 
         sweep_dir = config.hydra.sweep.dir
         # a resumed sweep's report shows the ok results it skipped beside the new ones
-        reused = []
+        reused: list[str] = []
         for marker in sorted(glob.glob(os.path.join(sweep_dir, "**", SKIPPED_NAME), recursive=True)):
-            with open(marker) as f:
-                reused.append(json.load(f)["result"])
+            try:
+                with open(marker) as f:
+                    path = json.load(f)["result"]
+            except (OSError, ValueError, KeyError, TypeError):
+                print(f"skipped {marker}: unreadable")
+                continue
+            if path not in reused:  # two points may share one old result (keys outside the hash)
+                reused.append(path)
         df = load([sweep_dir, *reused], on_skip=lambda msg: print(f"skipped {msg}"))
         print()
         if reused:

@@ -33,8 +33,8 @@ def _scontrol_hostnames(nodelist: str) -> list[str]:
 
 def slurm_port(job_id: str) -> int:
     """A port every node of one SLURM job derives alike and other jobs (array elements that
-    may share a node) almost never share: 20000 + job id mod 20000."""
-    return 20000 + int(re.sub(r"\D", "", job_id) or 0) % 20000
+    may share a node) almost never share: 20000 + job id mod 12000."""
+    return 20000 + int(re.sub(r"\D", "", job_id) or 0) % 12000  # below Linux's ephemeral range (32768+)
 
 
 def from_slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]] = _scontrol_hostnames
@@ -44,7 +44,11 @@ def from_slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]] = _
         return None
     nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
     node_rank = int(env.get("SLURM_NODEID", 0))
-    first = hostnames(env["SLURM_JOB_NODELIST"])[0]
+    try:
+        first = hostnames(env["SLURM_JOB_NODELIST"])[0]
+    except (OSError, IndexError, subprocess.SubprocessError) as e:
+        raise RendezvousError(f"cannot read node 0 of SLURM_JOB_NODELIST={env['SLURM_JOB_NODELIST']} "
+                              f"({type(e).__name__}); set launcher.rdzv_endpoint=HOST:PORT") from None
     return nodes, node_rank, f"{first}:{slurm_port(env['SLURM_JOB_ID'])}"
 
 
@@ -53,6 +57,8 @@ def resolve(launcher: dict[str, Any], env: Mapping[str, str] = os.environ,
     """The rendezvous of this node for `launcher=multinode`; None for `launcher=local`."""
     name = launcher.get("name", "local")
     if name == "local":
+        if launcher.get("nodes", 1) != 1:
+            raise RendezvousError(f"launcher.nodes={launcher['nodes']} needs launcher=multinode")
         return None
     if name != "multinode":
         raise RendezvousError(f"launcher={name} does not exist; use launcher=local or launcher=multinode")

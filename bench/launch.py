@@ -230,9 +230,10 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.launcher").setLevel(logging.WARNING)
     os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)  # inherited by the ranks
-    restore, claim = _place_ranks(spec)
-    # elastic installs its own SIGINT/SIGTERM handlers and leaves them; put ours back after
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # elastic installs its own handlers and leaves them; put ours back after (SIGHUP too: a
+    # sweep under nohup must keep ignoring hangups)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    nccl_env = {k: os.environ.get(k) for k in ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE")}
     if spec.rdzv_backend == "local":  # a private rendezvous: nobody else can join this job
         rdzv = dict(rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}",
                     run_id=f"scalebench-{uuid.uuid4().hex[:12]}", rdzv_configs={"join_timeout": 120})
@@ -250,7 +251,7 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
     os.environ[NODE_TAG_ENV] = node_tag()
     config = LaunchConfig(
         min_nodes=spec.nodes, max_nodes=spec.nodes, nproc_per_node=spec.procs, **rdzv,
-        max_restarts=0, monitor_interval=0.5,
+        max_restarts=0, monitor_interval=0.5, signals_to_handle="SIGTERM,SIGINT,SIGHUP",
         start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=os.path.join(out_dir, ".elastic", node_tag())),
     )
     timed_out = threading.Event()
@@ -261,6 +262,7 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
             timed_out.set()
             _kill_tree()
 
+    restore, claim = _place_ranks(spec)  # last before the try whose finally undoes it
     threading.Thread(target=watchdog, daemon=True).start()
     t0 = time.perf_counter()
     try:
@@ -294,6 +296,11 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
         out.writes_result = _writes_result(spec, out_dir, started=bool(getattr(e, "failures", None) or errs))
     finally:
         done.set()
+        for k, v in nccl_env.items():  # this job's NCCL log settings end with it
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         for sig, h in handlers.items():
             if threading.current_thread() is threading.main_thread():
                 signal.signal(sig, h)

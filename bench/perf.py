@@ -116,7 +116,10 @@ def _categories(prof, cuda: bool, steps: int) -> dict[str, float]:
     """ms per step by kind of op (self time, device time on a GPU)."""
     out: dict[str, float] = {name: 0.0 for name, _ in KINDS}
     out["everything else"] = 0.0
+    from torch.autograd import DeviceType
     for e in prof.key_averages():
+        if cuda and getattr(e, "device_type", DeviceType.CPU) != DeviceType.CPU:
+            continue  # the kernels themselves: already in their op's self device time
         t = (getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total) / 1e3 / steps
         key = e.key.lower()
         kind = next((name for name, pats in KINDS if any(p in key for p in pats)), "everything else")
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="profile the bare loop by kind of op: where a target is missed (auto), always, never")
     a = ap.parse_args(argv)
+    if a.repeats < 1:
+        ap.error("--repeats must be at least 1")
     config.register()
     os.environ["SCALEBENCH_QUIET"] = "1"  # the ranks' progress lines; perf prints its own
     from bench.plan import make_spec
@@ -214,9 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         repeats = a.repeats if (accel == "cuda" or size in STEPS) else 1
         for prec in precisions:
             for comp in variants:
-                if comp:
-                    warm = max(warm, 2)
-                cfg = _cfg(["strategy=single", f"size={size}", f"precision={prec}", f"warmup_steps={warm}",
+                w = max(warm, 2) if comp else warm  # compilation needs two warm-up steps
+                cfg = _cfg(["strategy=single", f"size={size}", f"precision={prec}", f"warmup_steps={w}",
                             f"steps={steps}", f"compile={str(comp).lower()}", *a.overrides])
                 spec = make_spec(cfg)
                 suite, bare, fixed, window, compile_s = [], [], [], [], []
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
               f"efficiency {dp_eff:.3f}")
         dp_detail = (size, t1, t2, m2)
 
-    small = [r for r in rows if not r["compile"]]
+    small = [r for r in rows if not r["compile"]]  # the plain (eager) rows
     fixed = statistics.median(r["fixed_s"] for r in small)
     f0 = min(small, key=lambda r: r["window_s"])
     print(f"fixed cost of a point (launch, init, teardown): {fixed:.2f} s (median over the runs); "
@@ -332,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         _dp_profile(*dp_detail, accel)
 
     # profiles: where the step's time goes, for what missed (or everything, --profile always)
-    todo = list(small) if a.profile == "always" else []
+    todo = list(rows) if a.profile == "always" else []
     for name, _, _, ok, what in checks:
         if a.profile == "always" or (a.profile == "auto" and not ok):
             if isinstance(what, tuple):  # bf16 speedup: both precisions of that size
@@ -341,14 +345,15 @@ def main(argv: list[str] | None = None) -> None:
                 todo.append(what)
     seen = set()
     for r in todo:
-        key = (r["size"], r["precision"])
+        key = (r["size"], r["precision"], r["compile"])
         if key in seen:
             continue
         seen.add(key)
         spec = r["spec"]
         _, table = _bare({**spec.to_dict(), "warmup_steps": 1, "steps": 1}, profile=True)
-        total = sum(table.values())
-        print(f"\nprofile, bare loop, {r['size']} {r['precision']} (torch.profiler, self time per step):")
+        total = sum(table.values()) or 1.0
+        print(f"\nprofile, bare loop, {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} "
+              "(torch.profiler, self time per step):")
         for kind, ms in sorted(table.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<36} {ms:>9,.1f} ms  {ms / total:>5.0%}")
     print(f"\n(perf took {time.perf_counter() - t_start:,.0f} s)")

@@ -175,6 +175,12 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
     n_gpu = _cuda_devices() if accel in ("auto", "cuda") else 0
     if accel == "auto":
         accel = "cuda" if n_gpu else "cpu"
+    if name == "single" and nodes > 1:
+        raise InvalidConfig(f"strategy=single runs on one device, not on {nodes} nodes; use launcher=local "
+                            "or strategy=dp")
+    if cfg.get("resume") and nodes > 1:
+        raise InvalidConfig("resume=true is not supported with launcher=multinode: each node would decide "
+                            "from its own results folder and the nodes could fall out of step; rerun the points")
     if name == "dataparallel" and nodes > 1:
         raise InvalidConfig("strategy=dataparallel (nn.DataParallel) runs in one process on one node; "
                             "use strategy=dp across nodes")

@@ -28,7 +28,6 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"
 config.register()
 _exit_code = 0
-NODE_NAME = "node.json"  # multinode: what a node that does not hold rank 0 leaves behind
 SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder instead of a result
 _ok_cache: dict[str, dict] = {}  # results_root -> ok_index, read once per process
 
@@ -86,11 +85,15 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
                 f"{spec.rdzv_endpoint}, run id {spec.run_id})" if spec.nodes > 1 else ""), flush=True)
         out = launch(spec, out_dir)
         if not out.writes_result:  # another node holds rank 0 and records the job
-            note = {"status": out.status, "error": out.error, "node_of": spec.nodes, "config_hash": result["config_hash"],
-                    "note": "this node did not hold rank 0; the node that did writes result.json", "at": _now()}
+            from bench.launch import node_tag
+            note = {"this_node": out.status, "error": out.error, "nodes": spec.nodes,
+                    "config_hash": result["config_hash"], "at": _now(),
+                    "note": "this node did not hold rank 0; the job's status is in the result.json that node wrote"}
             os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, NODE_NAME), "w") as f:
+            path = os.path.join(out_dir, f"node.{node_tag()}.json")  # nodes may share the folder
+            with open(path + ".tmp", "w") as f:
                 json.dump(note, f, indent=1)
+            os.replace(path + ".tmp", path)
             return {"status": "ok" if out.status == "ok" else out.status,
                     "error": out.error or "the node holding rank 0 writes result.json",
                     "node_only": True}
@@ -174,9 +177,10 @@ def _one_line(e: BaseException) -> str:
     return line
 
 
-def compose_points(overrides: list[str], multirun: bool) -> list[tuple[str, dict[str, Any]]]:
+def compose_points(overrides: list[str], multirun: bool) -> tuple[list[tuple[str, dict[str, Any]]], str]:
     """Compose every point of the command once, as Hydra will: (its sweep overrides, its
-    resolved config). Raises on a wrong key, type or option."""
+    resolved config) per point, and the Hydra launcher's target. Raises on a wrong key,
+    type or option."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -190,13 +194,14 @@ def compose_points(overrides: list[str], multirun: bool) -> list[tuple[str, dict
         if not multirun:
             if any(o.is_sweep_override() for o in parsed):
                 raise ValueError("a sweep (a=1,2) needs -m: python -m bench.run -m ...")
-            return [(" ".join(overrides), plain(compose("config", overrides=overrides)))]
+            return [(" ".join(overrides), plain(compose("config", overrides=overrides)))], "basic"
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("config", overrides=fixed, return_hydra_config=True)
         params = base.hydra.sweeper.get("params") or {}
         lines = [f"{k}={v}" for k, v in params.items()] + overrides
         combos = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
-        return [(" ".join(c), plain(compose("config", overrides=c))) for c in combos]
+        target = str(base.hydra.launcher.get("_target_", ""))
+        return [(" ".join(c), plain(compose("config", overrides=c))) for c in combos], target
 
 
 def check_writable(folder: str, key: str) -> None:
@@ -222,10 +227,19 @@ def preflight(overrides: list[str], multirun: bool) -> int:
     context). A single run that cannot run stops here; a sweep records its invalid points
     (they belong in the report) and stops only when none can run. Returns the point count."""
     from bench.plan import InvalidConfig, make_spec
-    points = compose_points(overrides, multirun)
+    points, target = compose_points(overrides, multirun)
     for key in ("results_root", "report_dir"):
         for folder in sorted({c[key] for _, c in points}):
             check_writable(folder, key)
+    if "submitit" in target:
+        # the points run elsewhere (SLURM nodes, or submitit's own processes): what this host
+        # has (GPUs, cores, a SLURM job) says nothing about them, so planning waits for the job.
+        # One thing must hold here: a job array has one allocation size for all its points.
+        shapes = {(c["launcher"]["name"], c["launcher"]["nodes"]) for _, c in points}
+        if len(shapes) > 1:
+            raise ValueError(f"a SLURM array has one node count for every point, but this sweep has "
+                             f"{sorted(shapes)}; sweep launcher and launcher.nodes in separate commands")
+        return len(points)
     invalid = []
     for what, cfg in points:
         try:

@@ -82,7 +82,7 @@ def test_two_nodes_on_one_machine_match_two_devices_on_one(tmp_path, rendezvous)
     outs = [p.communicate(timeout=300)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], outs
     [res] = glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))  # one result for the job
-    assert len(glob.glob(str(tmp_path / "results" / "*" / "*" / "node.json"))) == 1
+    assert len(glob.glob(str(tmp_path / "results" / "*" / "*" / "node.*.json"))) == 1
     r = json.load(open(res))
     assert r["status"] == "ok" and r["degrees"]["nodes"] == 2 and r["degrees"]["devices_per_node"] == 1
     assert r["spec"]["devices"] == 2 and r["metrics"]["interconnect"] == "loopback/gloo (one host)"
@@ -118,3 +118,20 @@ def test_sweep_through_the_submitit_plugin(cli, tmp_path):
     assert len(glob.glob(os.path.join(sweep, "*", "result.json"))) == 2
     logs = glob.glob(os.path.join(sweep, ".submitit", "*", "*_log.out"))
     assert len(logs) == 2 and all("-> ok:" in open(f).read() for f in logs)
+
+
+def test_slurm_sweep_plans_on_the_nodes_not_the_login_node():
+    # the submitting host has no SLURM job, GPUs or enough cores: preflight must not judge the
+    # points by it (they are planned in the job), only compose them and check the folders
+    from bench.run import preflight
+    n = preflight(["hydra/launcher=slurm", "launcher=multinode", "launcher.nodes=2", "accelerator=cuda",
+                   "devices=8", "size=tiny,mini"], multirun=True)
+    assert n == 2
+
+
+def test_scontrol_failure_is_a_clear_error():
+    def broken(nodelist):
+        raise FileNotFoundError("scontrol")
+    env = {"SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "gpu[1-2]", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "0"}
+    with pytest.raises(RendezvousError, match="cannot read node 0 of SLURM_JOB_NODELIST=gpu\\[1-2\\]"):
+        resolve({**MULTI, "rdzv_endpoint": None}, env=env, hostnames=broken)
