@@ -74,8 +74,10 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
                              "activation_checkpointing": spec.activation_checkpointing}
         pred = predict_memory(spec)
         result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}
-        available = (fp["ram_available_bytes"] if spec.accelerator == "cpu"
-                     else min(fp["gpu"]["memory_bytes"][:spec.devices_per_node]))
+        # across nodes every node must reach the same verdict (one skipping alone would leave
+        # the others waiting at the rendezvous): judge by the host's total RAM, not what is free now
+        ram = fp["ram_bytes"] if spec.nodes > 1 else fp["ram_available_bytes"]
+        available = ram if spec.accelerator == "cpu" else min(fp["gpu"]["memory_bytes"][:spec.devices_per_node])
         if not cfg.get("force"):
             check_memory(spec, pred, available)
         from bench.launch import launch  # torch elastic: imported only when something runs
