@@ -20,7 +20,7 @@ class RendezvousError(ValueError):
 class Rendezvous:
     nodes: int
     node_rank: int | None  # None: c10d numbers the nodes in the order they arrive
-    endpoint: str  # host:port
+    endpoint: str | None  # host:port; None for launcher=local (a free port, chosen at launch)
     backend: str  # "c10d" (elastic, dynamic) or "static" (torchrun --node-rank)
     source: str  # "config" or "slurm"
 

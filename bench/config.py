@@ -113,17 +113,21 @@ BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global
               "cpu_threads_per_device", "activation_checkpointing", "oversubscribe", "data", "data_path")
 
 
+def _later_keys(cfg: dict) -> dict:
+    """Keys that joined the benchmark after results existed: (value, default) each."""
+    return {"nodes": ((cfg.get("launcher") or {}).get("nodes", 1), 1),
+            "compile": (bool(cfg.get("compile")), False)}
+
+
 def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
     """Hash of the keys that define what is measured (less `exclude`): the config hash,
     and without the repeat axes the key that matches a point across repeats and machines."""
     import hashlib
     import json
     keys = {k: cfg.get(k) for k in BENCH_KEYS if k not in exclude}
-    nodes = (cfg.get("launcher") or {}).get("nodes", 1)
-    if nodes != 1:  # only then, so that single-node hashes stay what they always were
-        keys["nodes"] = nodes
-    if cfg.get("compile"):  # likewise
-        keys["compile"] = True
+    for k, (value, default) in _later_keys(cfg).items():
+        if value != default:  # only then, so that the hashes of earlier results stay as they were
+            keys[k] = value
     blob = json.dumps(keys, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

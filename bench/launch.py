@@ -172,6 +172,7 @@ class CoreClaim:
 
     def _try(self, cores: list[int], n: int) -> bool:
         import fcntl
+        self.cores = []
         for c in cores:
             f = open(os.path.join(self.dir, f"core{c}.lock"), "w")
             try:
@@ -191,7 +192,7 @@ class CoreClaim:
     def release(self) -> None:
         for f in self.files:
             f.close()  # closing drops the flock
-        self.files, self.cores = [], []
+        self.files = []
 
 
 def _place_ranks(spec: RunSpec) -> tuple[set[int] | None, CoreClaim | None]:
@@ -310,6 +311,6 @@ def launch(spec: RunSpec, out_dir: str) -> Outcome:
             claim.release()
     out.launch_s = time.perf_counter() - t0
     if claim:
-        out.cores = {"cores": [int(c) for c in os.environ[CORES_ENV].split(",")],
+        out.cores = {"cores": claim.cores,
                      "waited_for_cores_s": round(claim.waited_s, 3), "shared_with_other_jobs": claim.shared}
     return out

@@ -64,8 +64,7 @@ def bare_loop(spec_d: dict, q, profile: bool = False) -> None:
     cuda = spec_d["accelerator"] == "cuda"
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if not cuda:
-        torch.set_num_threads(spec_d["cpu_threads_per_device"])
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:spec_d["cpu_threads_per_device"]])
+        _pin(0, spec_d["cpu_threads_per_device"])
     shape = GPTShape(**spec_d["shape"])
     model = build_model(shape, device, spec_d["seed"])
     if spec_d.get("compile"):
@@ -127,14 +126,34 @@ def _categories(prof, cuda: bool, steps: int) -> dict[str, float]:
     return out
 
 
-def _bare(spec_d: dict, profile: bool = False) -> tuple[list[float], dict | None]:
+def _spawn(target, *args_per_process: tuple) -> Any:
+    """Run `target(*args, queue)` in fresh spawned processes (one per args tuple) and return
+    the first thing one of them puts on the queue: each measurement in a clean process."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=bare_loop, args=(spec_d, q, profile))
-    p.start()
+    ps = [ctx.Process(target=target, args=(*args, q)) for args in args_per_process]
+    for p in ps:
+        p.start()
     out = q.get()
-    p.join()
+    for p in ps:
+        p.join()
     return out
+
+
+def _pin(index: int, threads: int) -> None:
+    """Pin this process as a rank would be: `threads` threads on its own cores, in order."""
+    import torch
+    torch.set_num_threads(threads)
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, [cores[(index * threads + i) % len(cores)] for i in range(threads)])
+
+
+def _bare(spec_d: dict, profile: bool = False) -> tuple[list[float], dict | None]:
+    return _spawn(_bare_proc, (spec_d, profile))
+
+
+def _bare_proc(spec_d: dict, profile: bool, q) -> None:
+    bare_loop(spec_d, q, profile)
 
 
 def _suite(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -149,13 +168,7 @@ def _suite(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _peaks(accelerator: str) -> dict[str, float]:
     """Measure the matmul peaks now, in a process pinned like a rank (one core / GPU 0)."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_peak_proc, args=(accelerator, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    return _spawn(_peak_proc, (accelerator,))
 
 
 def _peak_proc(accelerator: str, q) -> None:
@@ -166,8 +179,7 @@ def _peak_proc(accelerator: str, q) -> None:
         dev = torch.device("cuda", 0)
     else:
         dev = torch.device("cpu")
-        torch.set_num_threads(1)
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
+        _pin(0, 1)
     out = {d: hardware.matmul_peak(dev, d, refresh=True, seconds=3.0)[0] for d in ("fp32", "bf16")}
     if accelerator == "cuda":
         name = torch.cuda.get_device_name(dev)
@@ -176,6 +188,38 @@ def _peak_proc(accelerator: str, q) -> None:
     else:
         out["device"] = hardware.cpu_model() + " (1 core)"
     q.put(out)
+
+
+def _measure_row(cfg: dict[str, Any], repeats: int, peaks: dict[str, float]) -> dict[str, Any]:
+    """The suite and the bare loop on one configuration, `repeats` times each in ABBA order
+    (the order alternates, so that a drift of the machine's speed, frequent on shared VMs,
+    does not land on one side); one row of the table."""
+    from bench.plan import make_spec
+    spec = make_spec(cfg)
+    suite, bare, fixed, window, compile_s = [], [], [], [], []
+    for i in range(repeats):
+        for which in (("suite", "bare") if i % 2 == 0 else ("bare", "suite")):
+            if which == "bare":
+                bare.append(statistics.median(_bare(spec.to_dict())[0]))
+                continue
+            r = _suite(cfg)
+            m = r["metrics"]
+            suite.append(m["step_time_s"])
+            window.append(m["window_s"])
+            fixed.append(r["duration_s"] - m["window_s"] - sum(m["warmup_times_s"]))
+            compile_s.append(m.get("compile_s"))
+        print(f"  {spec.size} {spec.precision}{' compile' if spec.compile else ''} {i + 1}/{repeats}: suite "
+              f"{_fmt_ms(suite[-1])} ms/step, bare {_fmt_ms(bare[-1])} ms/step", flush=True)
+    s, b = statistics.median(suite), statistics.median(bare)
+    fpt, peak = m["flops_per_token"], peaks[spec.precision]
+    tps, bare_tps = spec.tokens_per_step / s, spec.tokens_per_step / b
+    datasheet = peaks.get("datasheet_bf16") if spec.precision == "bf16" else None
+    return dict(size=spec.size, precision=spec.precision, compile=spec.compile, suite_ms=s * 1e3, bare_ms=b * 1e3,
+                overhead=s / b - 1, overhead_best=min(suite) / min(bare) - 1, tokens_per_s=tps,
+                bare_tokens_per_s=bare_tps, mfu=fpt * tps / peak, bare_mfu=fpt * bare_tps / peak,
+                mfu_datasheet=fpt * tps / datasheet if datasheet else None,
+                fixed_s=statistics.median(fixed), window_s=statistics.median(window),
+                compile_s=compile_s[0], steps=spec.steps, repeats=repeats, spec=spec)
 
 
 def _fmt_ms(x: float) -> str:
@@ -222,34 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                 w = max(warm, 2) if comp else warm  # compilation needs two warm-up steps
                 cfg = _cfg(["strategy=single", f"size={size}", f"precision={prec}", f"warmup_steps={w}",
                             f"steps={steps}", f"compile={str(comp).lower()}", *a.overrides])
-                spec = make_spec(cfg)
-                suite, bare, fixed, window, compile_s = [], [], [], [], []
-                for i in range(repeats):
-                    # ABBA: the order alternates, so that a drift of the machine's speed
-                    # (frequent on shared VMs) does not land on one side
-                    for which in (("suite", "bare") if i % 2 == 0 else ("bare", "suite")):
-                        if which == "bare":
-                            bare.append(statistics.median(_bare(spec.to_dict())[0]))
-                            continue
-                        r = _suite(cfg)
-                        m = r["metrics"]
-                        suite.append(m["step_time_s"])
-                        window.append(m["window_s"])
-                        fixed.append(r["duration_s"] - m["window_s"] - sum(m["warmup_times_s"]))
-                        compile_s.append(m.get("compile_s"))
-                    print(f"  {size} {prec}{' compile' if comp else ''} {i + 1}/{repeats}: suite "
-                          f"{_fmt_ms(suite[-1])} ms/step, bare {_fmt_ms(bare[-1])} ms/step", flush=True)
-                s, b = statistics.median(suite), statistics.median(bare)
-                fpt = m["flops_per_token"]
-                tps = spec.tokens_per_step / s
-                peak = peaks[prec]
-                rows.append(dict(size=size, precision=prec, compile=comp, suite_ms=s * 1e3, bare_ms=b * 1e3,
-                                 overhead=s / b - 1, overhead_best=min(suite) / min(bare) - 1, tokens_per_s=tps, bare_tokens_per_s=spec.tokens_per_step / b,
-                                 mfu=fpt * tps / peak, bare_mfu=fpt * spec.tokens_per_step / b / peak,
-                                 mfu_datasheet=(fpt * tps / peaks["datasheet_bf16"]
-                                                if prec == "bf16" and peaks.get("datasheet_bf16") else None),
-                                 fixed_s=statistics.median(fixed), window_s=statistics.median(window),
-                                 compile_s=compile_s[0], steps=steps, repeats=repeats, spec=spec))
+                rows.append(_measure_row(cfg, repeats, peaks))
 
     print(f"\n{'size':<6} {'prec':<5} {'compile':<7} {'suite ms':>9} {'bare ms':>9} {'overhead':>9} "
           f"{'(best)':>7} {'tokens/s':>9} {'MFU':>5} {'bare MFU':>8}" + (" MFU(datasheet)" if accel == "cuda" else ""))
@@ -295,9 +312,9 @@ def main(argv: list[str] | None = None) -> None:
               f"efficiency {dp_eff:.3f}")
         dp_detail = (size, t1, t2, m2)
 
-    small = [r for r in rows if not r["compile"]]  # the plain (eager) rows
-    fixed = statistics.median(r["fixed_s"] for r in small)
-    f0 = min(small, key=lambda r: r["window_s"])
+    eager = [r for r in rows if not r["compile"]]
+    fixed = statistics.median(r["fixed_s"] for r in eager)
+    f0 = min(eager, key=lambda r: r["window_s"])
     print(f"fixed cost of a point (launch, init, teardown): {fixed:.2f} s (median over the runs); "
           f"{f0['size']} {f0['precision']}: {f0['fixed_s']:.2f} s against {f0['window_s']:.2f} s measured "
           f"({f0['steps']} steps)")
@@ -305,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     # targets, met or missed
     print("\ntargets")
     checks: list[tuple] = []
-    for r in small:
+    for r in eager:
         if r["repeats"] < 3:  # one run each: between-process noise, not the harness
             print(f"  (harness overhead, {r['size']} {r['precision']}: {r['overhead']:+.1%} from one run each, "
                   "not judged: runs of one configuration differ by several % between processes here)")
@@ -313,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         checks.append((f"harness overhead, {r['size']} {r['precision']}", f"{r['overhead']:+.1%}",
                        f"<= {TARGETS['overhead']:.0%}", r["overhead"] <= TARGETS["overhead"], r))
     if accel == "cpu":
-        for r in small:
+        for r in eager:
             if r["size"] == "mini" and r["precision"] == "fp32":
                 checks.append(("MFU fp32, mini (of the measured peak)", f"{r['mfu']:.2f}",
                                f">= {TARGETS['mfu_fp32_mini']:.2f}", r["mfu"] >= TARGETS["mfu_fp32_mini"], r))
@@ -321,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             checks.append((f"bf16 / fp32 throughput, {size}", f"{sp:.2f}x", f">= {TARGETS['bf16_speedup']}x",
                            sp >= TARGETS["bf16_speedup"], ("speedup", size)))
     else:
-        for r in small:
+        for r in eager:
             if r["precision"] == "bf16" and r["mfu_datasheet"] is not None:
                 checks.append((f"MFU bf16, {r['size']} (of the datasheet peak)", f"{r['mfu_datasheet']:.2f}",
                                f">= {TARGETS['mfu_gpu_bf16']:.2f}", r["mfu_datasheet"] >= TARGETS["mfu_gpu_bf16"], r))
@@ -340,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, _, _, ok, what in checks:
         if a.profile == "always" or (a.profile == "auto" and not ok):
             if isinstance(what, tuple):  # bf16 speedup: both precisions of that size
-                todo += [r for r in small if r["size"] == what[1]]
+                todo += [r for r in eager if r["size"] == what[1]]
             elif isinstance(what, dict):
                 todo.append(what)
     seen = set()
@@ -362,8 +379,7 @@ def main(argv: list[str] | None = None) -> None:
 def _allreduce_proc(rank: int, n: int, port: int, q) -> None:
     import torch
     import torch.distributed as dist
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[rank % len(os.sched_getaffinity(0))]})
-    torch.set_num_threads(1)
+    _pin(rank, 1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     buf = torch.zeros(n)
     for _ in range(3):
@@ -389,15 +405,8 @@ def _dp_profile(size: str, t1: float, t2: float, m: dict[str, Any], accel: str) 
           f"(+{step2 / step1 - 1:.0%})")
     if accel != "cpu":
         return
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     port = free_port()
-    ps = [ctx.Process(target=_allreduce_proc, args=(r, n, port, q)) for r in range(2)]
-    for p in ps:
-        p.start()
-    ar = q.get()
-    for p in ps:
-        p.join()
+    ar = _spawn(_allreduce_proc, *[(r, n, port) for r in range(2)])  # rank 0 reports
     print(f"  gloo all-reduce of the {n * 4 / 2**20:.1f} MiB fp32 gradient, 2 ranks on 2 cores: {ar * 1e3:.1f} ms "
           f"({ar / step2:.0%} of the step; on a CPU the all-reduce runs on the cores that compute, so DDP's "
           "overlap with backward cannot hide it)")

@@ -19,6 +19,8 @@ STRATEGIES = ("single", "dp", "mp", "tp", "fsdp", "dataparallel", "hybrid")
 # here as about 0.35 GiB; rounded up.
 CPU_RANK_BASELINE_BYTES = 512 * 2**20
 MEMORY_MARGIN = 0.90  # plan to use at most this fraction of what is available
+# launcher=local: one node, a private rendezvous on a free port chosen at launch
+LOCAL = cluster.Rendezvous(nodes=1, node_rank=None, endpoint=None, backend="local", source="local")
 
 
 class InvalidConfig(ValueError):
@@ -158,18 +160,18 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
         raise InvalidConfig(f"devices={devices}: need at least 1")
     launcher = cfg.get("launcher") or {"name": "local"}
     try:
-        rdzv = cluster.resolve(launcher)
+        rdzv = cluster.resolve(launcher) or LOCAL
     except cluster.RendezvousError as e:
         raise InvalidConfig(str(e)) from None
-    nodes = rdzv.nodes if rdzv else 1
+    nodes = rdzv.nodes
     for key in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device"):
         if cfg[key] is not None and cfg[key] < 1:
             raise InvalidConfig(f"{key}={cfg[key]}: must be at least 1")
     if cfg["warmup_steps"] < 0:
         raise InvalidConfig(f"warmup_steps={cfg['warmup_steps']}: must be 0 or more")
     if cfg.get("compile") and cfg["warmup_steps"] < 2:
-        raise InvalidConfig(f"compile=true compiles in the first steps (forward, then backward); use "
-                            f"warmup_steps>=2 so that compilation stays outside the measured window")
+        raise InvalidConfig("compile=true compiles in the first steps (forward, then backward); use "
+                            "warmup_steps>=2 so that compilation stays outside the measured window")
 
     accel = cfg["accelerator"]
     n_gpu = _cuda_devices() if accel in ("auto", "cuda") else 0
@@ -263,8 +265,8 @@ def make_spec(cfg: dict[str, Any]) -> RunSpec:
                    reshard_after_forward=bool(strat.get("reshard_after_forward", True)),
                    oversubscribe=bool(cfg.get("oversubscribe")), data=cfg["data"],
                    data_path=cfg["data_path"], timeout_s=cfg["timeout_s"],
-                   nodes=nodes, devices_per_node=per_node, rdzv_backend=rdzv.backend if rdzv else "local",
-                   rdzv_endpoint=rdzv.endpoint if rdzv else None, node_rank=rdzv.node_rank if rdzv else None,
+                   nodes=nodes, devices_per_node=per_node, rdzv_backend=rdzv.backend,
+                   rdzv_endpoint=rdzv.endpoint, node_rank=rdzv.node_rank,
                    # a rendezvous per point: the nodes of a sweep meet again for each one
                    run_id=f"{launcher.get('run_id', 'scalebench')}-{bench_hash(cfg)[:8]}",
                    join_timeout_s=float(launcher.get("join_timeout_s", 600.0)),

@@ -32,11 +32,11 @@ SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder
 _ok_cache: dict[str, dict] = {}  # results_root -> ok_index, read once per process
 
 
-def _already_ok(cfg: dict[str, Any], label: str) -> str | None:
-    root = os.path.abspath(cfg["results_root"])
+def _already_ok(chash: str, results_root: str, label: str) -> str | None:
+    root = os.path.abspath(results_root)
     if root not in _ok_cache:
         _ok_cache[root] = ok_index(root)
-    return _ok_cache[root].get((config_hash(cfg), label))
+    return _ok_cache[root].get((chash, label))
 
 
 def _now() -> str:
@@ -48,17 +48,18 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     fp = hardware.fingerprint()
     label = cfg.get("hardware_label") or hardware.label(fp)
+    chash = config_hash(cfg)
     if cfg.get("resume"):
-        done = _already_ok(cfg, label)
+        done = _already_ok(chash, cfg["results_root"], label)
         if done:  # a pointer, not a copy: the measured result stays where it is, untouched
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, SKIPPED_NAME), "w") as f:
-                json.dump({"status": "skipped", "result": os.path.abspath(done), "config_hash": config_hash(cfg),
+                json.dump({"status": "skipped", "result": os.path.abspath(done), "config_hash": chash,
                            "hardware_label": label, "at": _now()}, f, indent=1)
             return {"status": "skipped", "error": f"resume: an ok result exists at {done}"}
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": None, "error": None, "error_detail": None,
-        "config": cfg, "config_hash": config_hash(cfg), "spec": None,
+        "config": cfg, "config_hash": chash, "spec": None,
         "degrees": None, "metrics": None, "prediction": None,
         "hardware": fp, "hardware_label": label,
         "software": hardware.software(), "started_at": _now(), "output_dir": os.path.abspath(out_dir),
@@ -81,22 +82,23 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
         if not cfg.get("force"):
             check_memory(spec, pred, available)
         from bench.launch import launch  # torch elastic: imported only when something runs
-        if not os.environ.get("SCALEBENCH_QUIET"):
-            print(f"  [launch] starting {spec.procs} rank(s)" + (
-            f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {spec.rdzv_backend} at "
-                f"{spec.rdzv_endpoint}, run id {spec.run_id})" if spec.nodes > 1 else ""), flush=True)
+        from bench.trainer import QUIET_ENV
+        if not os.environ.get(QUIET_ENV):
+            across = (f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {spec.rdzv_backend} at "
+                      f"{spec.rdzv_endpoint}, run id {spec.run_id})") if spec.nodes > 1 else ""
+            print(f"  [launch] starting {spec.procs} rank(s){across}", flush=True)
         out = launch(spec, out_dir)
         if not out.writes_result:  # another node holds rank 0 and records the job
             from bench.launch import node_tag
             note = {"this_node": out.status, "error": out.error, "nodes": spec.nodes,
-                    "config_hash": result["config_hash"], "at": _now(),
+                    "config_hash": chash, "at": _now(),
                     "note": "this node did not hold rank 0; the job's status is in the result.json that node wrote"}
             os.makedirs(out_dir, exist_ok=True)
             path = os.path.join(out_dir, f"node.{node_tag()}.json")  # nodes may share the folder
             with open(path + ".tmp", "w") as f:
                 json.dump(note, f, indent=1)
             os.replace(path + ".tmp", path)
-            return {"status": "ok" if out.status == "ok" else out.status,
+            return {"status": out.status,
                     "error": out.error or "the node holding rank 0 writes result.json",
                     "node_only": True}
         result.update(status=out.status, error=out.error, error_detail=out.error_detail, metrics=out.metrics,

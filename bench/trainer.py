@@ -42,6 +42,7 @@ def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torc
         return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
+QUIET_ENV = "SCALEBENCH_QUIET"  # set: no progress lines (bench.perf runs many points and prints its own)
 FAULT_ENV = "SCALEBENCH_FAULT"  # for tests only: "kill:RANK:STEP", "hang:RANK:STEP", "nan:RANK:STEP"
 
 
@@ -74,8 +75,7 @@ class Progress:
     """One line per phase from rank 0: rewritten in place on a terminal, ~10 lines in a log."""
 
     def __init__(self, enabled: bool):
-        # SCALEBENCH_QUIET: bench.perf runs many points and prints its own lines
-        self.enabled, self.tty = enabled and not os.environ.get("SCALEBENCH_QUIET"), sys.stdout.isatty()
+        self.enabled, self.tty = enabled and not os.environ.get(QUIET_ENV), sys.stdout.isatty()
 
     def __call__(self, phase: str, i: int, n: int, note: str = "") -> None:
         if not self.enabled:
