@@ -8,21 +8,13 @@ import os
 import re
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+
+from bench.config import LauncherConfig, LauncherKind
+from bench.spec import Rendezvous
 
 
 class RendezvousError(ValueError):
     """The multi-node settings cannot work; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    nodes: int
-    node_rank: int | None  # None: c10d numbers the nodes in the order they arrive
-    endpoint: str | None  # host:port; None for launcher=local (a free port, chosen at launch)
-    backend: str  # "c10d" (elastic, dynamic) or "static" (torchrun --node-rank)
-    source: str  # "config" or "slurm"
 
 
 def _scontrol_hostnames(nodelist: str) -> list[str]:
@@ -52,17 +44,15 @@ def from_slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]] = _
     return nodes, node_rank, f"{first}:{slurm_port(env['SLURM_JOB_ID'])}"
 
 
-def resolve(launcher: dict[str, Any], env: Mapping[str, str] = os.environ,
-            hostnames: Callable[[str], list[str]] = _scontrol_hostnames) -> Rendezvous | None:
-    """The rendezvous of this node for `launcher=multinode`; None for `launcher=local`."""
-    name = launcher.get("name", "local")
-    if name == "local":
-        if launcher.get("nodes", 1) != 1:
-            raise RendezvousError(f"launcher.nodes={launcher['nodes']} needs launcher=multinode")
-        return None
-    if name != "multinode":
-        raise RendezvousError(f"launcher={name} does not exist; use launcher=local or launcher=multinode")
-    nodes, rank, endpoint = launcher["nodes"], launcher.get("node_rank"), launcher.get("rdzv_endpoint")
+def resolve(launcher: LauncherConfig, env: Mapping[str, str] = os.environ,
+            hostnames: Callable[[str], list[str]] = _scontrol_hostnames) -> Rendezvous:
+    """Where this node's ranks meet: a private one-machine rendezvous for `launcher=local`,
+    node 0's store from the config or the SLURM job for `launcher=multinode`."""
+    if launcher.name is LauncherKind.local:
+        if launcher.nodes != 1:
+            raise RendezvousError(f"launcher.nodes={launcher.nodes} needs launcher=multinode")
+        return Rendezvous()
+    nodes, rank, endpoint = launcher.nodes, launcher.node_rank, launcher.rdzv_endpoint
     source = "config"
     if endpoint is None:
         slurm = from_slurm(env, hostnames)
@@ -82,7 +72,8 @@ def resolve(launcher: dict[str, Any], env: Mapping[str, str] = os.environ,
                               "launcher.rdzv_endpoint=node0.cluster:29500")
     if rank is not None and not 0 <= rank < nodes:
         raise RendezvousError(f"launcher.node_rank={rank} is outside 0..{nodes - 1}")
-    return Rendezvous(nodes, rank, endpoint, "c10d" if rank is None else "static", source)
+    return Rendezvous(backend="c10d" if rank is None else "static", nodes=nodes, endpoint=endpoint,
+                      node_rank=rank, join_timeout_s=launcher.join_timeout_s, source=source)
 
 
 def is_local_host(host: str) -> bool:

@@ -13,7 +13,6 @@ off 1 by at least --min-ratio, else `within noise`. Exit code 1 when any row is 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -22,40 +21,7 @@ import pandas as pd
 
 from bench import figures
 from bench.results import load
-
-
-def mann_whitney_u(a, b) -> tuple[float, float]:
-    """Two-sided Mann-Whitney U test, normal approximation with tie and continuity
-    correction (fine from ~5 samples a side; exact tables are not worth it here).
-    Returns (U of `a`, p-value)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
-        return math.nan, 1.0
-    allv = np.concatenate([a, b])
-    ranks = pd.Series(allv).rank(method="average").to_numpy()
-    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2
-    mu = n1 * n2 / 2
-    _, counts = np.unique(allv, return_counts=True)
-    n = n1 + n2
-    var = n1 * n2 / 12 * ((n + 1) - (counts**3 - counts).sum() / (n * (n - 1)))
-    if var <= 0:
-        return u1, 1.0
-    z = (abs(u1 - mu) - 0.5) / math.sqrt(var)
-    p = math.erfc(max(z, 0.0) / math.sqrt(2))
-    return u1, min(1.0, p)
-
-
-def ratio_ci(base, other, n: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Throughput ratio other/base = median(base step) / median(other step), with a
-    percentile bootstrap interval (deterministic)."""
-    base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
-    r = float(np.median(base) / np.median(other))
-    rng = np.random.default_rng(seed)
-    rb = (np.median(rng.choice(base, (n, len(base))), axis=1)
-          / np.median(rng.choice(other, (n, len(other))), axis=1))
-    lo, hi = np.quantile(rb, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return r, float(lo), float(hi)
+from bench.stats import mann_whitney_u, pooled_steps, ratio_ci
 
 
 def verdict(p: float, ratio: float, alpha: float, min_ratio: float) -> str:
@@ -74,8 +40,7 @@ def compare(sets: list[pd.DataFrame], names: list[str], alpha: float = 0.05, min
     for name, other in zip(names[1:], oks[1:]):
         for key in sorted(set(base["point_key"]) & set(other["point_key"])):
             a, b = base[base["point_key"] == key], other[other["point_key"] == key]
-            ta = np.concatenate([np.asarray(s, dtype=float) for s in a["step_times_s"]])
-            tb = np.concatenate([np.asarray(s, dtype=float) for s in b["step_times_s"]])
+            ta, tb = pooled_steps(a["step_times_s"]), pooled_steps(b["step_times_s"])
             r, lo, hi = ratio_ci(ta, tb)
             _, p = mann_whitney_u(ta, tb)
             first = a.iloc[0]

@@ -1,17 +1,36 @@
-"""Typed configuration schema, registered in Hydra's ConfigStore.
+"""Typed configuration: every key, its type, default, unit and meaning, once.
 
-`conf/config.yaml` extends `base_config`, so Hydra checks every key and type of every
-override against these dataclasses when it composes: a misspelt key or a wrong type fails at
-once, before anything is launched.
+`conf/config.yaml` extends `base_config` (the `BenchConfig` dataclass), so Hydra checks
+every override's key and type when it composes: a misspelt key or a wrong type fails at
+once, before anything is launched. The composed config becomes these dataclasses
+(`OmegaConf.to_object`) and `bench.plan.make_spec` takes them as they are.
+
+Each field's help text (`key(default, help)`) is what `python -m bench.run --help` prints and
+what the README's key table is generated from (`python -m bench.config` prints it; a test
+checks the README against it), so a key's meaning lives here and nowhere else.
+
+No torch here: the command line answers bad input before torch is imported.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def key(default: Any, help: str) -> Any:
+    """A config field with its default and its one-line help (meaning, unit)."""
+    return field(default=default, metadata={"help": help})
 
 
 class Precision(str, Enum):
@@ -22,7 +41,7 @@ class Precision(str, Enum):
 
 
 class Accelerator(str, Enum):
-    auto = "auto"  # cuda when torch sees a GPU, else cpu
+    auto = "auto"  # cuda when a CUDA device is visible to this torch build, else cpu
     cpu = "cpu"
     cuda = "cuda"
 
@@ -44,66 +63,89 @@ class Checkpointing(str, Enum):
     full = "full"  # recompute each block in backward: keeps only the block inputs
 
 
+class LauncherKind(str, Enum):
+    local = "local"  # every device of the job on this machine
+    multinode = "multinode"  # torch elastic across machines
+
+
 @dataclass
 class SizeConfig:
-    name: str = MISSING
-    n_layer: int = MISSING
-    n_head: int = MISSING
-    n_embd: int = MISSING
-    vocab_size: int = MISSING
-    block_size: int = MISSING
+    """A GPT shape (conf/size/*.yaml)."""
+    name: str = key(MISSING, "the size's name")
+    n_layer: int = key(MISSING, "transformer blocks (L)")
+    n_head: int = key(MISSING, "attention heads per block (a)")
+    n_embd: int = key(MISSING, "hidden size (H)")
+    vocab_size: int = key(MISSING, "vocabulary (V), padded to a multiple of 64")
+    block_size: int = key(MISSING, "maximum context in tokens (positions)")
 
 
 @dataclass
 class StrategyConfig:
-    name: str = MISSING
-    schedule: Schedule = Schedule.naive  # mp / hybrid with pp: pipeline schedule
-    microbatches: int = 4  # micro-batched schedules: micro-batches per micro-step
-    stages_per_rank: int = 2  # interleaved schedule: model chunks per rank (v)
-    tp: int = 1  # hybrid: tensor-parallel degree (the rest of the devices is dp)
-    pp: int = 1  # hybrid: pipeline degree (the rest of the devices is dp)
-    sequence_parallel: bool = False  # tp: shard LayerNorms and the residual stream by sequence
-    reshard_after_forward: bool = True  # fsdp: free gathered parameters after forward (ZeRO-3)
+    """A parallel strategy and its options (conf/strategy/*.yaml; bench/parallel/ has one unit each)."""
+    name: str = key(MISSING, "the strategy (bench/parallel/ registry)")
+    schedule: Schedule = key(Schedule.naive, "`mp`/`hybrid` pipeline schedule: `naive`, `gpipe`, `1f1b`, "
+                                              "`interleaved`")
+    microbatches: int = key(4, "micro-batches per micro-step for `gpipe`, `1f1b`, `interleaved` "
+                               "(must divide the batch)")
+    stages_per_rank: int = key(2, "model chunks per rank (v) for `interleaved`")
+    tp: int = key(1, "`hybrid`: tensor-parallel degree (the rest of the devices is data parallel)")
+    pp: int = key(1, "`hybrid`: pipeline degree (the rest of the devices is data parallel); exactly one of "
+                     "tp, pp above 1")
+    sequence_parallel: bool = key(False, "`tp`/`hybrid` with tp: LayerNorms and the residual stream split "
+                                         "by sequence")
+    reshard_after_forward: bool = key(True, "`fsdp`/`hybrid`: free gathered block weights after forward "
+                                            "(false: keep them for backward)")
 
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"  # local | multinode
-    nodes: int = 1  # multinode: machines in the job (devices is per node)
-    node_rank: Optional[int] = None  # multinode: this node's rank (static rendezvous); null: c10d assigns
-    rdzv_endpoint: Optional[str] = None  # multinode: host:port of the rendezvous, the same on every node
-    run_id: str = "scalebench"  # multinode: shared by the nodes; each point appends its config hash
-    join_timeout_s: float = 600.0  # multinode: how long a node waits for the others
+    """Where the ranks run (conf/launcher/*.yaml)."""
+    name: LauncherKind = key(LauncherKind.local, "`local`, or `multinode` (torch elastic across machines)")
+    nodes: int = key(1, "`multinode`: machines in the job (`devices` is per node)")
+    node_rank: Optional[int] = key(None, "`multinode`: this node's rank (static rendezvous); null: "
+                                         "c10d numbers the nodes as they arrive")
+    rdzv_endpoint: Optional[str] = key(None, "`multinode`: HOST:PORT of the rendezvous, the same on every node")
+    run_id: str = key("scalebench", "`multinode`: shared by the nodes; each point appends its config hash")
+    join_timeout_s: float = key(600.0, "`multinode`: seconds a node waits for the others to arrive")
 
 
 @dataclass
 class BenchConfig:
-    size: SizeConfig = MISSING
-    strategy: StrategyConfig = MISSING
-    launcher: LauncherConfig = MISSING
-    devices: int = 1  # processes (CPU) or GPUs per node
-    batch_size: int = 8  # sequences per data-parallel replica per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    global_batch_size: Optional[int] = None  # strong scaling: batch_size is derived from it
-    seq_len: Optional[int] = 256  # null: the size's full context (block_size)
-    precision: Precision = Precision.auto
-    warmup_steps: int = 2  # steps run before timing starts
-    steps: int = 8  # timed optimizer steps
-    seed: int = 0
-    lr: float = 3e-4
-    accelerator: Accelerator = Accelerator.auto
-    cpu_threads_per_device: int = 1  # a CPU "device" is a process with this many threads
-    activation_checkpointing: Checkpointing = Checkpointing.none
-    compile: bool = False  # torch.compile each block; compilation runs in the warm-up, outside the window
-    oversubscribe: bool = False  # allow more CPU ranks than cores: for tests, never for benchmarks
-    timeout_s: float = 1800.0  # the whole job, launch to teardown
-    data: Data = Data.synthetic
-    data_path: Optional[str] = None  # text data; null: Python's own standard-library docs
-    results_root: str = "results"
-    report_dir: str = "reports"  # where the end-of-sweep report goes
-    hardware_label: Optional[str] = None  # null: derived from the machine's fingerprint
-    force: bool = False  # run even when the memory model predicts an out-of-memory
-    resume: bool = False  # skip points with an ok result (same config hash and hardware) under results_root
+    """One benchmark point. `size`, `strategy` and `launcher` are config groups."""
+    size: SizeConfig = key(MISSING, "model shape")
+    strategy: StrategyConfig = key(MISSING, "parallel strategy")
+    launcher: LauncherConfig = key(MISSING, "where the ranks run")
+    devices: int = key(1, "processes (CPU) or GPUs per node; `single` needs 1")
+    batch_size: int = key(8, "sequences per data-parallel replica per micro-step")
+    grad_accum: int = key(1, "micro-steps per optimizer step")
+    global_batch_size: Optional[int] = key(None, "sequences per optimizer step, all replicas; when set, "
+                                                 "`batch_size` is derived (must divide by dp x grad_accum)")
+    seq_len: Optional[int] = key(256, "tokens per sequence; null: the size's full context")
+    precision: Precision = key(Precision.auto, "`fp32`, `bf16` (autocast), `fp16` (CUDA only, gradient "
+                                               "scaling), `auto` (bf16 on a CUDA GPU that has it, else fp32)")
+    warmup_steps: int = key(2, "optimizer steps run before timing starts")
+    steps: int = key(8, "timed optimizer steps")
+    seed: int = key(0, "weights and data are a function of the seed alone")
+    lr: float = key(3e-4, "AdamW learning rate")
+    accelerator: Accelerator = key(Accelerator.auto, "`cpu`, `cuda`, or `auto` (cuda when a GPU is visible)")
+    cpu_threads_per_device: int = key(1, "threads of each CPU rank, each rank pinned to its own cores; "
+                                         "devices x threads may not exceed the usable cores")
+    activation_checkpointing: Checkpointing = key(Checkpointing.none, "`full`: recompute each block in "
+                                                                      "backward, for every strategy")
+    compile: bool = key(False, "torch.compile each block; compilation runs in the warm-up (needs "
+                               "warmup_steps>=2), reported as compile_s, never timed")
+    oversubscribe: bool = key(False, "allow more CPU ranks than cores: for correctness tests only, "
+                                     "never for benchmarks; recorded in the result")
+    timeout_s: float = key(1800.0, "seconds for the whole job; past it every rank is ended (`timeout`)")
+    data: Data = key(Data.synthetic, "`synthetic` (seeded uniform tokens) or `text` (a UTF-8 file as byte tokens)")
+    data_path: Optional[str] = key(None, "`text`: the file; null: Python's own standard-library docs")
+    results_root: str = key("results", "where each point's folder and result.json go")
+    report_dir: str = key("reports", "where the end-of-sweep report (PDF, CSV, Markdown) goes")
+    hardware_label: Optional[str] = key(None, "overrides the label derived from the machine "
+                                              "(e.g. `EPYC-2c-24GB`, `8xH100-80GB-HBM3`)")
+    force: bool = key(False, "run even when the memory model predicts an out-of-memory")
+    resume: bool = key(False, "skip points with an `ok` result for the same config hash and hardware "
+                              "label under results_root; the rest run again")
 
 
 # Keys that change what is measured; everything else (paths, timeouts, labels) does not
@@ -120,10 +162,9 @@ def _later_keys(cfg: dict) -> dict:
 
 
 def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
-    """Hash of the keys that define what is measured (less `exclude`): the config hash,
-    and without the repeat axes the key that matches a point across repeats and machines."""
-    import hashlib
-    import json
+    """Hash of the keys that define what is measured (less `exclude`), over the plain
+    config dict (`to_dict`): the config hash, and without the repeat axes the key that
+    matches a point across repeats and machines."""
     keys = {k: cfg.get(k) for k in BENCH_KEYS if k not in exclude}
     for k, (value, default) in _later_keys(cfg).items():
         if value != default:  # only then, so that the hashes of earlier results stay as they were
@@ -132,12 +173,106 @@ def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def to_dict(obj: Any) -> Any:
+    """A config dataclass as the plain dict a result records (enums as their values)."""
+    if is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    return obj
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
+
+
+GROUPS = {"size": SizeConfig, "strategy": StrategyConfig, "launcher": LauncherConfig}
+
+
+def key_rows() -> list[tuple[str, str, str]]:
+    """(key, default, meaning) for every key a user sets, from the fields above."""
+    rows = []
+    for f in fields(BenchConfig):
+        if f.name in GROUPS:
+            rows.append((f.name, _default_of(f.name), f"{f.metadata['help']}: {', '.join(options(f.name))}"))
+            if f.name == "size":
+                continue  # a size's own fields are its shape, set by its file
+            for g in fields(GROUPS[f.name]):
+                if g.name != "name":
+                    rows.append((f"{f.name}.{g.name}", _fmt(g.default), g.metadata["help"]))
+        else:
+            rows.append((f.name, _fmt(f.default), f.metadata["help"]))
+    return rows
+
+
+def _default_of(group: str) -> str:
+    import re
+    text = open(os.path.join(CONF_DIR, "config.yaml")).read()
+    found = re.search(rf"^\s*-\s*{group}:\s*(\S+)", text, re.M)
+    return found.group(1) if found else ""
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "null"
+    if v is NO_DEFAULT or v is MISSING:
+        return ""
+    if isinstance(v, Enum):
+        return v.value
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def markdown_table() -> str:
+    """The README's key table."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{k}` | `{d}` | {m} |" if d else f"| `{k}` | | {m} |" for k, d, m in key_rows()]
+    return "\n".join(lines)
+
+
+def help_text() -> str:
+    """`python -m bench.run --help`: the keys with their defaults and meanings."""
+    rows = key_rows()
+    width = max(len(k) for k, _, _ in rows) + 2
+    body = "\n".join(f"  {k:<{width}}{d:<12} {m.replace('`', '')}" for k, d, m in rows)
+    return ("scalebench: one benchmark point per job; -m sweeps comma-separated values (a cartesian product).\n\n"
+            "  python -m bench.run size=mini strategy=dp devices=2\n"
+            "  python -m bench.run -m size=tiny,mini strategy=single,dp,mp devices=1,2\n\n"
+            f"== Keys (key=value) ==\n  {'key':<{width}}{'default':<12} meaning\n{body}\n\n"
+            "== Config groups ==\n$APP_CONFIG_GROUPS\n\n"
+            "python -m bench.run --cfg job prints the composed config; --hydra-help shows Hydra's own flags.\n")
+
+
+@contextlib.contextmanager
+def composing() -> Iterator[None]:
+    """A block in which `hydra.compose("config", ...)` composes conf/: Hydra's loader for the
+    block, or the one already set up in this process (tests keep one for their session)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    if GlobalHydra.instance().is_initialized():
+        yield
+    else:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            yield
+
+
 def register() -> None:
+    """Put the schema and the help page into Hydra's ConfigStore; the `${uniq:}` resolver."""
     import secrets
 
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
-    ConfigStore.instance().store(name="base_config", node=BenchConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=BenchConfig)
+    cs.store(group="hydra/help", name="scalebench",
+             node={"app_name": "bench.run", "header": "", "footer": "", "template": help_text()})
     # `${uniq:}` in the sweep folder's name: two sweeps started in the same second get two
     # folders. Cached like Hydra's `${now:}`, so every job of a sweep (also a job that
     # submitit runs in another process, which receives the sweep's resolver cache) agrees.
     OmegaConf.register_new_resolver("uniq", lambda: secrets.token_hex(2), use_cache=True, replace=True)
+
+
+if __name__ == "__main__":  # the README's key table
+    print(markdown_table())

@@ -23,18 +23,14 @@ def _get(row, k):
 
 
 def variant(row) -> str:
-    """A strategy with what distinguishes its layouts: 'mp/1f1b', 'hybrid tp=2', 'tp+sp'."""
-    name = str(_get(row, "strategy"))
-    if isinstance(_get(row, "schedule"), str) and _get(row, "schedule"):
-        name += f"/{_get(row, 'schedule')}"
-    if name.startswith("hybrid"):
-        tp, pp = int(_get(row, "degree_tp") or 1), int(_get(row, "degree_pp") or 1)
-        name += f" tp={tp}" if tp > 1 else f" pp={pp}"
-    if _get(row, "degree_sequence_parallel") is True:
-        name += "+sp"
-    if _get(row, "degree_activation_checkpointing") == "full":
-        name += "+ckpt"
-    return name
+    """A strategy with what distinguishes its layouts: 'mp/1f1b', 'hybrid tp=2', 'tp+sp'
+    (the registry's label, bench.parallel.label)."""
+    from bench.parallel import label
+    sched = _get(row, "schedule")
+    return label(str(_get(row, "strategy")), sched if isinstance(sched, str) and sched else None,
+                 tp=int(_get(row, "degree_tp") or 1), pp=int(_get(row, "degree_pp") or 1),
+                 sequence_parallel=_get(row, "degree_sequence_parallel") is True,
+                 checkpointing=_get(row, "degree_activation_checkpointing"))
 
 
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:
@@ -285,17 +281,18 @@ def fig_spread(data: pd.DataFrame) -> plt.Figure:
 # -- pipeline bubble -----------------------------------------------------------------------
 
 def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
-    """For pipeline runs: the ideal bubble of the schedule, and the measured one,
-    1 - t1 / (p * t_p), with t1 the one-device step time of the same configuration
-    (single, or mp on 1 device) and t_p the pipeline's: the share of the p devices'
-    time not spent on the one device's work."""
+    """For pure pipeline runs (pp > 1, no dp, no tp): the ideal bubble of the schedule, and
+    the measured one, 1 - t1 / (p * t_p), with t1 the one-device step time of the same
+    configuration and t_p the pipeline's: the share of the p devices' time not spent on the
+    one device's work."""
     ok = ok_runs(df)
     cols = ["size", "variant", "pp", "ideal", "measured"]
     if ok.empty or "degree_pp" not in ok:
         return pd.DataFrame(columns=cols)
     one = ok[(ok["devices"] == 1)].groupby(["size", "batch_size", "seq_len", "precision"])["step_time_s"].median()
     rows = []
-    for r in ok[(ok["degree_pp"] > 1) & (ok["strategy"] == "mp")].to_dict("records"):
+    pure = (ok["degree_pp"] > 1) & (ok["degree_dp"] == 1) & (ok["degree_tp"] == 1)
+    for r in ok[pure].to_dict("records"):
         t1 = one.get((r["size"], r["batch_size"], r["seq_len"], r["precision"]))
         if t1 is None:
             continue

@@ -33,9 +33,22 @@ def flops_per_token(L: int, H: int, V: int, T: int) -> int:
     return 6 * n_matmul_params(L, H, V) + 12 * L * H * T
 
 
-def bubble_fraction(stages: int, microbatches: int) -> float:
-    """Ideal pipeline bubble of GPipe / 1F1B: (p - 1) / (m + p - 1)."""
-    return (stages - 1) / (microbatches + stages - 1)
+def bubble_fraction(stages: int, microbatches: int, chunks: int = 1) -> float:
+    """Ideal pipeline bubble (REFERENCE.md): GPipe and 1F1B (p - 1) / (m + p - 1); interleaved
+    1F1B with v chunks per stage (p - 1) / (v*m + p - 1). The naive layer split is m = 1:
+    (p - 1) / p, one stage busy at a time."""
+    return (stages - 1) / (chunks * microbatches + stages - 1)
+
+
+def stage_layers(n_layer: int, stages: int) -> list[range]:
+    """Contiguous blocks per pipeline stage; the first `n_layer % stages` get one more."""
+    base, extra = divmod(n_layer, stages)
+    out, start = [], 0
+    for s in range(stages):
+        n = base + (1 if s < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
 
 
 # What a rank holds beyond the model's tensors once it trains, measured on this project's

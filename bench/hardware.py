@@ -1,6 +1,14 @@
-"""What machine and software a result came from: the fingerprint stored in every result."""
+"""What machine and software a result came from: the fingerprint stored in every result.
+
+No torch at import or in `fingerprint()`: the planner needs the GPUs (count, names, memory,
+native bf16) before anything is launched, and reads them from NVML and from the installed
+torch's own `version.py` (is it a CUDA build?) without importing torch. Only the measured
+matmul peak, run inside a rank, uses torch.
+"""
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import re
@@ -24,28 +32,94 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def gpus() -> dict[str, Any]:
-    """GPU names and memory as torch sees them; driver from NVML when it loads."""
+def torch_build() -> dict[str, str | None]:
+    """The installed torch's version and CUDA version, read from its `version.py` (the file
+    torch itself reads) without importing torch; both None when torch is not installed."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return {"version": None, "cuda": None}
+    found: dict[str, Any] = {}
+    try:
+        with open(os.path.join(spec.submodule_search_locations[0], "version.py")) as f:
+            exec(compile(f.read(), "torch/version.py", "exec"), found)  # assignments of literals only
+    except OSError:
+        return {"version": None, "cuda": None}
+    return {"version": found.get("__version__"), "cuda": found.get("cuda")}
+
+
+def cuda_visible(value: str | None, uuids: list[str]) -> list[int] | None:
+    """The NVML indices CUDA will use under CUDA_VISIBLE_DEVICES=`value`, in CUDA's order:
+    all when unset; indices or GPU-UUID prefixes, up to the first entry that names no device
+    (CUDA stops there). None for what this does not model (MIG instances): ask torch."""
+    if value is None:
+        return list(range(len(uuids)))
+    out: list[int] = []
+    for token in (t.strip() for t in value.split(",")):
+        if token.startswith("MIG-"):
+            return None
+        if token.isdigit() and int(token) < len(uuids):
+            i = int(token)
+        elif token.startswith("GPU-") and sum(u.startswith(token) for u in uuids) == 1:
+            i = next(n for n, u in enumerate(uuids) if u.startswith(token))
+        else:
+            break
+        if i in out:
+            break
+        out.append(i)
+    return out
+
+
+def gpus(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The GPUs this process's torch will see: count, names, memory and compute capability
+    (NVML, filtered by CUDA_VISIBLE_DEVICES), the driver; none when torch has no CUDA.
+    Without NVML (no driver) the GPU figures are empty and `nvml` says why."""
+    env = os.environ if env is None else env
+    build = torch_build()
+    info: dict[str, Any] = {"count": 0, "names": [], "memory_bytes": [], "compute_capability": [],
+                            "cuda": build["cuda"], "driver": None, "nvml": None}
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception as e:  # no driver, no library: degrade and say so
+        info["nvml"] = f"unavailable: {type(e).__name__}: {e}"
+        if build["cuda"] is not None and os.path.exists("/proc/driver/nvidia/version"):
+            return _gpus_from_torch(info)  # a driver NVML cannot read: ask torch (slow, rare)
+        return info
+    try:
+        d = pynvml.nvmlSystemGetDriverVersion()
+        info["driver"] = d.decode() if isinstance(d, bytes) else d
+        info["nvml"] = "ok"
+        if build["cuda"] is None:
+            return info  # a CPU build of torch sees no GPU, whatever the machine has
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+        order = cuda_visible(env.get("CUDA_VISIBLE_DEVICES"), uuids)
+        if order is None:
+            return _gpus_from_torch(info)
+        for i in order:
+            h = handles[i]
+            info["names"].append(_text(pynvml.nvmlDeviceGetName(h)))
+            info["memory_bytes"].append(int(pynvml.nvmlDeviceGetMemoryInfo(h).total))
+            info["compute_capability"].append(list(pynvml.nvmlDeviceGetCudaComputeCapability(h)))
+        info["count"] = len(order)
+    finally:
+        pynvml.nvmlShutdown()
+    return info
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _gpus_from_torch(info: dict[str, Any]) -> dict[str, Any]:
     import torch
-    info: dict[str, Any] = {"count": 0, "names": [], "memory_bytes": [], "cuda": torch.version.cuda,
-                            "driver": None, "nvml": None}
     if torch.cuda.is_available():
         info["count"] = torch.cuda.device_count()
         for i in range(info["count"]):
             p = torch.cuda.get_device_properties(i)
             info["names"].append(p.name)
             info["memory_bytes"].append(p.total_memory)
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            d = pynvml.nvmlSystemGetDriverVersion()
-            info["driver"] = d.decode() if isinstance(d, bytes) else d
-            info["nvml"] = "ok"
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as e:  # no driver, no library: degrade and say so
-        info["nvml"] = f"unavailable: {type(e).__name__}: {e}"
+            info["compute_capability"].append([p.major, p.minor])
     return info
 
 
@@ -92,13 +166,12 @@ def git_revision() -> str | None:
 
 
 def software() -> dict[str, Any]:
-    import hydra
-    import torch
-
+    """Versions of what produced a result (torch's read from its version file: no import).
+    NCCL's version is known only to a rank that loaded it; the worker reports it."""
     import bench
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "hydra": hydra.__version__,
-            "scalebench": bench.__version__, "git": git_revision(),
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None}
+    return {"python": sys.version.split()[0], "torch": torch_build()["version"],
+            "hydra": importlib.metadata.version("hydra-core"), "scalebench": bench.__version__,
+            "git": git_revision(), "nccl": None}
 
 
 # Dense peak FLOP/s by device and dtype, from the vendors' datasheets (no sparsity), as in

@@ -17,20 +17,12 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class GPTShape:
-    n_layer: int
-    n_head: int
-    n_embd: int
-    vocab_size: int
-    block_size: int  # maximum context length (positions)
+from bench.spec import GPTShape  # noqa: F401  (the shape lives beside the spec: no torch there)
 
 
 class CausalSelfAttention(nn.Module):

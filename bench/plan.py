@@ -1,26 +1,35 @@
-"""From a composed config to a RunSpec: resolve, derive the parallel degrees, validate.
+"""From the typed config to a RunSpec: resolve, check, lay out; then the memory verdict.
 
 Everything that can be known before launching is decided here, so that a point that cannot
 run is `invalid` (or `predicted_oom`) with a message naming the number to change, and no
-process is started for it.
+process is started for it. No torch: the machine's facts come in as a `Host`.
+
+`make_spec(cfg, host)` runs in four steps, each a list of small named checks that return
+one message or None (the first message stops the point):
+  1. CONFIG_CHECKS: the config alone (counts at least 1, compile needs a warm-up);
+  2. `resolve_target`: accelerator, precision, sequence, nodes and devices, then
+     TARGET_CHECKS on them (GPUs and cores there are, fp16 on a GPU, context length) and
+     the strategy's own checks (bench/parallel/);
+  3. the strategy's layout (degrees dp x tp x pp, parallelisms, sharding), then
+     LAYOUT_CHECKS (heads vs tp, layers vs stages, batches vs replicas and micro-batches);
+  4. the RunSpec.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from bench import cluster, flops
-from bench.config import bench_hash
-from bench.model import GPTShape
+from bench import cluster, flops, parallel
+from bench.config import Accelerator, BenchConfig, Checkpointing, Data, Precision, bench_hash, to_dict
+from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec
 
-STRATEGIES = ("single", "dp", "mp", "tp", "fsdp", "dataparallel", "hybrid")
 # Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
 # here as about 0.35 GiB; rounded up.
 CPU_RANK_BASELINE_BYTES = 512 * 2**20
 MEMORY_MARGIN = 0.90  # plan to use at most this fraction of what is available
-# launcher=local: one node, a private rendezvous on a free port chosen at launch
-LOCAL = cluster.Rendezvous(nodes=1, node_rank=None, endpoint=None, backend="local", source="local")
 
 
 class InvalidConfig(ValueError):
@@ -32,285 +41,295 @@ class PredictedOOM(ValueError):
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    size: str
-    shape: GPTShape
-    strategy: str
-    schedule: str  # pipeline schedule, "" when there is no pipeline
-    microbatches: int  # per micro-step, 1 unless a micro-batched schedule runs
-    stages_per_rank: int  # interleaved schedule's model chunks per rank, else 1
-    devices: int
-    procs: int  # processes launched: devices, or 1 for the single-process dataparallel
-    dp: int
-    tp: int
-    pp: int
-    batch_size: int  # sequences per data-parallel replica per micro-step
-    grad_accum: int
-    global_batch_size: int  # sequences per optimizer step, all replicas
+class Host:
+    """The machine's facts the planner needs (bench.hardware.fingerprint has them all)."""
+    cores: int  # usable by this process (its affinity)
+    gpus: int  # CUDA devices this torch build sees
+    gpu_bf16: bool  # every visible GPU computes bf16 natively (compute capability >= 8.0)
+    gpu_memory_bytes: tuple[int, ...]
+    ram_bytes: int
+    ram_available_bytes: int
+
+    @classmethod
+    def from_fingerprint(cls, fp: dict[str, Any]) -> Host:
+        g = fp["gpu"]
+        return cls(cores=fp["cpu_usable"], gpus=g["count"],
+                   gpu_bf16=bool(g["count"]) and all(cc[0] >= 8 for cc in g.get("compute_capability", [])),
+                   gpu_memory_bytes=tuple(g["memory_bytes"]), ram_bytes=fp["ram_bytes"],
+                   ram_available_bytes=fp["ram_available_bytes"])
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a point runs, resolved before the strategy lays it out."""
+    accelerator: Accelerator  # cpu | cuda
+    precision: Precision  # fp32 | bf16 | fp16
     seq_len: int
-    precision: str  # resolved: fp32 | bf16 | fp16
-    warmup_steps: int
-    steps: int
-    seed: int
-    lr: float
-    accelerator: str  # resolved: cpu | cuda
-    cpu_threads_per_device: int
-    activation_checkpointing: str  # none | full
-    sequence_parallel: bool
-    reshard_after_forward: bool
-    oversubscribe: bool
-    data: str
-    data_path: str | None
-    timeout_s: float
-    # where the ranks run: `devices` above counts them all; nodes x devices_per_node
-    nodes: int = 1
-    devices_per_node: int = 0
-    rdzv_backend: str = "local"  # local (a private port here) | c10d | static
-    rdzv_endpoint: str | None = None
-    node_rank: int | None = None  # static rendezvous only
-    run_id: str = ""
-    join_timeout_s: float = 600.0
-    compile: bool = False  # torch.compile each block (compiled during the warm-up)
+    rendezvous: Rendezvous
+    devices_per_node: int
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
+    def nodes(self) -> int:
+        return self.rendezvous.nodes
 
     @property
-    def bubble_ideal(self) -> float | None:
-        """The schedule's ideal bubble fraction (REFERENCE.md), None without a pipeline."""
-        if self.pp == 1:
-            return None
-        if self.schedule == "naive":  # one stage busy at a time
-            return (self.pp - 1) / self.pp
-        return (self.pp - 1) / (self.stages_per_rank * self.microbatches + self.pp - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def devices(self) -> int:  # all devices of the job
+        return self.devices_per_node * self.rendezvous.nodes
 
 
-def stage_layers(n_layer: int, stages: int) -> list[range]:
-    """Contiguous blocks per pipeline stage; the first `n_layer % stages` get one more."""
-    base, extra = divmod(n_layer, stages)
-    out, start = [], 0
-    for s in range(stages):
-        n = base + (1 if s < extra else 0)
-        out.append(range(start, start + n))
-        start += n
-    return out
-
-
-def config_hash(cfg: dict[str, Any]) -> str:
-    return bench_hash(cfg)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _cuda_devices() -> int:
-    import torch
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+def config_hash(cfg: BenchConfig) -> str:
+    """The hash of what a point measures (bench.config.bench_hash of the plain config)."""
+    return bench_hash(to_dict(cfg))
 
 
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def degrees(name: str, devices: int, strat: dict[str, Any], shape: GPTShape, size: str) -> tuple[int, int, int]:
-    """(dp, tp, pp) of a strategy on `devices`; raises InvalidConfig when they do not fit."""
-    if name == "single":
-        if devices != 1:
-            raise InvalidConfig(f"strategy=single runs on one device, not devices={devices}; "
-                                "use devices=1 or strategy=dp")
-        return 1, 1, 1
-    if name in ("dp", "fsdp", "dataparallel"):
-        return devices, 1, 1
-    if name == "tp":
-        tp, pp = devices, 1
-    elif name == "mp":
-        tp, pp = 1, devices
-    else:  # hybrid: dp x tp or dp x pp on a 2-D mesh
-        tp, pp = strat["tp"], strat["pp"]
-        if tp < 1 or pp < 1 or (tp > 1) == (pp > 1):
-            raise InvalidConfig(f"strategy=hybrid needs exactly one of strategy.tp or strategy.pp above 1 "
-                                f"(got tp={tp}, pp={pp}); e.g. strategy.tp=2 strategy.pp=1")
-        if devices % (tp * pp):
-            raise InvalidConfig(f"strategy=hybrid: dp x tp x pp must equal devices={devices}, but "
-                                f"{tp * pp} does not divide it; use devices that are a multiple of {tp * pp}")
-    if shape.n_head % tp:
-        raise InvalidConfig(f"tensor parallel degree {tp} does not divide size={size}'s {shape.n_head} heads; "
-                            f"use a tp degree among {_divisors(shape.n_head)}")
-    if pp > shape.n_layer:
-        raise InvalidConfig(f"{pp} pipeline stages need at least {pp} layers but size={size} has "
-                            f"{shape.n_layer}; use at most {shape.n_layer} stages")
-    return devices // (tp * pp), tp, pp
+def _first(messages: Iterable[str | None]) -> None:
+    for msg in messages:
+        if msg:
+            raise InvalidConfig(msg)
 
 
-def make_spec(cfg: dict[str, Any]) -> RunSpec:
-    """Resolve `auto` values, derive degrees and the per-replica batch, check what divides."""
-    size, strat = cfg["size"], cfg["strategy"]
-    shape = GPTShape(size["n_layer"], size["n_head"], size["n_embd"], size["vocab_size"],
-                     size["block_size"])
-    name = strat["name"]
-    if name not in STRATEGIES:
-        raise InvalidConfig(f"strategy={name} is not implemented; use one of {', '.join(STRATEGIES)}")
-    devices = cfg["devices"]  # per node
-    if devices < 1:
-        raise InvalidConfig(f"devices={devices}: need at least 1")
-    launcher = cfg.get("launcher") or {"name": "local"}
+# -- 1. the config alone --------------------------------------------------------------------
+
+def devices_at_least_one(cfg: BenchConfig) -> str | None:
+    if cfg.devices < 1:
+        return f"devices={cfg.devices}: need at least 1"
+
+
+def counts_at_least_one(cfg: BenchConfig) -> str | None:
+    for k in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device"):
+        if getattr(cfg, k) < 1:
+            return f"{k}={getattr(cfg, k)}: must be at least 1"
+
+
+def warmup_not_negative(cfg: BenchConfig) -> str | None:
+    if cfg.warmup_steps < 0:
+        return f"warmup_steps={cfg.warmup_steps}: must be 0 or more"
+
+
+def compile_needs_warmup(cfg: BenchConfig) -> str | None:
+    if cfg.compile and cfg.warmup_steps < 2:
+        return ("compile=true compiles in the first steps (forward, then backward); use "
+                "warmup_steps>=2 so that compilation stays outside the measured window")
+
+
+def strategy_exists(cfg: BenchConfig) -> str | None:
+    if cfg.strategy.name not in parallel.STRATEGIES:
+        return f"strategy={cfg.strategy.name} is not implemented; use one of {', '.join(parallel.STRATEGIES)}"
+
+
+CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
+    strategy_exists, devices_at_least_one, counts_at_least_one, warmup_not_negative, compile_needs_warmup]
+
+
+# -- 2. where it runs -------------------------------------------------------------------------
+
+def resolve_target(cfg: BenchConfig, host: Host) -> Target:
+    """`auto` accelerator and precision, the sequence length, the rendezvous and node count."""
     try:
-        rdzv = cluster.resolve(launcher) or LOCAL
+        rdzv = cluster.resolve(cfg.launcher)
     except cluster.RendezvousError as e:
         raise InvalidConfig(str(e)) from None
-    nodes = rdzv.nodes
-    for key in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device"):
-        if cfg[key] is not None and cfg[key] < 1:
-            raise InvalidConfig(f"{key}={cfg[key]}: must be at least 1")
-    if cfg["warmup_steps"] < 0:
-        raise InvalidConfig(f"warmup_steps={cfg['warmup_steps']}: must be 0 or more")
-    if cfg.get("compile") and cfg["warmup_steps"] < 2:
-        raise InvalidConfig("compile=true compiles in the first steps (forward, then backward); use "
-                            "warmup_steps>=2 so that compilation stays outside the measured window")
-
-    accel = cfg["accelerator"]
-    n_gpu = _cuda_devices() if accel in ("auto", "cuda") else 0
-    if accel == "auto":
-        accel = "cuda" if n_gpu else "cpu"
-    if name == "single" and nodes > 1:
-        raise InvalidConfig(f"strategy=single runs on one device, not on {nodes} nodes; use launcher=local "
-                            "or strategy=dp")
-    if cfg.get("resume") and nodes > 1:
-        raise InvalidConfig("resume=true is not supported with launcher=multinode: each node would decide "
-                            "from its own results folder and the nodes could fall out of step; rerun the points")
-    if name == "dataparallel" and nodes > 1:
-        raise InvalidConfig("strategy=dataparallel (nn.DataParallel) runs in one process on one node; "
-                            "use strategy=dp across nodes")
-    if name == "dataparallel" and accel != "cuda":
-        raise InvalidConfig("strategy=dataparallel (nn.DataParallel) is a multi-GPU, single-process "
-                            "strategy with no CPU meaning; use strategy=dp on CPU")
-    if accel == "cuda" and n_gpu == 0:
-        raise InvalidConfig("accelerator=cuda but torch sees no CUDA device; use accelerator=cpu")
-    if accel == "cuda" and devices > n_gpu:
-        raise InvalidConfig(f"devices={devices} but this node has {n_gpu} GPU(s); use devices<={n_gpu}")
-    threads = cfg["cpu_threads_per_device"]
-    if accel == "cpu" and devices * threads > usable_cores() and not cfg.get("oversubscribe"):
-        raise InvalidConfig(
-            f"devices={devices} x cpu_threads_per_device={threads} needs {devices * threads} cores "
-            f"but {usable_cores()} are usable; use devices<={usable_cores() // threads}")
-
-    precision = cfg["precision"]
-    if precision == "auto":
-        precision = "bf16" if accel == "cuda" and _cuda_bf16() else "fp32"
-    if precision == "fp16" and accel == "cpu":
-        raise InvalidConfig("precision=fp16 needs a CUDA device (no fp16 gradient scaling on CPU); "
-                            "use precision=bf16 or fp32")
-
-    seq_len = cfg["seq_len"] or shape.block_size
-    if seq_len > shape.block_size:
-        raise InvalidConfig(f"seq_len={seq_len} exceeds size={size['name']}'s context of "
-                            f"{shape.block_size}; use seq_len<={shape.block_size}")
-
-    per_node, devices = devices, devices * nodes
-    dp, tp, pp = degrees(name, devices, strat, shape, size["name"])
-    grad_accum, batch = cfg["grad_accum"], cfg["batch_size"]
-    if cfg["global_batch_size"] is not None:
-        gbs = cfg["global_batch_size"]
-        if gbs % (dp * grad_accum):
-            raise InvalidConfig(f"global_batch_size={gbs} does not divide into dp={dp} x "
-                                f"grad_accum={grad_accum}; use a multiple of {dp * grad_accum}")
-        batch = gbs // (dp * grad_accum)
-
-    pipelined = name == "mp" or (name == "hybrid" and pp > 1)
-    if precision == "fp16" and (pipelined and pp > 1 or tp > 1):
-        # the gradient scaler needs every rank to scale its own backward and to agree on
-        # skipping a step: not so for pipeline stages (only the last sees the loss) or for
-        # tensor-parallel shards mixed with replicated parameters
-        raise InvalidConfig(f"precision=fp16 is not supported with {'pipeline' if pp > 1 else 'tensor'} "
-                            "parallelism (gradient scaling); use precision=bf16")
-    schedule = strat["schedule"] if pipelined else ""
-    micro, chunks = 1, 1
-    if pipelined and schedule != "naive":
-        micro = strat["microbatches"]
-        if micro < 1 or batch % micro:
-            raise InvalidConfig(f"batch_size={batch} does not divide into strategy.microbatches="
-                                f"{micro}; use a batch_size that is a multiple of {micro}")
-        if schedule == "interleaved":
-            chunks = strat["stages_per_rank"]
-            if pp * chunks > shape.n_layer:
-                raise InvalidConfig(f"schedule=interleaved with {pp} stages x stages_per_rank={chunks} needs "
-                                    f"{pp * chunks} layers but size={size['name']} has {shape.n_layer}; "
-                                    "lower strategy.stages_per_rank or devices")
-            if micro % pp:
-                raise InvalidConfig(f"schedule=interleaved needs strategy.microbatches={micro} to be a "
-                                    f"multiple of the {pp} stages; use strategy.microbatches={pp * max(1, micro // pp)}")
-    if strat.get("sequence_parallel") and tp == 1:
-        raise InvalidConfig("strategy.sequence_parallel=true needs tensor parallelism; "
-                            "use strategy=tp, or hybrid with strategy.tp>1")
-    if strat.get("sequence_parallel") and seq_len % tp:
-        raise InvalidConfig(f"sequence parallel shards seq_len={seq_len} over tp={tp}; use a seq_len that "
-                            f"is a multiple of {tp}")
-
-    if cfg["data"] == "text" and cfg["data_path"] and not os.path.isfile(cfg["data_path"]):
-        raise InvalidConfig(f"data_path={cfg['data_path']} is not a file; give a UTF-8 text file")
-
-    return RunSpec(size=size["name"], shape=shape, strategy=name, schedule=schedule,
-                   microbatches=micro, stages_per_rank=chunks, devices=devices,
-                   procs=1 if name == "dataparallel" else per_node, dp=dp, tp=tp, pp=pp,
-                   batch_size=batch, grad_accum=grad_accum, global_batch_size=batch * dp * grad_accum,
-                   seq_len=seq_len, precision=precision, warmup_steps=cfg["warmup_steps"],
-                   steps=cfg["steps"], seed=cfg["seed"], lr=cfg["lr"], accelerator=accel,
-                   cpu_threads_per_device=threads, activation_checkpointing=cfg["activation_checkpointing"],
-                   sequence_parallel=bool(strat.get("sequence_parallel")) and tp > 1,
-                   reshard_after_forward=bool(strat.get("reshard_after_forward", True)),
-                   oversubscribe=bool(cfg.get("oversubscribe")), data=cfg["data"],
-                   data_path=cfg["data_path"], timeout_s=cfg["timeout_s"],
-                   nodes=nodes, devices_per_node=per_node, rdzv_backend=rdzv.backend,
-                   rdzv_endpoint=rdzv.endpoint, node_rank=rdzv.node_rank,
-                   # a rendezvous per point: the nodes of a sweep meet again for each one
-                   run_id=f"{launcher.get('run_id', 'scalebench')}-{bench_hash(cfg)[:8]}",
-                   join_timeout_s=float(launcher.get("join_timeout_s", 600.0)),
-                   compile=bool(cfg.get("compile")))
+    if rdzv.nodes > 1:  # a rendezvous per point: the nodes of a sweep meet again for each one
+        rdzv = dataclasses.replace(rdzv, run_id=f"{cfg.launcher.run_id}-{config_hash(cfg)[:8]}")
+    accel = cfg.accelerator
+    if accel is Accelerator.auto:
+        accel = Accelerator.cuda if host.gpus else Accelerator.cpu
+    precision = cfg.precision
+    if precision is Precision.auto:  # bf16 where the GPU computes it natively, not emulated
+        precision = Precision.bf16 if accel is Accelerator.cuda and host.gpu_bf16 else Precision.fp32
+    return Target(accelerator=accel, precision=precision, seq_len=cfg.seq_len or cfg.size.block_size,
+                  rendezvous=rdzv, devices_per_node=cfg.devices)
 
 
-def _cuda_bf16() -> bool:
-    import torch
-    return torch.cuda.is_bf16_supported()
+def resume_on_one_node(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+    if cfg.resume and t.nodes > 1:
+        return ("resume=true is not supported with launcher=multinode: each node would decide "
+                "from its own results folder and the nodes could fall out of step; rerun the points")
 
+
+def cuda_needs_a_gpu(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+    if t.accelerator is Accelerator.cuda and host.gpus == 0:
+        return "accelerator=cuda but torch sees no CUDA device; use accelerator=cpu"
+
+
+def gpus_enough(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+    if t.accelerator is Accelerator.cuda and t.devices_per_node > host.gpus:
+        return f"devices={t.devices_per_node} but this node has {host.gpus} GPU(s); use devices<={host.gpus}"
+
+
+def cores_enough(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+    need = t.devices_per_node * cfg.cpu_threads_per_device
+    if t.accelerator is Accelerator.cpu and need > host.cores and not cfg.oversubscribe:
+        return (f"devices={t.devices_per_node} x cpu_threads_per_device={cfg.cpu_threads_per_device} needs "
+                f"{need} cores but {host.cores} are usable; use devices<={host.cores // cfg.cpu_threads_per_device}")
+
+
+def fp16_needs_cuda(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+    if t.precision is Precision.fp16 and t.accelerator is Accelerator.cpu:
+        return "precision=fp16 needs a CUDA device (no fp16 gradient scaling on CPU); use precision=bf16 or fp32"
+
+
+def seq_len_fits_context(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+    if t.seq_len > cfg.size.block_size:
+        return (f"seq_len={t.seq_len} exceeds size={cfg.size.name}'s context of {cfg.size.block_size}; "
+                f"use seq_len<={cfg.size.block_size}")
+
+
+TARGET_CHECKS: list[Callable[[BenchConfig, Target, Host], str | None]] = [
+    resume_on_one_node, cuda_needs_a_gpu, gpus_enough, cores_enough, fp16_needs_cuda, seq_len_fits_context]
+
+
+# -- 3. the layout ---------------------------------------------------------------------------
+
+def heads_divide_by_tp(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    if cfg.size.n_head % lay.tp:
+        return (f"tensor parallel degree {lay.tp} does not divide size={cfg.size.name}'s {cfg.size.n_head} "
+                f"heads; use a tp degree among {_divisors(cfg.size.n_head)}")
+
+
+def stages_fit_layers(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    if lay.pp > cfg.size.n_layer:
+        return (f"{lay.pp} pipeline stages need at least {lay.pp} layers but size={cfg.size.name} has "
+                f"{cfg.size.n_layer}; use at most {cfg.size.n_layer} stages")
+
+
+def global_batch_divides(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    gbs, accum = cfg.global_batch_size, cfg.grad_accum
+    if gbs is not None and gbs % (lay.dp * accum):
+        return (f"global_batch_size={gbs} does not divide into dp={lay.dp} x grad_accum={accum}; "
+                f"use a multiple of {lay.dp * accum}")
+
+
+def fp16_without_model_parallel(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    # the gradient scaler needs every rank to scale its own backward and to agree on skipping
+    # a step: not so for pipeline stages (only the last sees the loss) or for tensor-parallel
+    # shards mixed with replicated parameters
+    if t.precision is Precision.fp16 and ((lay.pipeline is not None and lay.pp > 1) or lay.tp > 1):
+        return (f"precision=fp16 is not supported with {'pipeline' if lay.pp > 1 else 'tensor'} "
+                "parallelism (gradient scaling); use precision=bf16")
+
+
+def microbatches_divide_batch(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    m = lay.pipeline.microbatches if lay.pipeline else 1
+    if m < 1 or batch % m:
+        return (f"batch_size={batch} does not divide into strategy.microbatches={m}; "
+                f"use a batch_size that is a multiple of {m}")
+
+
+def interleaved_chunks_fit(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    v = lay.pipeline.stages_per_rank if lay.pipeline else 1
+    if v > 1 and lay.pp * v > cfg.size.n_layer:
+        return (f"schedule=interleaved with {lay.pp} stages x stages_per_rank={v} needs {lay.pp * v} layers "
+                f"but size={cfg.size.name} has {cfg.size.n_layer}; lower strategy.stages_per_rank or devices")
+
+
+def interleaved_microbatches(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    p = lay.pipeline
+    if p is not None and p.stages_per_rank > 1 and p.microbatches % lay.pp:
+        return (f"schedule=interleaved needs strategy.microbatches={p.microbatches} to be a multiple of the "
+                f"{lay.pp} stages; use strategy.microbatches={lay.pp * max(1, p.microbatches // lay.pp)}")
+
+
+def sequence_parallel_needs_tp(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    if cfg.strategy.sequence_parallel and lay.tp == 1:
+        return ("strategy.sequence_parallel=true needs tensor parallelism; "
+                "use strategy=tp, or hybrid with strategy.tp>1")
+
+
+def sequence_divides_by_tp(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    if lay.sequence_parallel and t.seq_len % lay.tp:
+        return (f"sequence parallel shards seq_len={t.seq_len} over tp={lay.tp}; use a seq_len that "
+                f"is a multiple of {lay.tp}")
+
+
+def text_file_exists(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+    if cfg.data is Data.text and cfg.data_path and not os.path.isfile(cfg.data_path):
+        return f"data_path={cfg.data_path} is not a file; give a UTF-8 text file"
+
+
+LAYOUT_CHECKS: list[Callable[[BenchConfig, Target, Layout, int], str | None]] = [
+    heads_divide_by_tp, stages_fit_layers, global_batch_divides, fp16_without_model_parallel,
+    microbatches_divide_batch, interleaved_chunks_fit, interleaved_microbatches, sequence_parallel_needs_tp,
+    sequence_divides_by_tp, text_file_exists]
+
+
+# -- the spec ---------------------------------------------------------------------------------
+
+def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
+    """The point `cfg` on `host`, resolved and checked; InvalidConfig names what to change."""
+    _first(check(cfg) for check in CONFIG_CHECKS)
+    strategy = parallel.get(cfg.strategy.name)
+    t = resolve_target(cfg, host)
+    _first(check(cfg, t, host) for check in TARGET_CHECKS)
+    _first(strategy.checks(cfg.strategy, t))
+    lay = strategy.layout(t.devices, cfg.strategy)
+    batch = cfg.global_batch_size // (lay.dp * cfg.grad_accum) if cfg.global_batch_size else cfg.batch_size
+    _first(check(cfg, t, lay, batch) for check in LAYOUT_CHECKS)
+    s = cfg.size
+    return RunSpec(
+        size=s.name, shape=GPTShape(s.n_layer, s.n_head, s.n_embd, s.vocab_size, s.block_size),
+        strategy=strategy.name, layout=lay, devices=t.devices, devices_per_node=t.devices_per_node,
+        procs=t.devices_per_node // lay.devices_per_process, batch_size=batch, grad_accum=cfg.grad_accum,
+        global_batch_size=batch * lay.dp * cfg.grad_accum, seq_len=t.seq_len, precision=t.precision,
+        accelerator=t.accelerator, warmup_steps=cfg.warmup_steps, steps=cfg.steps, seed=cfg.seed, lr=cfg.lr,
+        cpu_threads_per_device=cfg.cpu_threads_per_device, activation_checkpointing=cfg.activation_checkpointing,
+        compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
+        timeout_s=cfg.timeout_s, rendezvous=t.rendezvous)
+
+
+# -- memory -----------------------------------------------------------------------------------
 
 def predict_memory(spec: RunSpec) -> flops.MemoryEstimate:
-    """Predicted peak of the most loaded device (see bench/flops.py for the terms)."""
-    s = spec.shape
-    micro = spec.batch_size // spec.microbatches
+    """Predicted peak of the most loaded device (see bench/flops.py for the terms), from the
+    layout: tp splits the blocks' matrices, pp the layers (the largest stage counts), FSDP
+    shards the state over dp, a pipeline keeps its schedule's micro-batches in flight, and a
+    process that drives several devices (nn.DataParallel) holds all their activations."""
+    s, lay = spec.shape, spec.layout
+    pipe = lay.pipeline
+    micro = spec.batch_size // (pipe.microbatches if pipe else 1)
     # activations alive at once: all micro-batches under GPipe, at most p under 1F1B
-    in_flight = {"gpipe": spec.microbatches, "1f1b": min(spec.microbatches, spec.pp),
-                 "interleaved": min(spec.microbatches, spec.pp) + 1}.get(spec.schedule, 1)
-    sharded = spec.strategy == "fsdp" or (spec.strategy == "hybrid")
-    batch_per_proc = micro * (spec.dp if spec.strategy == "dataparallel" else 1)
+    in_flight = 1
+    if pipe is not None:
+        m, p = pipe.microbatches, lay.pp
+        in_flight = {"naive": 1, "gpipe": m, "1f1b": min(m, p), "interleaved": min(m, p) + 1}[pipe.schedule.value]
+    sharded = lay.data_parallel is DataParallel.fsdp
     # 2-byte activations under autocast is only true of the matmul outputs; the residual
     # stream and LayerNorms stay fp32, so fp32 sizes are the safer bound on every precision.
     ests = [flops.estimate_memory(s.n_layer, s.n_embd, s.vocab_size, s.block_size, s.n_head,
-                                  spec.seq_len, batch_per_proc, len(r), first=i == 0, last=i == spec.pp - 1,
-                                  in_flight=in_flight, shard=spec.dp if sharded else 1, tp=spec.tp,
-                                  checkpointing=spec.activation_checkpointing == "full",
-                                  device=spec.accelerator, sequence_parallel=spec.sequence_parallel,
-                                  compute_bytes=4 if spec.precision == "fp32" else 2,
-                                  fsdp_reshard=spec.reshard_after_forward if sharded else None)
-            for i, r in enumerate(stage_layers(s.n_layer, spec.pp))]
+                                  spec.seq_len, micro * lay.devices_per_process, len(r), first=i == 0,
+                                  last=i == lay.pp - 1, in_flight=in_flight, shard=lay.state_shards, tp=lay.tp,
+                                  checkpointing=spec.activation_checkpointing is Checkpointing.full,
+                                  device=spec.accelerator.value, sequence_parallel=lay.sequence_parallel,
+                                  compute_bytes=4 if spec.precision is Precision.fp32 else 2,
+                                  fsdp_reshard=lay.reshard_after_forward if sharded else None)
+            for i, r in enumerate(flops.stage_layers(s.n_layer, lay.pp))]
     return max(ests, key=lambda e: e.total_bytes)
 
 
-def check_memory(spec: RunSpec, predicted: flops.MemoryEstimate, available_bytes: int) -> None:
-    """Raise PredictedOOM when the point will not fit on this machine."""
+def available_bytes(spec: RunSpec, host: Host) -> int:
+    """What one device may use: the host's RAM on CPU (what is free now; across nodes the
+    total, so that every node reaches the same verdict and none waits at the rendezvous for
+    one that skipped), else the smallest GPU's memory."""
+    if spec.accelerator is Accelerator.cpu:
+        return host.ram_bytes if spec.nodes > 1 else host.ram_available_bytes
+    return min(host.gpu_memory_bytes[:spec.devices_per_node])
+
+
+def check_memory(spec: RunSpec, predicted: flops.MemoryEstimate, available: int) -> None:
+    """Raise PredictedOOM when the point will not fit in `available` bytes per device."""
     per_rank = predicted.total_bytes
-    if spec.accelerator == "cpu":
+    if spec.accelerator is Accelerator.cpu:
         need = spec.procs * (per_rank + CPU_RANK_BASELINE_BYTES)  # all ranks share host RAM
         where = "host RAM available"
     else:
         need = per_rank
         where = "GPU memory"
-    if need > MEMORY_MARGIN * available_bytes:
+    if need > MEMORY_MARGIN * available:
         raise PredictedOOM(
-            f"predicted {need / 2**30:.1f} GiB but {MEMORY_MARGIN:.0%} of the {available_bytes / 2**30:.1f} "
-            f"GiB {where} is {MEMORY_MARGIN * available_bytes / 2**30:.1f} GiB; lower batch_size or "
+            f"predicted {need / 2**30:.1f} GiB but {MEMORY_MARGIN:.0%} of the {available / 2**30:.1f} "
+            f"GiB {where} is {MEMORY_MARGIN * available / 2**30:.1f} GiB; lower batch_size or "
             "seq_len, add devices to mp, or set force=true to run anyway")

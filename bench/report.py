@@ -17,11 +17,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from bench import figures  # noqa: E402
+from bench.stats import CI_LEVEL, bootstrap_ci, pooled_steps  # noqa: E402
 from bench.figures import A4, variant  # noqa: E402,F401  (variant: re-exported for callers)
 from bench.results import load  # noqa: E402
 
@@ -31,7 +31,6 @@ logging.getLogger("fontTools").setLevel(logging.WARNING)  # font subsetting chat
 TABLE_COLS = ["size", "strategy", "devices", "degree_dp", "degree_tp", "degree_pp", "schedule", "batch_size",
               "precision", "status", "tokens_per_s", "step_time_s", "step_time_s_iqr", "mem_peak_bytes", "loss_last"]
 ROWS_PER_PAGE = 28
-CI_LEVEL = 0.95
 
 
 def table_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -75,18 +74,6 @@ def summary_table(df: pd.DataFrame) -> str:
 
 # -- repeats -------------------------------------------------------------------------------
 
-def bootstrap_ci(samples: np.ndarray, stat=np.median, n: int = 2000, level: float = CI_LEVEL,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of `stat`; deterministic (fixed seed)."""
-    samples = np.asarray(samples, dtype=float)
-    if len(samples) < 2:
-        return (float(stat(samples)),) * 2 if len(samples) else (np.nan, np.nan)
-    rng = np.random.default_rng(seed)
-    boots = stat(rng.choice(samples, size=(n, len(samples)), replace=True), axis=1)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
-
-
 def repeats_data(df: pd.DataFrame) -> pd.DataFrame:
     """Configurations run more than once (seeds, repeats): the median tokens/s over the
     repeats and a 95% bootstrap interval of the median of all their measured steps."""
@@ -99,7 +86,7 @@ def repeats_data(df: pd.DataFrame) -> pd.DataFrame:
     for (_, hw), g in ok.groupby(["point_key", "hardware_label"]):
         if len(g) < 2:
             continue
-        steps = np.concatenate([np.asarray(s, dtype=float) for s in g["step_times_s"]])
+        steps = pooled_steps(g["step_times_s"])
         tokens = g["tokens_per_step"].iloc[0]
         lo_t, hi_t = bootstrap_ci(steps)
         r = g.iloc[0]

@@ -6,8 +6,10 @@ One `result.json` per job, written whatever happened to the job:
     status          ok | invalid | failed | timeout | oom | predicted_oom | diverged | interrupted
     error           one line, or null;  error_detail: traceback or null
     config          the resolved config (all keys);  config_hash: of its benchmark keys
-    spec            the RunSpec (resolved precision/accelerator, derived batch) or null
-    degrees         {dp, tp, pp, nodes}
+    spec            the RunSpec (bench/spec.py: resolved precision/accelerator, derived batch,
+                    `layout` and `rendezvous` as nested groups) or null
+    degrees         {dp, tp, pp, nodes, devices_per_node, procs, schedule, microbatches,
+                    stages_per_rank, bubble_ideal, sequence_parallel, activation_checkpointing}
     metrics         measured figures (units in the names), or null
     prediction      the memory model's figures, or null
     hardware, hardware_label, software, started_at, finished_at, duration_s, output_dir
@@ -18,13 +20,17 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from bench import flops
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    import pandas as pd
+
+# 2: `spec` holds nested groups (layout, rendezvous) instead of flat fields. Version 1 files
+# (flat spec) are read as well.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STATUSES = ("ok", "invalid", "failed", "timeout", "oom", "predicted_oom", "diverged", "interrupted")
 RESULT_NAME = "result.json"
 
@@ -71,8 +77,9 @@ def read_result(path: str) -> dict[str, Any]:
             r = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: unreadable ({e})") from None
-    if not isinstance(r, dict) or r.get("schema_version") != SCHEMA_VERSION or r.get("status") not in STATUSES:
-        raise ValueError(f"{path}: not a scalebench result of schema version {SCHEMA_VERSION}")
+    if not isinstance(r, dict) or r.get("schema_version") not in READABLE_VERSIONS or r.get("status") not in STATUSES:
+        raise ValueError(f"{path}: not a scalebench result of schema version "
+                         f"{' or '.join(map(str, READABLE_VERSIONS))}")
     return r
 
 
@@ -106,15 +113,16 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
     """One tidy row: the benchmark axes, the degrees, the scalar metrics, and the lists."""
     cfg = r.get("config") or {}
     spec = r.get("spec") or {}
+    degrees = r.get("degrees") or {}
     size, strat = cfg.get("size") or {}, cfg.get("strategy") or {}
     m = r.get("metrics") or {}
     pred = r.get("prediction") or {}
     row: dict[str, Any] = {
         "path": path, "status": r["status"], "error": r.get("error"),
         "size": size.get("name"), "strategy": strat.get("name"),
-        "schedule": spec.get("schedule") or None,
+        "schedule": degrees.get("schedule") or spec.get("schedule") or None,  # (flat spec: schema 1)
         # all devices of the job (nodes x devices per node)
-        "devices": spec.get("devices", cfg.get("devices")), "nodes": spec.get("nodes", 1),
+        "devices": spec.get("devices", cfg.get("devices")), "nodes": degrees.get("nodes", spec.get("nodes", 1)),
         "batch_size": spec.get("batch_size", cfg.get("batch_size")),
         "global_batch_size": spec.get("global_batch_size"), "grad_accum": cfg.get("grad_accum"),
         "seq_len": spec.get("seq_len", cfg.get("seq_len")),
@@ -148,6 +156,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
 def load(paths: Iterable[str] | str, on_skip=None) -> pd.DataFrame:
     """Every result under `paths` (folders are searched), one row per run. Unreadable or
     foreign files are skipped; `on_skip(message)` is told about each."""
+    import pandas as pd
     if isinstance(paths, str):
         paths = [paths]
     rows = []

@@ -5,15 +5,19 @@ starts, every point of the sweep is composed once (`preflight`): a wrong key, ty
 option stops the command with one line and exit code 2, before any job runs. A point that
 composes but cannot run (`invalid`, `predicted_oom`) or fails while running is recorded in
 its result.json and the sweep goes on: the job function never raises.
+
+Everything up to the launch imports no torch (nor pandas): bad input is answered at once.
 """
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import hydra
@@ -21,11 +25,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from bench import config, hardware
-from bench.plan import InvalidConfig, PredictedOOM, check_memory, config_hash, make_spec, predict_memory
+from bench.config import BenchConfig, to_dict
+from bench.plan import (Host, InvalidConfig, PredictedOOM, available_bytes, check_memory, config_hash, make_spec,
+                        predict_memory)
+from bench.protocol import QUIET_ENV, TOTAL_ENV, node_tag
 from bench.results import SCHEMA_VERSION, ok_index, write_result
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"
 config.register()
 _exit_code = 0
 SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder instead of a result
@@ -43,14 +48,23 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Plan, launch and record one point; returns the result that was written."""
+def _launch(spec, out_dir):
+    """The real launch: torch elastic, with the worker's rank entry point."""
+    from bench.launch import launch
+    from bench.worker import run_rank
+    return launch(spec, out_dir, run_rank)
+
+
+def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> dict[str, Any]:
+    """Plan, launch and record one point; returns the result that was written. `launch`
+    (spec, out_dir) -> bench.launch.Outcome; tests of the bookkeeping hand in their own."""
     t0 = time.perf_counter()
     fp = hardware.fingerprint()
-    label = cfg.get("hardware_label") or hardware.label(fp)
+    host = Host.from_fingerprint(fp)
+    label = cfg.hardware_label or hardware.label(fp)
     chash = config_hash(cfg)
-    if cfg.get("resume"):
-        done = _already_ok(chash, cfg["results_root"], label)
+    if cfg.resume:
+        done = _already_ok(chash, cfg.results_root, label)
         if done:  # a pointer, not a copy: the measured result stays where it is, untouched
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, SKIPPED_NAME), "w") as f:
@@ -59,37 +73,36 @@ def run_point(cfg: dict[str, Any], out_dir: str) -> dict[str, Any]:
             return {"status": "skipped", "error": f"resume: an ok result exists at {done}"}
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": None, "error": None, "error_detail": None,
-        "config": cfg, "config_hash": chash, "spec": None,
+        "config": to_dict(cfg), "config_hash": chash, "spec": None,
         "degrees": None, "metrics": None, "prediction": None,
         "hardware": fp, "hardware_label": label,
         "software": hardware.software(), "started_at": _now(), "output_dir": os.path.abspath(out_dir),
     }
     try:
-        spec = make_spec(cfg)
+        spec = make_spec(cfg, host)
+        lay = spec.layout
         result["spec"] = spec.to_dict()
-        result["degrees"] = {"dp": spec.dp, "tp": spec.tp, "pp": spec.pp, "nodes": spec.nodes,
+        pipe = lay.pipeline
+        result["degrees"] = {"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "nodes": spec.nodes,
                              "devices_per_node": spec.devices_per_node, "procs": spec.procs,
-                             "schedule": spec.schedule or None, "microbatches": spec.microbatches,
-                             "stages_per_rank": spec.stages_per_rank, "bubble_ideal": spec.bubble_ideal,
-                             "sequence_parallel": spec.sequence_parallel,
-                             "activation_checkpointing": spec.activation_checkpointing}
+                             "schedule": pipe.schedule.value if pipe else None,
+                             "microbatches": pipe.microbatches if pipe else 1,
+                             "stages_per_rank": pipe.stages_per_rank if pipe else 1,
+                             "bubble_ideal": lay.bubble_ideal, "sequence_parallel": lay.sequence_parallel,
+                             "activation_checkpointing": spec.activation_checkpointing.value}
         pred = predict_memory(spec)
         result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}
-        # across nodes every node must reach the same verdict (one skipping alone would leave
-        # the others waiting at the rendezvous): judge by the host's total RAM, not what is free now
-        ram = fp["ram_bytes"] if spec.nodes > 1 else fp["ram_available_bytes"]
-        available = ram if spec.accelerator == "cpu" else min(fp["gpu"]["memory_bytes"][:spec.devices_per_node])
-        if not cfg.get("force"):
-            check_memory(spec, pred, available)
-        from bench.launch import launch  # torch elastic: imported only when something runs
-        from bench.trainer import QUIET_ENV
+        if not cfg.force:
+            check_memory(spec, pred, available_bytes(spec, host))
         if not os.environ.get(QUIET_ENV):
-            across = (f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {spec.rdzv_backend} at "
-                      f"{spec.rdzv_endpoint}, run id {spec.run_id})") if spec.nodes > 1 else ""
+            r = spec.rendezvous
+            across = (f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {r.backend} at "
+                      f"{r.endpoint}, run id {r.run_id})") if spec.nodes > 1 else ""
             print(f"  [launch] starting {spec.procs} rank(s){across}", flush=True)
         out = launch(spec, out_dir)
+        if out.metrics and out.metrics.get("nccl"):
+            result["software"]["nccl"] = out.metrics["nccl"]
         if not out.writes_result:  # another node holds rank 0 and records the job
-            from bench.launch import node_tag
             note = {"this_node": out.status, "error": out.error, "nodes": spec.nodes,
                     "config_hash": chash, "at": _now(),
                     "note": "this node did not hold rank 0; the job's status is in the result.json that node wrote"}
@@ -149,14 +162,12 @@ def summary_line(r: dict[str, Any]) -> str:
 def job(cfg: DictConfig) -> None:
     global _exit_code
     hc = HydraConfig.get()
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     what = hc.job.override_dirname or "defaults"
     if hc.mode.name == "MULTIRUN":
-        total = os.environ.get(TOTAL_ENV, "?")
-        print(f"[point {hc.job.num + 1}/{total}] {what}", flush=True)
+        print(f"[point {hc.job.num + 1}/{os.environ.get(TOTAL_ENV, '?')}] {what}", flush=True)
     else:
         print(f"[run] {what}", flush=True)
-    r = run_point(plain, hc.runtime.output_dir)
+    r = run_point(OmegaConf.to_object(cfg), hc.runtime.output_dir)
     print(summary_line(r), flush=True)
     if hc.mode.name != "MULTIRUN" and r["status"] not in ("ok", "skipped"):
         _exit_code = 2 if r["status"] in ("invalid", "predicted_oom") else 1
@@ -167,8 +178,7 @@ def _one_line(e: BaseException) -> str:
     missing = re.search(r"Could not find '([\w-]+)/([^']+)'", str(e))
     if missing:
         group, name = missing.groups()
-        options = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
-        return f"{group}={name} does not exist; choose one of: {', '.join(options)}"
+        return f"{group}={name} does not exist; choose one of: {', '.join(config.options(group))}"
     parts = []
     while e is not None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -177,35 +187,48 @@ def _one_line(e: BaseException) -> str:
         e = e.__cause__
     line = ": ".join(parts)
     if "Key '" in line and " not in '" in line:
-        line += " (python -m bench.run --cfg job lists every key)"
+        line += " (python -m bench.run --help lists every key)"
     return line
 
 
-def compose_points(overrides: list[str], multirun: bool) -> tuple[list[tuple[str, dict[str, Any]]], str]:
-    """Compose every point of the command once, as Hydra will: (its sweep overrides, its
-    resolved config) per point, and the Hydra launcher's target. Raises on a wrong key,
-    type or option."""
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def sweep_points(overrides: list[Any]) -> list[list[str]]:
+    """The cartesian product of parsed overrides, as Hydra's basic sweeper forms it: one
+    list of `key=value` per point; a key given twice keeps its first place and last value."""
+    by_key: dict[str, list[str]] = {}
+    for o in overrides:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise ValueError(f"{o.input_line}: only comma-separated sweeps (a=1,2) are supported")
+            by_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            by_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return [list(p) for p in itertools.product(*by_key.values())]
+
+
+def compose_points(overrides: list[str], multirun: bool) -> tuple[list[tuple[str, BenchConfig]], str]:
+    """Compose every point of the command once, as Hydra will: (its overrides, its typed
+    config) per point, and the Hydra launcher's target. Raises on a wrong key, type or option."""
+    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def plain(c: DictConfig) -> dict[str, Any]:
-        return OmegaConf.to_container(c, resolve=True, enum_to_str=True)
+    def typed(c: DictConfig) -> BenchConfig:
+        return OmegaConf.to_object(c)
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with config.composing():
         parser = OverridesParser.create()
         parsed = parser.parse_overrides(overrides)
         if not multirun:
             if any(o.is_sweep_override() for o in parsed):
                 raise ValueError("a sweep (a=1,2) needs -m: python -m bench.run -m ...")
-            return [(" ".join(overrides), plain(compose("config", overrides=overrides)))], "basic"
+            return [(" ".join(overrides), typed(compose("config", overrides=overrides)))], "basic"
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("config", overrides=fixed, return_hydra_config=True)
         params = base.hydra.sweeper.get("params") or {}
         lines = [f"{k}={v}" for k, v in params.items()] + overrides
-        combos = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)[0]
+        points = sweep_points(parser.parse_overrides(lines))
         target = str(base.hydra.launcher.get("_target_", ""))
-        return [(" ".join(c), plain(compose("config", overrides=c))) for c in combos], target
+        return [(" ".join(p), typed(compose("config", overrides=p))) for p in points], target
 
 
 def check_writable(folder: str, key: str) -> None:
@@ -230,24 +253,24 @@ def preflight(overrides: list[str], multirun: bool) -> int:
     folders are writable, and each point plans (devices, degrees, batch split, precision,
     context). A single run that cannot run stops here; a sweep records its invalid points
     (they belong in the report) and stops only when none can run. Returns the point count."""
-    from bench.plan import InvalidConfig, make_spec
     points, target = compose_points(overrides, multirun)
     for key in ("results_root", "report_dir"):
-        for folder in sorted({c[key] for _, c in points}):
+        for folder in sorted({getattr(c, key) for _, c in points}):
             check_writable(folder, key)
     if "submitit" in target:
         # the points run elsewhere (SLURM nodes, or submitit's own processes): what this host
         # has (GPUs, cores, a SLURM job) says nothing about them, so planning waits for the job.
         # One thing must hold here: a job array has one allocation size for all its points.
-        shapes = {(c["launcher"]["name"], c["launcher"]["nodes"]) for _, c in points}
+        shapes = {(c.launcher.name.value, c.launcher.nodes) for _, c in points}
         if len(shapes) > 1:
             raise ValueError(f"a SLURM array has one node count for every point, but this sweep has "
                              f"{sorted(shapes)}; sweep launcher and launcher.nodes in separate commands")
         return len(points)
+    host = Host.from_fingerprint(hardware.fingerprint())
     invalid = []
     for what, cfg in points:
         try:
-            make_spec(cfg)
+            make_spec(cfg, host)
         except InvalidConfig as e:
             invalid.append((what, str(e)))
     if invalid and (not multirun or len(invalid) == len(points)):
@@ -256,9 +279,9 @@ def preflight(overrides: list[str], multirun: bool) -> int:
     if invalid:
         print(f"note: {len(invalid)} of {len(points)} points cannot run and will be recorded as invalid, "
               f"e.g. {invalid[0][0]}: {invalid[0][1]}", flush=True)
-    if points[0][1].get("resume") and multirun:
+    if points[0][1].resume and multirun:
         print("resume: points with an ok result for the same config and hardware under "
-              f"{points[0][1]['results_root']} are skipped", flush=True)
+              f"{points[0][1].results_root} are skipped", flush=True)
     return len(points)
 
 

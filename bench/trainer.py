@@ -19,12 +19,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bench.parallel import Ctx, Parallel
-from bench.plan import RunSpec
+from bench.parallel.rank import Ctx, Parallel
+from bench.protocol import FAULT_ENV, QUIET_ENV, parse_fault
+from bench.spec import RunSpec
 from bench.telemetry import Sampler
 
 
-def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
     """AdamW, GPT-2/3 style: weight decay on matrices only. Fused kernels where the device
     has them (CUDA, CPU), else the multi-tensor (foreach) path."""
     # fused/foreach kernels take a group's tensors together and cannot mix DTensors (tensor
@@ -35,26 +36,11 @@ def make_optimizer(params: list[torch.nn.Parameter], spec: RunSpec, device: torc
             ps = [p for p in params if (p.dim() >= 2) == decay and hasattr(p, "to_local") == dtensor]
             if ps:
                 groups.append({"params": ps, "weight_decay": 0.1 if decay else 0.0})
-    kw: dict[str, Any] = {"lr": spec.lr, "betas": (0.9, 0.95), "eps": 1e-8}
+    kw: dict[str, Any] = {"lr": lr, "betas": (0.9, 0.95), "eps": 1e-8}
     try:
         return torch.optim.AdamW(groups, fused=device.type in ("cuda", "cpu"), **kw)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, foreach=True, **kw)
-
-
-QUIET_ENV = "SCALEBENCH_QUIET"  # set: no progress lines (bench.perf runs many points and prints its own)
-FAULT_ENV = "SCALEBENCH_FAULT"  # for tests only: "kill:RANK:STEP", "hang:RANK:STEP", "nan:RANK:STEP"
-
-
-def parse_fault(text: str) -> tuple[str, int, int] | None:
-    """Fault injection for the tests (never set in a benchmark): kill rank r at step s
-    (SIGKILL), hang it there (sleep past any timeout), or make the loss NaN at step s."""
-    if not text:
-        return None
-    kind, rank, step = text.split(":")
-    if kind not in ("kill", "hang", "nan"):
-        raise ValueError(f"{FAULT_ENV}={text}: kind must be kill, hang or nan")
-    return kind, int(rank), int(step)
 
 
 def inject(fault: tuple[str, int, int] | None, rank: int, step: int) -> None:
@@ -91,7 +77,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
           progress: Callable[[str, int, int, str], None], sampler: Sampler | None = None) -> dict[str, Any]:
     """Run warm-up + measured steps; returns the metrics (the same on every rank).
     `sampler` (bench/telemetry.py) runs over the measured window only."""
-    opt = make_optimizer(par.parameters(), spec, ctx.device)
+    opt = make_optimizer(par.parameters(), spec.lr, ctx.device)
     fault = parse_fault(os.environ.get(FAULT_ENV, ""))
     n_total = spec.warmup_steps + spec.steps
     batches = batches.to(ctx.device)  # all data resident before the first step

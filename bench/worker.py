@@ -1,17 +1,17 @@
 """What each rank does: pin threads, join the process group, build, train, report.
 
-Started by torch elastic (bench/launch.py) with RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR
-and MASTER_PORT in the environment. Rank 0 returns the metrics; an exception is written to
-`<out_dir>/rank<r>.error.json` (elastic only sees an exit code) and re-raised.
+`run_rank(spec, out_dir)` is the entry point bench/launch.py is handed. It starts with RANK,
+LOCAL_RANK and WORLD_SIZE in the environment, and the process group's init method (a file
+store on one machine, torch elastic's store across nodes; bench/protocol.py). Rank 0 returns
+the metrics; an exception is written to `<out_dir>/rank<r>.error.json` (the launcher only
+sees an exit code) and re-raised.
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import socket
 import time
-import traceback
 from typing import Any
 
 import psutil
@@ -19,29 +19,27 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from bench import flops, hardware
+from bench import cores, flops, hardware, parallel
+from bench.config import Accelerator, Precision
 from bench.data import make_batches
-from bench.launch import NODE_TAG_ENV, RANK0_MARK
-from bench.model import GPTShape
-from bench.parallel import Ctx, apply, mesh_shape
-from bench.plan import RunSpec
+from bench.parallel.rank import Ctx, Parallel
+from bench.protocol import DUMP_ENV, INIT_ENV, mark_rank0, write_rank_error
+from bench.spec import RunSpec
 from bench.telemetry import Sampler
 from bench.trainer import Progress, train
 
 
-def pin_cpu(local_rank: int, threads: int) -> list[int]:
-    """Give this rank its own `threads` cores, so that ranks do not share a core."""
-    torch.set_num_threads(threads)
-    if not hasattr(os, "sched_setaffinity"):
-        return []
-    listed = os.environ.get("SCALEBENCH_CORES")  # set by bench/launch.py
-    cores = [int(c) for c in listed.split(",")] if listed else sorted(os.sched_getaffinity(0))
-    mine = cores[local_rank * threads:(local_rank + 1) * threads] or cores
-    os.sched_setaffinity(0, mine)
-    return mine
-
-
 def peak_rss_bytes() -> int:
+    """This process's own RSS high-water mark. Linux: VmHWM, of this process's memory since its
+    exec; not getrusage's ru_maxrss, which a spawned process inherits from its parent's high-water
+    mark (so a rank would report its launcher's peak when that was higher)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -58,10 +56,10 @@ def memory_stats(device: torch.device, baseline_rss: int, sampler: Sampler) -> d
     return m
 
 
-def peaks(device: torch.device, precision: str) -> dict[str, Any]:
+def peaks(device: torch.device, precision: Precision) -> dict[str, Any]:
     """The FLOP/s that MFU divides by: the datasheet's (GPUs in the table) and a measured
     matmul peak (every device; cached), each with its source."""
-    dtype = precision  # resolved: fp32 | bf16 | fp16, the matmul dtype the run computes in
+    dtype = precision.value  # resolved: fp32 | bf16 | fp16, the matmul dtype the run computes in
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else hardware.cpu_model()
     table, table_src = hardware.table_peak(name, dtype) if device.type == "cuda" else (None, "CPU: no datasheet peak")
     measured, measured_src = hardware.matmul_peak(device, dtype)
@@ -69,11 +67,10 @@ def peaks(device: torch.device, precision: str) -> dict[str, Any]:
             "peak_flops_measured_per_s": measured, "peak_flops_measured_source": measured_src}
 
 
-DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
 _WRAPPERS = ("_checkpoint_wrapped_module.", "_orig_mod.")  # inserted by wrappers; DDP adds a "module." prefix
 
 
-def dump_params(par, folder: str, rank: int) -> None:
+def dump_params(par: Parallel, folder: str, rank: int) -> None:
     """Save this rank's parameters and the gradients of the last step, whole (DTensors
     gathered: a collective every rank of the mesh takes part in) and under the plain model's
     names, so a test can merge the ranks' files and compare them with the reference."""
@@ -90,59 +87,55 @@ def dump_params(par, folder: str, rank: int) -> None:
     torch.save({"params": params, "grads": grads}, os.path.join(folder, f"rank{rank}.pt"))
 
 
-def run_rank(spec_d: dict[str, Any], out_dir: str) -> dict[str, Any] | None:
+def run_rank(spec: RunSpec, out_dir: str) -> dict[str, Any] | None:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     world = int(os.environ["WORLD_SIZE"])
     if rank == 0:  # tells this node's launcher that it writes the job's result
-        open(os.path.join(out_dir, f"{RANK0_MARK}.{os.environ.get(NODE_TAG_ENV, '')}"), "w").close()
+        mark_rank0(out_dir)
     try:
-        return _run(spec_d, out_dir, rank, local_rank, world)
+        return _run(spec, out_dir, rank, local_rank, world)
     except BaseException as e:
-        status = "oom" if isinstance(e, torch.OutOfMemoryError) else "failed"
-        err = {"rank": rank, "status": status, "time": time.time(), "error": f"rank {rank}: {type(e).__name__}: {e}".strip(),
-               "traceback": traceback.format_exc()}
-        tmp = os.path.join(out_dir, f".rank{rank}.error.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(err, f)
-        os.replace(tmp, os.path.join(out_dir, f"rank{rank}.error.json"))
+        write_rank_error(out_dir, rank, e, "oom" if isinstance(e, torch.OutOfMemoryError) else "failed")
         raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world: int) -> dict[str, Any] | None:
-    spec = RunSpec(**{**spec_d, "shape": GPTShape(**spec_d["shape"])})
+def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) -> dict[str, Any] | None:
     progress = Progress(rank == 0)
     t0 = time.perf_counter()
-    if spec.accelerator == "cuda":
+    init = os.environ.get(INIT_ENV, "env://")
+    if spec.accelerator is Accelerator.cuda:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", init_method=init, rank=rank, world_size=world, device_id=device)
     else:
         device = torch.device("cpu")
-        pin_cpu(local_rank, spec.cpu_threads_per_device)
-        dist.init_process_group("gloo")
+        torch.set_num_threads(spec.cpu_threads_per_device)
+        cores.pin(local_rank, spec.cpu_threads_per_device)  # its own cores: ranks never share one
+        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     baseline_rss = psutil.Process().memory_info().rss
     peak = peaks(device, spec.precision) if rank == 0 else {}  # before the model takes memory
     if device.type == "cuda":  # the calibration's matrices must not count as the run's memory
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda") if spec.precision is Precision.fp16 else None
     mesh = None
-    if (ms := mesh_shape(spec)) is not None:
-        mesh = init_device_mesh(device.type, ms[0], mesh_dim_names=ms[1])
+    if spec.layout.mesh is not None:
+        names, sizes = zip(*spec.layout.mesh)
+        mesh = init_device_mesh(device.type, sizes, mesh_dim_names=names)
     ctx = Ctx(rank, world, local_rank, device, spec.precision, scaler, mesh)
     progress("build", 0, 1, f"{spec.size} {spec.strategy} on {world} x {device.type}")
 
     # data first, outside everything timed. dp is the outer mesh dimension, so the ranks of
-    # one replica (its tp or pp peers) are consecutive and share the replica's rows. The
-    # single-process dataparallel takes every replica's rows at once.
-    procs_dp = 1 if spec.strategy == "dataparallel" else spec.dp
-    batches = make_batches(spec.data, spec.data_path, spec.seed, spec.warmup_steps + spec.steps,
-                           spec.grad_accum, procs_dp, rank // (spec.tp * spec.pp),
-                           spec.batch_size * (spec.dp // procs_dp), spec.seq_len, spec.shape.vocab_size)
-    par = apply(spec, ctx)
+    # one replica (its tp or pp peers) are consecutive and share the replica's rows. A process
+    # that drives several devices (nn.DataParallel) takes all their replicas' rows at once.
+    lay = spec.layout
+    batches = make_batches(spec.data.value, spec.data_path, spec.seed, spec.warmup_steps + spec.steps,
+                           spec.grad_accum, lay.dp // lay.devices_per_process, rank // (lay.tp * lay.pp),
+                           spec.batch_size * lay.devices_per_process, spec.seq_len, spec.shape.vocab_size)
+    par = parallel.get(spec.strategy).apply(spec, ctx)
     n_local = sum(p.numel() for p in par.parameters())
     t_built = time.perf_counter()
     progress("build", 1, 1, f"{t_built - t0:.1f} s")
@@ -176,9 +169,12 @@ def _run(spec_d: dict[str, Any], out_dir: str, rank: int, local_rank: int, world
     achieved = metrics["flops_per_s_per_device"]
     metrics.update(peak, mfu=achieved / peak["peak_flops_per_s"] if peak["peak_flops_per_s"] else None,
                    mfu_measured_peak=achieved / peak["peak_flops_measured_per_s"])
+    if device.type == "cuda":
+        metrics["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     energy = [m["energy_j"] for m in per_rank]
-    if spec.strategy == "dataparallel":  # one process drives every GPU; NVML sampled GPU 0 only
-        metrics["telemetry_note"] = "nvml figures are GPU 0's only (single-process dataparallel)"
+    if lay.devices_per_process > 1:  # NVML sampled the process's own GPU only
+        metrics["telemetry_note"] = (f"nvml figures are GPU {local_rank}'s only (one process drives "
+                                     f"{lay.devices_per_process} GPUs)")
     elif all(e is not None for e in energy) and sum(energy) > 0:
         metrics.update(energy_j=sum(energy), tokens_per_j=metrics["tokens_per_step"] * spec.steps / sum(energy))
     if device.type == "cuda":

@@ -1,4 +1,9 @@
-"""Shared helpers: compose real configs through Hydra, and run real (gloo) jobs."""
+"""Shared helpers: compose real configs through Hydra, plan them, and run real (gloo) jobs.
+
+Tests never depend on what else runs on the host: every test session gets its own folder of
+core locks (SCALEBENCH_LOCK_DIR, inherited by the commands the tests start), so a real sweep
+on the same machine neither blocks a test nor is blocked by one.
+"""
 from __future__ import annotations
 
 import os
@@ -9,18 +14,45 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bench import config
-from bench.run import CONF_DIR
+from bench import config, hardware
+from bench.config import CONF_DIR, BenchConfig
+from bench.plan import Host, make_spec
+from bench.protocol import LOCK_DIR_ENV
 
 config.register()
 ROOT = os.path.dirname(CONF_DIR)
+HOST = Host.from_fingerprint(hardware.fingerprint())  # this machine, as the planner sees it
+# a GPU node the planner can plan for anywhere (nothing runs on it): 8 x 80 GB, bf16
+GPU_HOST = Host(cores=96, gpus=8, gpu_bf16=True, gpu_memory_bytes=(80 * 2**30,) * 8,
+                ram_bytes=2 * 2**40, ram_available_bytes=2 * 2**40)
 
 
-def compose_cfg(*overrides: str) -> dict:
-    """The config a job would get for these overrides, as a plain dict."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+@pytest.fixture(autouse=True, scope="session")
+def own_core_locks(tmp_path_factory):
+    os.environ[LOCK_DIR_ENV] = str(tmp_path_factory.mktemp("core-locks"))
+    yield
+    os.environ.pop(LOCK_DIR_ENV, None)
+
+
+def compose_cfg(*overrides: str) -> BenchConfig:
+    """The typed config a job would get for these overrides (Hydra initialised once per
+    session: code that initialises its own, like bench.run's preflight, restores this one)."""
+    from hydra.core.global_hydra import GlobalHydra
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_dir(config_dir=CONF_DIR, version_base="1.3")  # kept for the session (config.composing)
+    return OmegaConf.to_object(compose("config", overrides=list(overrides)))
+
+
+def plan(*overrides: str, host: Host = HOST):
+    """The RunSpec of these overrides on `host` (this machine by default)."""
+    return make_spec(compose_cfg(*overrides), host)
+
+
+def launch_job(spec, out_dir):
+    """A real job: the launcher with the worker's entry point."""
+    from bench.launch import launch
+    from bench.worker import run_rank
+    return launch(spec, str(out_dir), run_rank)
 
 
 def run_cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedProcess:

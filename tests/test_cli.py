@@ -1,13 +1,88 @@
-"""The command line as a user types it: sweeps, bad input, the report."""
+"""The command line: the bookkeeping of a sweep in-process (an invalid point recorded, resume,
+the end-of-sweep report), and real sweeps from a real interpreter (marked slow)."""
 import glob
 import json
 import os
 
 import pytest
+from omegaconf import OmegaConf
 
-from bench.results import load
+from bench import run
+from bench.callbacks import SweepReport
+from bench.launch import Outcome
+from bench.results import load, write_result
+from conftest import compose_cfg, run_cli
 
-pytestmark = pytest.mark.slow
+TINY = ("size=tiny", "accelerator=cpu", "steps=2", "seq_len=32", "warmup_steps=1")
+
+
+def fake_launch(spec, out_dir):
+    """What a finished job hands back, without running one: the bookkeeping under test is
+    the same whatever the figures are."""
+    steps = [0.01] * spec.steps
+    return Outcome("ok", metrics={
+        "tokens_per_step": spec.tokens_per_step, "tokens_per_s": spec.tokens_per_step / 0.01, "window_s": 0.02,
+        "step_time_s": 0.01, "step_time_s_iqr": 0.0, "step_times_s": steps, "loss": [5.5] * 3,
+        "loss_first": 5.5, "loss_last": 5.5, "mfu": None, "mfu_measured_peak": 0.1,
+        "mem_peak_bytes": 300 * 2**20, "mem_source": "rss (peak, per process)", "warmup_times_s": [0.02]})
+
+
+def never_launch(spec, out_dir):
+    raise AssertionError("an invalid point must not start anything")
+
+
+@pytest.fixture
+def fresh_resume_index(monkeypatch):
+    monkeypatch.setattr(run, "_ok_cache", {})
+
+
+def test_invalid_point_of_a_sweep_is_recorded_with_its_reason(tmp_path, capsys):
+    n = run.preflight(["strategy=mp", "devices=1,2", "size.n_layer=1", *TINY], multirun=True)
+    assert n == 2 and "note: 1 of 2 points cannot run and will be recorded as invalid" in capsys.readouterr().out
+    out = tmp_path / "devices=2"
+    r = run.run_point(compose_cfg("strategy=mp", "devices=2", "size.n_layer=1", *TINY), str(out), launch=never_launch)
+    assert r["status"] == "invalid" and "use at most 1 stages" in r["error"]
+    assert run.summary_line(r).startswith("  -> invalid: 2 pipeline stages need at least 2 layers but size=tiny has 1")
+    d = json.load(open(out / "result.json"))
+    assert d["metrics"] is None and d["hardware"]["cpu_usable"] >= 1 and d["config"]["devices"] == 2
+    assert os.listdir(out) == ["result.json"]  # no rank ever started
+
+
+def test_resume_skips_ok_points_and_reruns_the_rest(tmp_path, fresh_resume_index):
+    root = tmp_path / "results"
+    one, two = (compose_cfg(*TINY, "strategy=dp", f"devices={d}", f"results_root={root}") for d in (1, 2))
+    first = run.run_point(one, str(root / "earlier" / "devices=1"), launch=fake_launch)
+    before = open(root / "earlier" / "devices=1" / "result.json").read()
+    failed = {**first, "status": "failed", "error": "planted", "config_hash": run.config_hash(two)}
+    write_result(str(root / "earlier" / "devices=2"), failed)  # a failed point is rerun, not skipped
+    resumed = [OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(c), {"resume": True})) for c in (one, two)]
+    launched = []
+    r1 = run.run_point(resumed[0], str(root / "now" / "devices=1"), launch=lambda s, o: launched.append(1))
+    r2 = run.run_point(resumed[1], str(root / "now" / "devices=2"), launch=fake_launch)
+    assert r1["status"] == "skipped" and r1["error"].startswith("resume: an ok result exists at") and not launched
+    assert r2["status"] == "ok"
+    assert json.load(open(root / "now" / "devices=1" / "skipped.json"))["result"].endswith("earlier/devices=1/result.json")
+    assert open(root / "earlier" / "devices=1" / "result.json").read() == before  # never touched
+    # the end-of-sweep report holds the reused result beside the new one
+    reports = tmp_path / "reports"
+    report_config = OmegaConf.create({"hydra": {"sweep": {"dir": str(root / "now")}}, "report_dir": str(reports)})
+    SweepReport().on_multirun_end(report_config)
+    assert len(glob.glob(str(reports / "now.pdf"))) == 1
+
+
+def test_end_of_sweep_report_survives_a_failed_point(tmp_path, capsys):
+    sweep = tmp_path / "results" / "sweep"
+    run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "devices=1"), launch=fake_launch)
+    run.run_point(compose_cfg(*TINY, "strategy=single", "devices=2"), str(sweep / "devices=2"), launch=never_launch)
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
+                                                    "report_dir": str(tmp_path / "reports")}))
+    out = capsys.readouterr().out
+    assert "2 runs: 1 ok, 1 invalid" in out and "report: " in out
+    from pypdf import PdfReader
+    [pdf] = glob.glob(str(tmp_path / "reports" / "*.pdf"))
+    text = "".join(p.extract_text() for p in PdfReader(pdf).pages)
+    assert "1 ok" in text and "strategy=single runs on one device" in text
+    assert glob.glob(str(tmp_path / "reports" / "*.csv")) and glob.glob(str(tmp_path / "reports" / "*.md"))
 
 
 def test_bad_input_from_the_real_command_line(cli, tmp_path):
@@ -17,20 +92,13 @@ def test_bad_input_from_the_real_command_line(cli, tmp_path):
     assert r.stderr.count("\n") == 1 and not (tmp_path / "results").exists()
 
 
-def test_invalid_point_of_a_sweep_is_recorded_with_its_reason(cli, tmp_path):
-    r = cli("-m", "strategy=mp", "devices=1,2", "size=tiny", "size.n_layer=1", "steps=1", "seq_len=32")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "note: 1 of 2 points cannot run and will be recorded as invalid" in r.stdout
-    assert "invalid: 2 pipeline stages need at least 2 layers but size=tiny has 1" in r.stdout
-    df = load([str(tmp_path / "results")]).set_index("devices")
-    assert df.loc[1, "status"] == "ok" and df.loc[2, "status"] == "invalid"
-    assert "use at most 1 stages" in df.loc[2, "error"]
-    [res] = [p for p in df["path"] if "devices=2" in p]
-    d = json.load(open(res))
-    assert d["metrics"] is None and d["hardware"]["cpu_usable"] >= 1
-    assert not glob.glob(os.path.join(os.path.dirname(res), "rank*"))
+def test_help_shows_the_keys(cli):
+    r = cli("--help")
+    assert r.returncode == 0 and "== Keys (key=value) ==" in r.stdout and "global_batch_size" in r.stdout
+    assert "powered by Hydra" not in r.stdout
 
 
+@pytest.mark.slow
 def test_users_sweep_shape_on_cpu_sizes(cli, tmp_path):
     r = cli("-m", "size=tiny,mini", "strategy=dp,mp", "devices=2", "steps=3", "seq_len=64")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -45,50 +113,16 @@ def test_users_sweep_shape_on_cpu_sizes(cli, tmp_path):
         d = json.load(open(f))
         assert len(d["metrics"]["step_times_s"]) == 3 and len(d["metrics"]["loss"]) == 5
         assert d["software"]["torch"] and d["config_hash"] and d["started_at"] and d["finished_at"]
+        assert d["spec"]["layout"]["dp"] * d["spec"]["layout"]["pp"] == 2
     # the end-of-sweep callback wrote the report into reports/
     [pdf] = glob.glob(str(tmp_path / "reports" / "*.pdf"))
     assert os.path.getsize(pdf) > 10_000
 
 
-def test_end_of_sweep_report_survives_a_failed_point(cli, tmp_path):
-    r = cli("-m", "size=tiny", "strategy=single", "devices=1,2", "steps=2", "seq_len=32")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "2 runs: 1 ok, 1 invalid" in r.stdout and "report: reports/" in r.stdout
-    from pypdf import PdfReader
-    [pdf] = glob.glob(str(tmp_path / "reports" / "*.pdf"))
-    text = "".join(p.extract_text() for p in PdfReader(pdf).pages)
-    assert "1 ok" in text and "strategy=single runs on one device" in text
-    assert glob.glob(str(tmp_path / "reports" / "*.csv")) and glob.glob(str(tmp_path / "reports" / "*.md"))
-
-
-def test_resume_skips_ok_points_and_reruns_the_rest(cli, tmp_path):
-    base = ("size=tiny", "strategy=dp", "steps=2", "seq_len=32", "warmup_steps=1")
-    r = cli("-m", *base, "devices=1")
-    assert r.returncode == 0, r.stderr[-2000:]
-    [first] = glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))
-    before = open(first).read()
-    # a failed point from an earlier sweep is rerun, not skipped
-    from bench.plan import config_hash
-    from bench.results import write_result
-    from conftest import compose_cfg
-    failed = json.loads(before)
-    failed.update(status="failed", error="planted", config_hash=config_hash(compose_cfg(*base, "devices=2")))
-    write_result(str(tmp_path / "results" / "earlier" / "devices=2"), failed)
-    r = cli("-m", *base, "devices=1,2", "resume=true")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "resume: 1 point(s) skipped" in r.stdout and "-> skipped: resume: an ok result exists" in r.stdout
-    assert "2 runs: 2 ok" in r.stdout  # the report holds the reused result and the new one
-    assert open(first).read() == before  # never touched
-    files = glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))
-    assert len(files) == 3 and len(glob.glob(str(tmp_path / "results" / "*" / "*" / "skipped.json"))) == 1
-    # without resume, the same sweep measures again, into a new folder
-    r = cli("-m", *base, "devices=1")
-    assert r.returncode == 0 and len(glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))) == 4
-
-
+@pytest.mark.slow
 def test_two_sweeps_at_once_do_not_collide(tmp_path):
-    """Started in the same second: separate folders and reports, separate rendezvous ports,
-    and the second takes its turn on the cores instead of sharing them."""
+    """Started in the same second: separate folders and reports, and the second takes its
+    turn on the cores instead of sharing them."""
     import subprocess
     import sys
     from conftest import ROOT

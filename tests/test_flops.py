@@ -12,9 +12,15 @@ def test_flops_per_token_gpt2_small_by_hand():
 
 
 def test_bubble_fraction():
-    assert flops.bubble_fraction(4, 8) == pytest.approx(3 / 11)
+    assert flops.bubble_fraction(4, 8) == pytest.approx(3 / 11)  # (p-1) / (m+p-1)
     assert flops.bubble_fraction(1, 8) == 0
     assert flops.bubble_fraction(2, 1) == pytest.approx(1 / 2)  # naive split: (p-1)/p
+    assert flops.bubble_fraction(2, 4, chunks=2) == pytest.approx(1 / 9)  # interleaved: (p-1) / (v*m+p-1)
+
+
+def test_stage_layers_balanced_and_contiguous():
+    assert [len(r) for r in flops.stage_layers(12, 5)] == [3, 3, 2, 2, 2]
+    assert [r.start for r in flops.stage_layers(12, 5)] == [0, 3, 6, 8, 10]
 
 
 def test_activation_bytes_korthikanti():

@@ -12,9 +12,8 @@ the issue note).
 """
 import pytest
 
-from bench.launch import launch
-from bench.plan import make_spec, predict_memory
-from conftest import compose_cfg
+from bench.plan import predict_memory
+from conftest import launch_job, plan
 
 pytestmark = pytest.mark.slow
 TOL, FLOOR = 0.20, 40 * 2**20
@@ -33,8 +32,8 @@ BASE = ("accelerator=cpu", "precision=fp32", "warmup_steps=1", "steps=1", "overs
     ("size=small", "strategy=single", "seq_len=64", "batch_size=2"),
 ])
 def test_predicted_peak_within_tolerance(tmp_path, overrides):
-    spec = make_spec(compose_cfg(*BASE, *overrides))
-    res = launch(spec, str(tmp_path))
+    spec = plan(*BASE, *overrides)
+    res = launch_job(spec, tmp_path)
     assert res.status == "ok", res.error
     net = max(r["rss_peak_bytes"] - r["rss_baseline_bytes"] for r in res.metrics["memory_per_rank"])
     predicted = predict_memory(spec).total_bytes

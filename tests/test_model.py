@@ -5,7 +5,7 @@ import torch
 
 from bench import flops
 from bench.model import GPT, GPTShape, build_model, loss_fn
-from bench.plan import stage_layers
+from bench.flops import stage_layers
 
 MINI = GPTShape(n_layer=4, n_head=4, n_embd=128, vocab_size=512, block_size=256)
 

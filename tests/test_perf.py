@@ -1,17 +1,41 @@
-"""bench.perf as a user runs it: one command prints the side-by-side table, the targets and,
-where asked, the profile by kind of op. (The figures are for the command's reader; a test
-cannot hold a shared machine to them.)"""
+"""bench.perf: the targets are data judged by a pure function (hand-checked here), and the
+command as a user runs it prints the side-by-side table, the targets and the profile. (The
+figures are for the command's reader; a test cannot hold a shared machine to them.)"""
 import os
 import subprocess
 import sys
 
 import pytest
 
+from bench.perf import TARGETS, checks, fmt, judge
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+
+def test_judge_at_the_boundaries():
+    assert judge(TARGETS["overhead"], 0.02) and not judge(TARGETS["overhead"], 0.0201)
+    assert judge(TARGETS["dp_efficiency"], 0.90) and not judge(TARGETS["dp_efficiency"], 0.899)
+    assert judge(TARGETS["fixed_cost_s"], 4.99) and not judge(TARGETS["fixed_cost_s"], 5.0)  # strictly under
+    assert fmt(TARGETS["overhead"], -0.005) == "-0.5%" and fmt(TARGETS["bf16_speedup"], 1.1) == "1.10x"
 
 
+def _row(size, precision, repeats=5, **kw):
+    return {"size": size, "precision": precision, "compile": False, "repeats": repeats, "overhead": 0.01,
+            "mfu": 0.6, "mfu_datasheet": None, **kw}
+
+
+def test_what_is_judged_against_what():
+    rows = [_row("mini", "fp32"), _row("mini", "bf16"), _row("small", "fp32", repeats=1),
+            _row("mini", "fp32", compile=True)]
+    got = checks(rows, {"mini": 1.2}, 0.91, 4.2, "cpu")
+    keys = [(k, subject) for k, subject, _, _ in got]
+    # overhead only with 3+ runs a side, never for compiled rows; MFU target for mini fp32 only
+    assert keys == [("overhead", "mini fp32"), ("overhead", "mini bf16"), ("mfu_fp32_mini", ""),
+                    ("bf16_speedup", "mini"), ("dp_efficiency", ""), ("fixed_cost_s", "")]
+    gpu = checks([_row("xl", "bf16", mfu_datasheet=0.47), _row("xl", "fp32")], {}, None, 3.0, "cuda")
+    assert [(k, v) for k, _, v, _ in gpu if k == "mfu_gpu_bf16"] == [("mfu_gpu_bf16", 0.47)]
+
+
+@pytest.mark.slow
 def test_perf_prints_the_table_targets_and_profile(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.perf", "--sizes", "tiny", "--precisions", "fp32", "--repeats", "1",
                         "--no-dp", "--profile", "always", "seq_len=32", "accelerator=cpu"],
@@ -23,3 +47,21 @@ def test_perf_prints_the_table_targets_and_profile(tmp_path):
     assert "harness overhead, tiny fp32" in out and "fixed cost of a point" in out.split("targets")[1]
     assert "profile, bare loop, tiny fp32" in out and "matmul (mm, addmm, bmm, linear)" in out
     assert "[measure]" not in out  # the ranks' progress lines are kept out of the table
+
+
+@pytest.mark.slow
+def test_bare_loop_trains_as_the_suite_does(tmp_path):
+    """The reference loop uses the suite's optimizer (no decay of biases and LayerNorms):
+    with the same model, data and steps it reaches the suite's loss."""
+    from bench.bare import bare_loop
+    from bench.trainer import make_optimizer
+    import torch
+    from bench.model import build_model
+    from conftest import plan
+    spec = plan("size=tiny", "accelerator=cpu", "seq_len=32", "warmup_steps=1", "steps=2")
+    model = build_model(spec.shape, torch.device("cpu"), 0)
+    groups = make_optimizer(list(model.parameters()), spec.lr, torch.device("cpu")).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert all(p.dim() >= 2 for p in model.parameters() if id(p) in decayed)
+    times, table = bare_loop(spec)
+    assert len(times) == 2 and table is None

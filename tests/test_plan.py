@@ -1,39 +1,60 @@
-"""Validation: every rejected point says which number to change."""
+"""Planning: every rejected point says which number to change; layouts, hashes, memory verdicts."""
+import dataclasses
+
 import pytest
 
-from bench.plan import (InvalidConfig, PredictedOOM, check_memory, config_hash, make_spec,
-                        predict_memory, stage_layers, usable_cores)
-from conftest import compose_cfg
+from bench.config import Accelerator, Precision, Schedule
+from bench.plan import (CONFIG_CHECKS, LAYOUT_CHECKS, TARGET_CHECKS, InvalidConfig, PredictedOOM, available_bytes,
+                        check_memory, config_hash, predict_memory)
+from bench.spec import DataParallel
+from conftest import GPU_HOST, HOST, compose_cfg, plan
+
+CPU = ("accelerator=cpu",)
 
 
 def spec(*o):
-    return make_spec(compose_cfg("accelerator=cpu", *o))
+    return plan(*CPU, *o)
 
 
 def test_defaults_resolve_on_cpu():
     s = spec()
-    assert (s.accelerator, s.precision, s.dp, s.tp, s.pp) == ("cpu", "fp32", 1, 1, 1)
+    assert (s.accelerator, s.precision) == (Accelerator.cpu, Precision.fp32)
+    assert (s.layout.dp, s.layout.tp, s.layout.pp, s.layout.mesh) == (1, 1, 1, None)
     assert s.tokens_per_step == s.batch_size * s.seq_len
 
 
+def test_auto_resolves_to_the_gpu_and_its_native_bf16():
+    s = plan("strategy=fsdp", "devices=8", "size=small", host=GPU_HOST)
+    assert (s.accelerator, s.precision, s.procs) == (Accelerator.cuda, Precision.bf16, 8)
+    old = dataclasses.replace(GPU_HOST, gpu_bf16=False)  # e.g. V100: bf16 only emulated
+    assert plan("strategy=dp", "devices=2", host=old).precision is Precision.fp32
+
+
 def test_degrees_per_strategy():
-    assert spec("strategy=dp", "devices=2").dp == 2
+    assert spec("strategy=dp", "devices=2").layout.dp == 2
     s = spec("strategy=mp", "devices=2")
-    assert (s.dp, s.pp, s.schedule, s.microbatches) == (1, 2, "naive", 1)
-    assert spec("strategy=mp", "devices=2", "strategy.schedule=gpipe").microbatches == 4
+    assert (s.layout.dp, s.layout.pp, s.layout.pipeline.schedule, s.layout.pipeline.microbatches) == \
+        (1, 2, Schedule.naive, 1)
+    assert spec("strategy=mp", "devices=2", "strategy.schedule=gpipe").layout.pipeline.microbatches == 4
 
 
-def test_degrees_of_the_new_strategies():
-    assert (spec("strategy=tp", "devices=2").tp, spec("strategy=fsdp", "devices=2").dp) == (2, 2)
-    h = spec("strategy=hybrid", "devices=4", "strategy.tp=2", "strategy.pp=1", "oversubscribe=true")
-    assert (h.dp, h.tp, h.pp, h.schedule) == (2, 2, 1, "")
-    h = spec("strategy=hybrid", "devices=4", "strategy.pp=2", "oversubscribe=true")
-    assert (h.dp, h.tp, h.pp, h.schedule, h.microbatches) == (2, 1, 2, "1f1b", 4)
-    assert h.bubble_ideal == pytest.approx(1 / 5)
-    i = spec("strategy=mp", "devices=2", "strategy.schedule=interleaved")
-    assert (i.stages_per_rank, i.bubble_ideal) == (2, pytest.approx(1 / 9))
-    assert spec("strategy=mp", "devices=2").bubble_ideal == 0.5  # naive: one stage busy at a time
-    assert spec("strategy=dp", "devices=2").bubble_ideal is None
+def test_layouts_of_every_strategy():
+    t = spec("strategy=tp", "devices=2").layout
+    assert (t.tp, t.tensor_parallel, t.mesh) == (2, True, (("tp", 2),))
+    f = spec("strategy=fsdp", "devices=2").layout
+    assert (f.dp, f.data_parallel, f.state_shards, f.mesh) == (2, DataParallel.fsdp, 2, (("dp", 2),))
+    assert spec("strategy=dp", "devices=2").layout.state_shards == 1
+    h = spec("strategy=hybrid", "devices=4", "strategy.tp=2", "strategy.pp=1", "oversubscribe=true").layout
+    assert (h.dp, h.tp, h.pp, h.pipeline, h.mesh) == (2, 2, 1, None, (("dp", 2), ("tp", 2)))
+    h = spec("strategy=hybrid", "devices=4", "strategy.pp=2", "oversubscribe=true").layout
+    assert (h.dp, h.tp, h.pp, h.pipeline.schedule, h.pipeline.microbatches) == (2, 1, 2, Schedule["1f1b"], 4)
+    assert h.mesh == (("dp", 2), ("pp", 2)) and h.bubble_ideal == pytest.approx(1 / 5)
+    i = spec("strategy=mp", "devices=2", "strategy.schedule=interleaved").layout
+    assert (i.pipeline.stages_per_rank, i.bubble_ideal) == (2, pytest.approx(1 / 9))
+    assert spec("strategy=mp", "devices=2").layout.bubble_ideal == 0.5  # naive: one stage busy at a time
+    assert spec("strategy=dp", "devices=2").layout.bubble_ideal is None
+    d = plan("strategy=dataparallel", "devices=4", host=GPU_HOST)
+    assert (d.procs, d.layout.devices_per_process, d.layout.mesh) == (1, 4, None)
 
 
 def test_global_batch_derives_per_replica_batch():
@@ -43,7 +64,7 @@ def test_global_batch_derives_per_replica_batch():
 
 @pytest.mark.parametrize("overrides,needle", [
     (["devices=0"], "devices=0: need at least 1"),
-    (["strategy=dp", f"devices={usable_cores() + 1}"], f"use devices<={usable_cores()}"),
+    (["strategy=dp", f"devices={HOST.cores + 1}"], f"use devices<={HOST.cores}"),
     (["strategy=single", "devices=2"], "use devices=1 or strategy=dp"),
     (["strategy=mp", "devices=2", "size=tiny", "size.n_layer=1"], "use at most 1 stages"),
     (["strategy=tp", "devices=2", "size.n_head=3", "size.n_embd=96"], "use a tp degree among 1, 3"),
@@ -65,30 +86,53 @@ def test_global_batch_derives_per_replica_batch():
     (["data=text", "data_path=/nonexistent.txt"], "is not a file"),
 ])
 def test_invalid_points_name_the_fix(overrides, needle):
-    with pytest.raises(InvalidConfig, match=None) as e:
+    with pytest.raises(InvalidConfig) as e:
         spec(*overrides)
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    (["devices=16"], "devices=16 but this node has 8 GPU(s); use devices<=8"),
+    (["strategy=tp", "devices=2", "precision=fp16"], "fp16 is not supported with tensor parallelism"),
+    (["strategy=mp", "devices=2", "precision=fp16"], "fp16 is not supported with pipeline parallelism"),
+    (["strategy=dataparallel", "launcher=multinode", "launcher.rdzv_endpoint=h:1"],
+     "runs in one process on one node"),
+])
+def test_invalid_gpu_points_name_the_fix(overrides, needle):
+    with pytest.raises(InvalidConfig, match=None) as e:
+        plan(*overrides, host=GPU_HOST)
+    assert needle in str(e.value)
+
+
 def test_cuda_requested_without_gpu_is_invalid():
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+    cpu_only = dataclasses.replace(HOST, gpus=0, gpu_memory_bytes=())
     with pytest.raises(InvalidConfig, match="use accelerator=cpu"):
-        make_spec(compose_cfg("accelerator=cuda"))
+        plan("accelerator=cuda", host=cpu_only)
+
+
+def test_every_check_is_a_named_function():
+    for check in CONFIG_CHECKS + TARGET_CHECKS + LAYOUT_CHECKS:
+        assert check.__name__ != "<lambda>"
+    assert len({c.__name__ for c in CONFIG_CHECKS + TARGET_CHECKS + LAYOUT_CHECKS}) == \
+        len(CONFIG_CHECKS + TARGET_CHECKS + LAYOUT_CHECKS)
 
 
 def test_config_hash_covers_benchmark_keys_only():
     a = compose_cfg("size=tiny")
     assert config_hash(a) == config_hash(compose_cfg("size=tiny", "timeout_s=5", "results_root=/x"))
     assert config_hash(a) != config_hash(compose_cfg("size=tiny", "batch_size=4"))
+    assert config_hash(a) != config_hash(compose_cfg("size=tiny", "launcher=multinode", "launcher.rdzv_endpoint=h:1"))
     assert config_hash(a) != config_hash(compose_cfg("size=mini"))
 
 
-def test_stage_layers_balanced_and_contiguous():
-    assert [len(r) for r in stage_layers(12, 5)] == [3, 3, 2, 2, 2]
-    assert [r.start for r in stage_layers(12, 5)] == [0, 3, 6, 8, 10]
+def test_multinode_gets_a_rendezvous_per_point():
+    s = spec("strategy=dp", "launcher=multinode", "launcher.rdzv_endpoint=127.0.0.1:29500")
+    t = spec("strategy=dp", "launcher=multinode", "launcher.rdzv_endpoint=127.0.0.1:29500", "seed=1")
+    assert (s.devices, s.devices_per_node, s.procs, s.nodes, s.layout.dp) == (2, 1, 1, 2, 2)
+    assert s.rendezvous.backend == "c10d" and s.rendezvous.run_id.startswith("scalebench-")
+    assert s.rendezvous.run_id != t.rendezvous.run_id
+    assert spec("strategy=dp").rendezvous.backend == "local"
 
 
 def test_memory_check_rejects_what_does_not_fit():
@@ -96,5 +140,24 @@ def test_memory_check_rejects_what_does_not_fit():
     pred = predict_memory(s)
     assert pred.total_bytes > 12 * 774_000_000  # 16 bytes/param of state alone
     with pytest.raises(PredictedOOM, match="force=true"):
-        check_memory(s, pred, available_bytes=8 * 2**30)
-    check_memory(spec("size=tiny"), predict_memory(spec("size=tiny")), available_bytes=8 * 2**30)
+        check_memory(s, pred, available=8 * 2**30)
+    check_memory(spec("size=tiny"), predict_memory(spec("size=tiny")), available=8 * 2**30)
+
+
+def test_memory_prediction_follows_the_layout():
+    one = predict_memory(spec("size=small", "strategy=dp", "devices=1", "seq_len=64"))
+    sharded = predict_memory(spec("size=small", "strategy=fsdp", "devices=2", "seq_len=64"))
+    assert sharded.params_bytes == one.params_bytes // 2  # FSDP: state over dp
+    staged = predict_memory(spec("size=small", "strategy=mp", "devices=2", "seq_len=64"))
+    assert staged.params_bytes < one.params_bytes  # the larger stage holds about half the blocks
+    dpar = predict_memory(plan("size=small", "strategy=dataparallel", "devices=4", "precision=fp32", host=GPU_HOST))
+    single = predict_memory(plan("size=small", "strategy=single", "precision=fp32", host=GPU_HOST))
+    assert dpar.activations_bytes == 4 * single.activations_bytes  # one process, four replicas' batches
+
+
+def test_available_memory_is_the_smallest_gpu_or_the_free_ram():
+    gpus = dataclasses.replace(GPU_HOST, gpu_memory_bytes=(80, 40) + (80,) * 6)
+    assert available_bytes(plan("strategy=dp", "devices=2", host=gpus), gpus) == 40
+    assert available_bytes(spec("strategy=dp"), HOST) == HOST.ram_available_bytes
+    multi = spec("strategy=dp", "launcher=multinode", "launcher.rdzv_endpoint=h:1")
+    assert available_bytes(multi, HOST) == HOST.ram_bytes  # every node judges alike

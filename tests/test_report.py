@@ -99,6 +99,9 @@ def test_repeats_median_and_interval():
 
 def test_variant_names_the_layout():
     assert report.variant({"strategy": "mp", "schedule": "1f1b"}) == "mp/1f1b"
+    assert report.variant({"strategy": "hybrid", "schedule": "gpipe", "degree_tp": 1, "degree_pp": 2}) \
+        == "hybrid/gpipe pp=2"
+    assert report.variant({"strategy": "from-a-later-version", "schedule": None}) == "from-a-later-version"
     assert report.variant({"strategy": "hybrid", "schedule": float("nan"), "degree_tp": 2.0, "degree_pp": 1.0}) \
         == "hybrid tp=2"
     assert report.variant({"strategy": "tp", "degree_sequence_parallel": True,

@@ -32,7 +32,7 @@ def test_load_is_tidy_and_skips_corrupt_files(tmp_path):
     ok = df[df["status"] == "ok"].iloc[0]
     assert (ok["size"], ok["strategy"], ok["devices"], ok["degree_dp"]) == ("tiny", "dp", 2, 2)
     assert ok["tokens_per_s"] == 10.0 and ok["loss"] == [1.0, 0.5]
-    assert len(skipped) == 2 and any("schema version" in s for s in skipped)
+    assert len(skipped) == 2 and any("schema version 1 or 2" in s for s in skipped)
 
 
 def test_ok_index_finds_ok_results_by_config_and_hardware(tmp_path):
@@ -63,3 +63,21 @@ def test_corrupt_files_are_named_and_skipped_by_report_and_compare(tmp_path, cap
     with pytest.raises(SystemExit) as e:  # identical sets: nothing slower, exit 0
         compare.main([a, b])
     assert e.value.code in (0, None) and "broken/result.json: unreadable" in capsys.readouterr().err
+
+
+def test_schema_1_results_still_load(tmp_path):
+    """Results written before the spec was nested (schema 1: flat spec) load with the same rows."""
+    from bench.results import read_result
+    v1 = {**_result(), "schema_version": 1,
+          "spec": {"devices": 2, "nodes": 1, "schedule": "", "batch_size": 4, "global_batch_size": 8, "seq_len": 64,
+                   "precision": "fp32", "accelerator": "cpu"}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "result.json").write_text(json.dumps(v1))
+    v2 = {**_result(), "spec": {"devices": 2, "batch_size": 4, "global_batch_size": 8, "seq_len": 64,
+                                "precision": "fp32", "accelerator": "cpu", "layout": {"dp": 2},
+                                "rendezvous": {"nodes": 1}}}
+    write_result(str(tmp_path / "new"), v2)
+    assert read_result(str(tmp_path / "old" / "result.json"))["schema_version"] == 1
+    df = load([str(tmp_path)]).sort_values("path")
+    cols = ["devices", "nodes", "batch_size", "global_batch_size", "seq_len", "precision", "schedule"]
+    assert df[cols].iloc[0].tolist() == df[cols].iloc[1].tolist()

@@ -17,10 +17,8 @@ import glob
 import pytest
 import torch
 
-from bench.launch import launch
-from bench.plan import make_spec
-from bench.worker import DUMP_ENV
-from conftest import compose_cfg
+from bench.protocol import DUMP_ENV
+from conftest import launch_job, plan
 
 pytestmark = pytest.mark.slow
 BASE = ("size=mini", "data=text", "accelerator=cpu", "precision=fp32", "seq_len=64", "warmup_steps=0",
@@ -29,11 +27,11 @@ LOSS_TOL = 2e-5
 
 
 def run(tmp_path, name, *overrides, monkeypatch=None):
-    spec = make_spec(compose_cfg(*BASE, *overrides))
+    spec = plan(*BASE, *overrides)
     out = tmp_path / name
     out.mkdir()
     monkeypatch.setenv(DUMP_ENV, str(out))
-    res = launch(spec, str(out))
+    res = launch_job(spec, out)
     assert res.status == "ok", res.error
     params, grads = {}, {}
     for f in sorted(glob.glob(str(out / "rank*.pt"))):
@@ -107,9 +105,8 @@ def test_matches_single(tmp_path, monkeypatch, reference, name):
 @pytest.mark.parametrize("strategy", ["dp", "dataparallel"])
 def test_cuda_bf16_runs(tmp_path, strategy):
     n = min(2, torch.cuda.device_count())
-    spec = make_spec(compose_cfg("size=mini", "accelerator=cuda", "precision=bf16", f"strategy={strategy}",
-                                 f"devices={n}", "steps=3"))
-    res = launch(spec, str(tmp_path))
+    spec = plan("size=mini", "accelerator=cuda", "precision=bf16", f"strategy={strategy}", f"devices={n}", "steps=3")
+    res = launch_job(spec, tmp_path)
     assert res.status == "ok", res.error
     assert res.metrics["mem_source"].startswith("torch") and res.metrics["tokens_per_s"] > 0
 
@@ -118,11 +115,9 @@ def test_cuda_bf16_runs(tmp_path, strategy):
 def test_compiled_blocks_train_like_eager(tmp_path):
     """compile=true: torch.compile per block gives the eager losses; compilation happens in
     the warm-up and is reported, not timed."""
-    from bench.launch import launch
-    from bench.plan import make_spec
     base = ("size=tiny", "strategy=dp", "devices=1", "accelerator=cpu", "seq_len=32", "warmup_steps=2", "steps=2")
-    eager = launch(make_spec(compose_cfg(*base)), str(tmp_path / "eager"))
-    comp = launch(make_spec(compose_cfg(*base, "compile=true")), str(tmp_path / "compiled"))
+    eager = launch_job(plan(*base), tmp_path / "eager")
+    comp = launch_job(plan(*base, "compile=true"), tmp_path / "compiled")
     assert eager.status == comp.status == "ok", comp.error
     assert comp.metrics["loss"] == pytest.approx(eager.metrics["loss"], abs=1e-4)
     assert comp.metrics["compile_s"] > 0 and eager.metrics["compile_s"] is None

@@ -77,3 +77,31 @@ def test_hardware_labels():
     assert hardware.label({"gpu": {"count": 1, "names": ["NVIDIA H200"], "memory_bytes": [150e9]}}) == "1xH200-140GB"
     cpu = {"gpu": {"count": 0}, "cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "cpu_usable": 2, "ram_bytes": 24 * 2**30}
     assert hardware.label(cpu) == "Xeon-2c-24GB"
+
+
+def test_cuda_visible_devices_as_cuda_reads_them():
+    uuids = ["GPU-aaa111", "GPU-bbb222", "GPU-ccc333"]
+    assert hardware.cuda_visible(None, uuids) == [0, 1, 2]
+    assert hardware.cuda_visible("", uuids) == []
+    assert hardware.cuda_visible("2,0", uuids) == [2, 0]
+    assert hardware.cuda_visible("1,7,0", uuids) == [1]  # CUDA stops at the first entry that names no device
+    assert hardware.cuda_visible("-1", uuids) == []
+    assert hardware.cuda_visible("GPU-bbb,0", uuids) == [1, 0]  # a unique UUID prefix
+    assert hardware.cuda_visible("1,1", uuids) == [1]
+    assert hardware.cuda_visible("MIG-1234", uuids) is None  # not modelled: torch is asked
+
+
+def test_gpus_are_read_without_importing_torch():
+    import subprocess
+    import sys
+    code = ("import sys; from bench import hardware; g = hardware.gpus(); "
+            "print(g['count'], g['cuda'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=hardware.ROOT).stdout.split()
+    import torch
+    assert out == [str(torch.cuda.device_count() if torch.cuda.is_available() else 0), str(torch.version.cuda),
+                   "False"]
+
+
+def test_torch_build_is_the_installed_one():
+    import torch
+    assert hardware.torch_build() == {"version": torch.__version__, "cuda": torch.version.cuda}

@@ -2,35 +2,30 @@
 
 One process drives every GPU: each step it scatters the batch, replicates the module from
 GPU 0 to the others, gathers the outputs back on GPU 0 and reduces the gradients there.
-It is here to show, next to `dp`, why DDP replaced it; it has no CPU meaning (plan.py
-rejects it without CUDA devices).
+It is here to show, next to `dp`, why DDP replaced it; it has no CPU meaning.
 """
 from __future__ import annotations
 
-from functools import partial
-
-import torch.nn as nn
-
-from bench.model import build_model
-from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
-from bench.plan import RunSpec
+from bench.config import Accelerator
+from bench.parallel.base import Strategy
+from bench.spec import DataParallel, Layout
 
 
-class _Autocast(nn.Module):
-    """DataParallel runs each replica in its own thread, where autocast is re-entered with
-    the device's default dtype (fp16 on CUDA): enter ours inside the replica instead."""
+class DataParallelStrategy(Strategy):
+    name = "dataparallel"
+    summary = "the single-process `nn.DataParallel` over `devices` GPUs (invalid without CUDA)"
 
-    def __init__(self, module: nn.Module, ctx: Ctx):
-        super().__init__()
-        self.module, self._ctx = module, ctx
+    def layout(self, devices, opts):
+        return Layout(dp=devices, tp=1, pp=1, data_parallel=DataParallel.dataparallel,
+                      devices_per_process=devices)
 
-    def forward(self, x):
-        with self._ctx.autocast():
-            return self.module(x)
+    def checks(self, opts, target):
+        if target.nodes > 1:
+            yield ("strategy=dataparallel (nn.DataParallel) runs in one process on one node; "
+                   "use strategy=dp across nodes")
+        if target.accelerator is not Accelerator.cuda:
+            yield ("strategy=dataparallel (nn.DataParallel) is a multi-GPU, single-process "
+                   "strategy with no CPU meaning; use strategy=dp on CPU")
 
 
-def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
-    model = build_model(spec.shape, ctx.device, spec.seed)
-    prepare_blocks(model, spec)
-    dp = nn.DataParallel(_Autocast(model, ctx), device_ids=list(range(spec.devices)))
-    return Parallel([dp], partial(micro_steps, dp, ctx=ctx), has_loss=True)
+STRATEGY = DataParallelStrategy()

@@ -1,30 +1,40 @@
-"""hybrid: data parallel over model parallel on a 2-D device mesh ("dp", "tp" | "pp").
+"""hybrid: data parallel (FSDP2) over model parallel on a 2-D device mesh ("dp", "tp" | "pp").
 
 dp x tp: each block tensor-parallel over the inner "tp" dimension, then FSDP2 over the outer
 "dp" dimension (torchtitan's 2-D layout: tp within a node's fast links, dp across).
 dp x mp: each dp replica is a pipeline over the inner "pp" dimension; every stage module is
 FSDP2-sharded over "dp" before the schedule sees it.
-The order is the fixed one of bench/parallel/__init__.py: TP -> PP split -> checkpointing -> FSDP.
 """
 from __future__ import annotations
 
-from functools import partial
-
-from bench.model import build_model
-from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps, pipeline
-from bench.parallel.fsdp import apply_fsdp
-from bench.parallel.tensor import apply_tp
-from bench.plan import RunSpec
+from bench.parallel.base import Strategy
+from bench.parallel.mp import pipeline_of
+from bench.spec import DataParallel, Layout
 
 
-def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
-    dp_mesh = ctx.mesh["dp"]
-    shard = partial(apply_fsdp, mesh=dp_mesh, precision=spec.precision,
-                    reshard_after_forward=spec.reshard_after_forward)
-    if spec.pp > 1:
-        return pipeline.apply(spec, ctx, wrap=lambda m: shard(m))
-    model = build_model(spec.shape, ctx.device, spec.seed)
-    apply_tp(model, ctx.mesh["tp"], spec.sequence_parallel)
-    prepare_blocks(model, spec)
-    shard(model)
-    return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)
+class Hybrid(Strategy):
+    name = "hybrid"
+    summary = ("FSDP2 over the outer \"dp\" dimension of a 2-D mesh, with TP (`strategy.tp=N`) or a "
+               "pipeline (`strategy.pp=N`, any schedule) on the inner one")
+
+    def layout(self, devices, opts):
+        tp, pp = opts.tp, opts.pp
+        return Layout(dp=devices // (tp * pp), tp=tp, pp=pp, data_parallel=DataParallel.fsdp,
+                      tensor_parallel=tp > 1, pipeline=pipeline_of(opts) if pp > 1 else None,
+                      sequence_parallel=opts.sequence_parallel and tp > 1,
+                      reshard_after_forward=opts.reshard_after_forward)
+
+    def label(self, schedule, tp, pp):
+        return super().label(schedule, tp, pp) + (f" tp={tp}" if tp > 1 else f" pp={pp}")
+
+    def checks(self, opts, target):
+        tp, pp = opts.tp, opts.pp
+        if tp < 1 or pp < 1 or (tp > 1) == (pp > 1):
+            yield (f"strategy=hybrid needs exactly one of strategy.tp or strategy.pp above 1 "
+                   f"(got tp={tp}, pp={pp}); e.g. strategy.tp=2 strategy.pp=1")
+        elif target.devices % (tp * pp):
+            yield (f"strategy=hybrid: dp x tp x pp must equal devices={target.devices}, but "
+                   f"{tp * pp} does not divide it; use devices that are a multiple of {tp * pp}")
+
+
+STRATEGY = Hybrid()

@@ -1,9 +1,10 @@
-"""mp: layer-wise model parallel (pipeline). The blocks are split over the ranks in order.
+"""The pipeline's mechanics (strategies `mp` and `hybrid` with pp > 1): stages and schedules.
 
-schedule=naive: the plain split of the seed design. Stage i runs its blocks on the whole
-    micro-step batch, sends the activations (B, T, C) to stage i+1 with torch.distributed
-    send/recv, and in backward receives the gradient of its output and sends back the
-    gradient of its input. Only one stage works at a time: the bubble is (p-1)/p.
+The blocks are split over the "pp" mesh dimension in order (`flops.stage_layers`).
+schedule=naive: the plain split. Stage i runs its blocks on the whole micro-step batch,
+    sends the activations (B, T, C) to stage i+1 with torch.distributed send/recv, and in
+    backward receives the gradient of its output and sends back the gradient of its input.
+    Only one stage works at a time: the bubble is (p-1)/p.
 schedule=gpipe | 1f1b | interleaved: the batch is cut into `microbatches` micro-batches and
     run by torch.distributed.pipelining (ScheduleGPipe: all forwards then all backwards;
     Schedule1F1B: one forward one backward, at most p micro-batches alive; interleaved
@@ -16,22 +17,23 @@ after every optimizer step and the model is the same one `single` trains.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from bench.config import Schedule
+from bench.flops import stage_layers
 from bench.model import GPT, build_model, loss_fn
-from bench.parallel import Ctx, Parallel, prepare_blocks
-from bench.plan import RunSpec, stage_layers
+from bench.parallel.rank import Ctx, Parallel
+from bench.spec import RunSpec
 
 
-def build_stages(spec: RunSpec, ctx: Ctx, pp_rank: int) -> list[GPT]:
+def build_stages(spec: RunSpec, ctx: Ctx) -> list[GPT]:
     """The model chunks this pipeline rank holds: one, or `stages_per_rank` interleaved."""
-    n = spec.pp * spec.stages_per_rank
-    ids = range(pp_rank, n, spec.pp)  # rank r holds chunks r, r + p, r + 2p, ...
+    pp, chunks = spec.layout.pp, spec.layout.pipeline.stages_per_rank
+    n = pp * chunks
+    ids = range(ctx.mesh["pp"].get_local_rank(), n, pp)  # rank r holds chunks r, r + p, r + 2p, ...
     layers = stage_layers(spec.shape.n_layer, n)
     return [build_model(spec.shape, ctx.device, spec.seed, layers=layers[i], first=i == 0, last=i == n - 1)
             for i in ids]
@@ -51,19 +53,13 @@ def _tie_group(pp_mesh: DeviceMesh, full_mesh: DeviceMesh) -> dist.ProcessGroup 
     return mine
 
 
-def apply(spec: RunSpec, ctx: Ctx, wrap: Callable[[nn.Module], None] | None = None) -> Parallel:
-    """Pipeline over the mesh's "pp" dimension; `wrap` (hybrid: FSDP over dp) is applied to
-    each stage module after the split and checkpointing, before the schedule sees it."""
+def schedule(stages: list[GPT], spec: RunSpec, ctx: Ctx) -> Parallel:
+    """The step of a pipeline rank over its (prepared, possibly FSDP-wrapped) stage modules:
+    the schedule, then the tied embedding's gradients summed between first and last stage."""
     pp_mesh = ctx.mesh["pp"]
-    pp_rank = pp_mesh.get_local_rank()
-    stages = build_stages(spec, ctx, pp_rank)
-    for m in stages:
-        prepare_blocks(m, spec)
-        if wrap is not None:
-            wrap(m)
     tied = _tie_group(pp_mesh, ctx.mesh)
     first, last = stages[0].first, stages[-1].last
-    if spec.schedule == "naive":
+    if spec.layout.pipeline.schedule is Schedule.naive:
         fb = _naive(stages[0], spec, ctx, pp_mesh)
     else:
         fb = _scheduled(stages, spec, ctx, pp_mesh)
@@ -116,21 +112,23 @@ def _naive(model: GPT, spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
 
 def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
-    n = spec.pp * spec.stages_per_rank
+    pipe_cfg, pp = spec.layout.pipeline, spec.layout.pp
+    n = pp * pipe_cfg.stages_per_rank
     group = pp_mesh.get_group()
     pipe = [PipelineStage(m, i, n, ctx.device, group=group)
-            for m, i in zip(stages, range(pp_mesh.get_local_rank(), n, spec.pp))]
+            for m, i in zip(stages, range(pp_mesh.get_local_rank(), n, pp))]
     # each micro-batch's loss is a mean over its tokens; dividing it by microbatches x
     # grad_accum gives the gradient of the mean loss. (Not the schedule's scale_grads: it
     # rescales the whole .grad at the end of every step(), which would shrink the
     # gradients of earlier micro-steps again under gradient accumulation.)
-    scale = spec.microbatches * spec.grad_accum
+    m = pipe_cfg.microbatches
+    scale = m * spec.grad_accum
     lf = lambda out, y: loss_fn(out, y) / scale  # noqa: E731
-    if spec.schedule == "interleaved":
-        schedule = ScheduleInterleaved1F1B(pipe, spec.microbatches, loss_fn=lf, scale_grads=False)
+    if pipe_cfg.schedule is Schedule["interleaved"]:
+        runner = ScheduleInterleaved1F1B(pipe, m, loss_fn=lf, scale_grads=False)
     else:
-        cls = ScheduleGPipe if spec.schedule == "gpipe" else Schedule1F1B
-        schedule = cls(pipe[0], spec.microbatches, loss_fn=lf, scale_grads=False)
+        cls = ScheduleGPipe if pipe_cfg.schedule is Schedule.gpipe else Schedule1F1B
+        runner = cls(pipe[0], m, loss_fn=lf, scale_grads=False)
     first, last = stages[0].first, stages[-1].last
 
     def forward_backward(batch: torch.Tensor) -> torch.Tensor | None:
@@ -141,7 +139,7 @@ def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
             args = (x,) if first else ()
             kwargs = {"target": y, "losses": losses} if last else {}
             with ctx.autocast():  # return_outputs=False: no merged (B, T, V) logits to keep
-                schedule.step(*args, return_outputs=False, **kwargs)
+                runner.step(*args, return_outputs=False, **kwargs)
             if last:  # each is one micro-batch's loss / (microbatches x grad_accum)
                 total += torch.stack([l.detach() for l in losses]).sum()
         return total if last else None

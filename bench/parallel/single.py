@@ -1,14 +1,24 @@
 """single: the whole model on one device; the reference every strategy is checked against."""
 from __future__ import annotations
 
-from functools import partial
-
-from bench.model import build_model
-from bench.parallel import Ctx, Parallel, prepare_blocks, micro_steps
-from bench.plan import RunSpec
+from bench.parallel.base import Strategy
+from bench.spec import Layout
 
 
-def apply(spec: RunSpec, ctx: Ctx) -> Parallel:
-    model = build_model(spec.shape, ctx.device, spec.seed)
-    prepare_blocks(model, spec)
-    return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)
+class Single(Strategy):
+    name = "single"
+    summary = "the whole model on one device; the reference"
+
+    def layout(self, devices, opts):
+        return Layout(dp=1, tp=1, pp=1)
+
+    def checks(self, opts, target):
+        if target.nodes > 1:
+            yield (f"strategy=single runs on one device, not on {target.nodes} nodes; use launcher=local "
+                   "or strategy=dp")
+        elif target.devices != 1:
+            yield (f"strategy=single runs on one device, not devices={target.devices}; "
+                   "use devices=1 or strategy=dp")
+
+
+STRATEGY = Single()

@@ -1,0 +1,48 @@
+"""What every strategy unit says about itself. No torch here: the planner reads these facts
+before anything is launched; only `apply` (run in each rank) imports torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from bench.config import StrategyConfig
+from bench.spec import Layout
+
+if TYPE_CHECKING:
+    from bench.plan import Target
+    from bench.spec import RunSpec
+
+
+class Strategy:
+    """One parallel strategy: a registry entry keyed by its config name (`conf/strategy/<name>.yaml`).
+
+    A unit says
+      * `layout(devices, opts)`: its degrees dp x tp x pp on `devices` (all devices of the job),
+        which parallelisms it composes (data-parallel kind, tensor parallel, pipeline and its
+        schedule), how it shards state and activations, and how many devices each process
+        drives; the mesh follows from the layout (`Layout.mesh`);
+      * `checks(opts, target)`: what makes it invalid on a target, one message each, naming
+        the number to change (the checks every layout shares, heads vs tp, layers vs
+        stages, micro-batches vs batch, live in bench/plan.py);
+      * `apply(spec, ctx)`: this rank's part of the model, ready to train. The default composes
+        the layout in the fixed order of `bench.parallel.parallelize`; a strategy with
+        mechanics of its own overrides it.
+    """
+
+    name: str = ""
+    summary: str = ""  # one line: what runs
+
+    def layout(self, devices: int, opts: StrategyConfig) -> Layout:
+        raise NotImplementedError
+
+    def checks(self, opts: StrategyConfig, target: Target) -> Iterable[str | None]:
+        return ()
+
+    def label(self, schedule: str | None, tp: int, pp: int) -> str:
+        """Its name in reports: the name, and the pipeline schedule where it has one."""
+        return self.name + (f"/{schedule}" if schedule else "")
+
+    def apply(self, spec: RunSpec, ctx: Any) -> Any:
+        from bench.parallel.parallelize import parallelize
+        return parallelize(spec, ctx)

@@ -1,0 +1,78 @@
+"""What the driver (bench/launch.py) and the ranks (bench/worker.py) agree on, in one place:
+the environment variables between them, the mark rank 0 leaves, and the rank error file.
+
+Neither side imports the other: the launcher is handed the rank entry point
+(`launch(spec, out_dir, entry)`), and both import this module. No torch here.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+# driver -> ranks
+CORES_ENV = "SCALEBENCH_CORES"  # the cores the ranks of this job share out, in order ("0,1")
+INIT_ENV = "SCALEBENCH_INIT_METHOD"  # the process group's init method (file:// on one machine); unset: env://
+NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # the launcher's tag (host-pid): nodes may share the job folder
+# user / tests -> everything
+QUIET_ENV = "SCALEBENCH_QUIET"  # set: no progress lines (bench.perf runs many points and prints its own)
+FAULT_ENV = "SCALEBENCH_FAULT"  # tests only: "kill:RANK:STEP", "hang:RANK:STEP", "nan:RANK:STEP"
+DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
+LOCK_DIR_ENV = "SCALEBENCH_LOCK_DIR"  # the core locks' folder (default: in the temp folder, per user)
+# the sweep process -> its jobs
+TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"  # points in this sweep, for "[point i/n]"
+
+RANK0_MARK = ".holds_rank0"  # global rank 0 writes RANK0_MARK.<node tag> into the job folder at start
+
+
+def node_tag() -> str:
+    """This launcher's tag: nodes (and two launchers on one host) may share a folder."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def mark_rank0(out_dir: str) -> None:
+    """Rank 0 tells its node's launcher that this node writes the job's result."""
+    open(os.path.join(out_dir, f"{RANK0_MARK}.{os.environ.get(NODE_TAG_ENV, '')}"), "w").close()
+
+
+def holds_rank0(out_dir: str) -> bool:
+    """Whether a rank of this launcher marked itself rank 0."""
+    return os.path.exists(os.path.join(out_dir, f"{RANK0_MARK}.{node_tag()}"))
+
+
+def write_rank_error(out_dir: str, rank: int, exc: BaseException, status: str) -> None:
+    """A rank's exception, for the launcher (elastic only sees an exit code): written
+    atomically to `rank<r>.error.json` with its status (`oom` | `failed`) and traceback."""
+    err = {"rank": rank, "status": status, "time": time.time(),
+           "error": f"rank {rank}: {type(exc).__name__}: {exc}".strip(), "traceback": traceback.format_exc()}
+    tmp = os.path.join(out_dir, f".rank{rank}.error.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(err, f)
+    os.replace(tmp, os.path.join(out_dir, f"rank{rank}.error.json"))
+
+
+def read_rank_errors(out_dir: str) -> list[dict[str, Any]]:
+    """Every rank error file of a job (unreadable ones passed over)."""
+    errs = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "rank*.error.json"))):
+        try:
+            with open(path) as f:
+                errs.append(json.load(f))
+        except (OSError, ValueError):
+            pass
+    return errs
+
+
+def parse_fault(text: str) -> tuple[str, int, int] | None:
+    """FAULT_ENV, for tests only (never set in a benchmark): kill rank r at step s (SIGKILL),
+    hang it there (sleep past any timeout), or make the loss NaN at step s."""
+    if not text:
+        return None
+    kind, rank, step = text.split(":")
+    if kind not in ("kill", "hang", "nan"):
+        raise ValueError(f"{FAULT_ENV}={text}: kind must be kill, hang or nan")
+    return kind, int(rank), int(step)

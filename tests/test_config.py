@@ -1,0 +1,74 @@
+"""The typed config: every option of every group composes and plans; one home for each key's
+meaning (help, README); hashes unchanged by the typed rewrite."""
+import csv
+import os
+import re
+
+from bench import config, parallel
+from bench.config import BenchConfig, Schedule, key_rows, markdown_table, options
+from bench.plan import InvalidConfig, config_hash, make_spec, predict_memory
+from bench.run import compose_points
+from conftest import GPU_HOST, HOST, ROOT, compose_cfg, plan
+
+def test_every_option_of_every_group_composes_and_plans():
+    """Every size, strategy, schedule and launcher, and the demo experiment: composed and
+    planned, on a GPU node (planned, never run) and on this CPU, each with a layout and a
+    memory prediction, or invalid here with a message that names the fix."""
+    for size in options("size"):  # on 8 GPUs, data parallel: every size has a layout and a prediction
+        s = plan(f"size={size}", "strategy=fsdp", "devices=8", host=GPU_HOST)
+        assert s.layout.dp == 8 and predict_memory(s).total_bytes > 0
+        assert plan(f"size={size}", "accelerator=cpu").size == size
+    for strategy in options("strategy"):
+        n = {"single": 1, "hybrid": 4}.get(strategy, 2)
+        extra = ["strategy.tp=2", "strategy.pp=1"] if strategy == "hybrid" else []
+        s = plan("size=small", f"strategy={strategy}", f"devices={n}", *extra, host=GPU_HOST)
+        assert s.strategy == parallel.get(strategy).name == strategy
+        assert s.layout.dp * s.layout.tp * s.layout.pp == n and predict_memory(s).total_bytes > 0
+        try:
+            cpu = plan("size=mini", f"strategy={strategy}", f"devices={n}", *extra, "oversubscribe=true",
+                       "accelerator=cpu")
+            assert cpu.procs == n and predict_memory(cpu).total_bytes > 0
+        except InvalidConfig as e:
+            assert strategy == "dataparallel" and "use strategy=dp on CPU" in str(e)
+    for schedule in Schedule:
+        s = plan("strategy=mp", "devices=2", f"strategy.schedule={schedule.value}", "accelerator=cpu")
+        assert s.layout.pipeline.schedule is schedule and s.layout.bubble_ideal is not None
+    for launcher in options("launcher"):
+        s = plan(f"launcher={launcher}", "strategy=dp", "accelerator=cpu", "launcher.rdzv_endpoint=node0:29500")
+        assert s.rendezvous.backend == {"local": "local", "multinode": "c10d"}[launcher]
+    for experiment in options("experiment"):
+        points, target = compose_points([f"experiment={experiment}"], multirun=True)
+        assert points and target.endswith("BasicLauncher")
+        for _, cfg in points:
+            assert isinstance(cfg, BenchConfig)
+            make_spec(cfg, HOST)
+
+
+def test_sweep_points_follow_hydras_product():
+    points, _ = compose_points(["size=tiny,mini", "strategy=dp", "devices=1,2", "devices=2"], multirun=True)
+    # a key given twice keeps its first place and its last value, as Hydra's basic sweeper does
+    assert [w for w, _ in points] == ["size=tiny strategy=dp devices=2", "size=mini strategy=dp devices=2"]
+
+
+def test_help_lists_every_key_with_its_default():
+    text = config.help_text()
+    keys = [k for k, _, _ in key_rows()]
+    assert "devices" in keys and "strategy.schedule" in keys and "launcher.rdzv_endpoint" in keys
+    for k, default, _ in key_rows():
+        assert re.search(rf"^  {re.escape(k)}\s+{re.escape(default)}\s", text, re.M), k
+    assert "$" not in text.replace("$APP_CONFIG_GROUPS", "")  # Hydra's template substitutes $NAMES
+
+
+def test_readme_key_table_is_the_generated_one():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert markdown_table() in readme, "run `python -m bench.config` and paste its table into the README"
+
+
+def test_hashes_of_earlier_results_are_unchanged():
+    """The example results were hashed before the config became typed: composing the same
+    overrides must give the same hash, or resume and compare would lose them."""
+    rows = list(csv.DictReader(open(os.path.join(ROOT, "reports", "examples", "cpu-2core.csv"))))
+    assert len(rows) > 40
+    for r in rows[::3]:  # every size, strategy, schedule and hybrid of the set appear in this third
+        overrides = r["path"].split("/")[-2].split(",")
+        assert config_hash(compose_cfg(*overrides)) == r["config_hash"], overrides
