@@ -281,7 +281,7 @@ def fig_spread(data: pd.DataFrame) -> plt.Figure:
 # -- pipeline bubble -----------------------------------------------------------------------
 
 def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
-    """For pure pipeline runs (pp > 1, no dp, no tp): the ideal bubble of the schedule, and
+    """For pure pipeline runs (pp > 1, no tp, no data-parallel wrapper): the ideal bubble of the schedule, and
     the measured one, 1 - t1 / (p * t_p), with t1 the one-device step time of the same
     configuration and t_p the pipeline's: the share of the p devices' time not spent on the
     one device's work."""
@@ -292,6 +292,8 @@ def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
     one = ok[(ok["devices"] == 1)].groupby(["size", "batch_size", "seq_len", "precision"])["step_time_s"].median()
     rows = []
     pure = (ok["degree_pp"] > 1) & (ok["degree_dp"] == 1) & (ok["degree_tp"] == 1)
+    if "degree_data_parallel" in ok:  # (results before it was recorded: dp == 1 says enough)
+        pure &= ok["degree_data_parallel"].isna()
     for r in ok[pure].to_dict("records"):
         t1 = one.get((r["size"], r["batch_size"], r["seq_len"], r["precision"]))
         if t1 is None:

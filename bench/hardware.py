@@ -71,8 +71,13 @@ def cuda_visible(value: str | None, uuids: list[str]) -> list[int] | None:
 
 def gpus(env: dict[str, str] | None = None) -> dict[str, Any]:
     """The GPUs this process's torch will see: count, names, memory and compute capability
-    (NVML, filtered by CUDA_VISIBLE_DEVICES), the driver; none when torch has no CUDA.
-    Without NVML (no driver) the GPU figures are empty and `nvml` says why."""
+    (NVML, filtered by CUDA_VISIBLE_DEVICES), the driver; none when torch has no CUDA or the
+    driver is older than the build's CUDA major version. Memory is what CUDA can use: NVML's
+    total less what the driver reserves (nvmlMemory_v2), as torch's `total_memory` reports it.
+    Where NVML cannot tell CUDA's device order (different GPUs on one node under CUDA's
+    default fastest-first order, MIG instances) or cannot load with a driver present, torch
+    is asked instead (slow: it imports torch). Without a driver the GPU figures are empty
+    and `nvml` says why."""
     env = os.environ if env is None else env
     build = torch_build()
     info: dict[str, Any] = {"count": 0, "names": [], "memory_bytes": [], "compute_capability": [],
@@ -86,11 +91,13 @@ def gpus(env: dict[str, str] | None = None) -> dict[str, Any]:
             return _gpus_from_torch(info)  # a driver NVML cannot read: ask torch (slow, rare)
         return info
     try:
-        d = pynvml.nvmlSystemGetDriverVersion()
-        info["driver"] = d.decode() if isinstance(d, bytes) else d
+        info["driver"] = _text(pynvml.nvmlSystemGetDriverVersion())
         info["nvml"] = "ok"
         if build["cuda"] is None:
             return info  # a CPU build of torch sees no GPU, whatever the machine has
+        if pynvml.nvmlSystemGetCudaDriverVersion() // 1000 < int(build["cuda"].split(".")[0]):
+            info["nvml"] = f"ok; driver {info['driver']} is older than this torch's CUDA {build['cuda']}"
+            return info  # torch cannot use the GPUs
         handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
         uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
         order = cuda_visible(env.get("CUDA_VISIBLE_DEVICES"), uuids)
@@ -99,12 +106,24 @@ def gpus(env: dict[str, str] | None = None) -> dict[str, Any]:
         for i in order:
             h = handles[i]
             info["names"].append(_text(pynvml.nvmlDeviceGetName(h)))
-            info["memory_bytes"].append(int(pynvml.nvmlDeviceGetMemoryInfo(h).total))
+            info["memory_bytes"].append(_usable_memory(pynvml, h))
             info["compute_capability"].append(list(pynvml.nvmlDeviceGetCudaComputeCapability(h)))
+        kinds = set(zip(info["names"], info["memory_bytes"], map(tuple, info["compute_capability"])))
+        if len(kinds) > 1 and env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
+            info.update(names=[], memory_bytes=[], compute_capability=[])
+            return _gpus_from_torch(info)  # NVML's order is the PCI bus's, CUDA's is fastest first
         info["count"] = len(order)
     finally:
         pynvml.nvmlShutdown()
     return info
+
+
+def _usable_memory(pynvml: Any, handle: Any) -> int:
+    try:
+        m = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+        return int(m.total - m.reserved)
+    except Exception:  # an older driver: no v2 structure
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
 
 
 def _text(v: Any) -> str:
@@ -166,12 +185,21 @@ def git_revision() -> str | None:
 
 
 def software() -> dict[str, Any]:
-    """Versions of what produced a result (torch's read from its version file: no import).
-    NCCL's version is known only to a rank that loaded it; the worker reports it."""
+    """Versions of what produced a result, read without importing torch: torch's from its
+    version file, NCCL's from the wheel torch's CUDA build depends on (a rank that ran
+    replaces it with the version it loaded)."""
     import bench
+    nccl = None
+    if torch_build()["cuda"]:
+        for dist in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11"):
+            try:
+                nccl = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     return {"python": sys.version.split()[0], "torch": torch_build()["version"],
             "hydra": importlib.metadata.version("hydra-core"), "scalebench": bench.__version__,
-            "git": git_revision(), "nccl": None}
+            "git": git_revision(), "nccl": nccl}
 
 
 # Dense peak FLOP/s by device and dtype, from the vendors' datasheets (no sparsity), as in

@@ -42,7 +42,6 @@ from bench.protocol import INIT_ENV, NODE_TAG_ENV, holds_rank0, node_tag, read_r
 from bench.spec import RunSpec
 
 GOODBYE_TIMEOUT_S = 30.0  # how long the store's host waits for the other nodes to leave first
-NCCL_LOG_ENV = ("NCCL_DEBUG", "NCCL_DEBUG_SUBSYS", "NCCL_DEBUG_FILE")
 
 
 @dataclass
@@ -75,7 +74,7 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
         env.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
                    NCCL_DEBUG_FILE=os.path.join(out_dir, ".nccl", "%h.%p.log"))
     n_cores = spec.procs * spec.cpu_threads_per_device if spec.accelerator is Accelerator.cpu else 0
-    started = hosting = False
+    hosting = False
     claim = None
     t0 = time.perf_counter()
     try:
@@ -84,6 +83,7 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
             stack.enter_context(scoped_env(env))
             if n_cores:
                 claim = stack.enter_context(cores.claimed(n_cores, patience_s=spec.timeout_s))
+            t0 = time.perf_counter()  # launch_s: from launch to teardown, not the wait for cores
             threading.Thread(target=watchdog, daemon=True).start()
             if spec.rendezvous.backend == "local":
                 results = _run_local(spec, out_dir, entry)
@@ -101,9 +101,10 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
         out = _failed_outcome(spec, e, failures, out_dir, timed_out.is_set())
         started = bool(failures or out.rank_errors)
         # across nodes the node of rank 0 records the job; when no worker ever started (the
-        # rendezvous failed), the node that hosted the store (or node 0) does
-        out.writes_result = (spec.nodes == 1 or holds_rank0(out_dir)
-                             or not started and (hosting or spec.rendezvous.node_rank == 0))
+        # rendezvous failed), node 0 or the node the endpoint names (or that hosted the store) does
+        r = spec.rendezvous
+        store_node = hosting or r.node_rank == 0 or (r.node_rank is None and is_local_host(_endpoint(spec)[0]))
+        out.writes_result = spec.nodes == 1 or holds_rank0(out_dir) or not started and store_node
     finally:
         done.set()
     out.launch_s = time.perf_counter() - t0

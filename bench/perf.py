@@ -40,16 +40,17 @@ class Target:
     name: str
     op: str  # "<=", "<" or ">="
     threshold: float
-    unit: str = ""  # how the figure prints: "%" (a signed fraction), "x", "s", "" (plain)
+    value_fmt: str = "{:.2f}"  # how the measured figure prints
+    threshold_fmt: str = "{:.2f}"  # how the threshold prints
 
 
 # the figures this trainer is held to on a 2-core CPU (and MFU on a GPU)
 TARGETS = {
-    "overhead": Target("harness overhead", "<=", 0.02, "%"),  # suite step / bare step - 1
+    "overhead": Target("harness overhead", "<=", 0.02, "{:+.1%}", "{:.0%}"),  # suite step / bare step - 1
     "mfu_fp32_mini": Target("MFU fp32, mini (of the measured peak)", ">=", 0.50),
-    "bf16_speedup": Target("bf16 / fp32 throughput", ">=", 1.5, "x"),
-    "dp_efficiency": Target("data-parallel efficiency, 1 -> 2 devices", ">=", 0.90),
-    "fixed_cost_s": Target("fixed cost of a point", "<", 5.0, "s"),
+    "bf16_speedup": Target("bf16 / fp32 throughput", ">=", 1.5, "{:.2f}x", "{:g}x"),
+    "dp_efficiency": Target("data-parallel efficiency, 1 -> 2 devices", ">=", 0.90, "{:.3f}", "{:g}"),
+    "fixed_cost_s": Target("fixed cost of a point", "<", 5.0, "{:.2f} s", "{:.0f} s"),
     "mfu_gpu_bf16": Target("MFU bf16 (of the datasheet peak)", ">=", 0.45),
 }
 MIN_REPEATS_TO_JUDGE = 3  # one run a side is between-process noise, not the harness
@@ -59,10 +60,6 @@ def judge(target: Target, value: float) -> bool:
     """Whether `value` meets `target`."""
     return {"<=": value <= target.threshold, "<": value < target.threshold,
             ">=": value >= target.threshold}[target.op]
-
-
-def fmt(target: Target, value: float) -> str:
-    return {"%": f"{value:+.1%}", "x": f"{value:.2f}x", "s": f"{value:.2f} s"}.get(target.unit, f"{value:.3g}")
 
 
 def checks(rows: list[dict[str, Any]], speedups: dict[str, float], dp_eff: float | None, fixed_s: float,
@@ -277,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
               for k, subject, value, what in checks(rows, speedups, dp_eff, fixed, accel)]
     for t, subject, value, _, ok in judged:
         name = f"{t.name}, {subject}" if subject else t.name
-        want = f"{t.op} {fmt(t, t.threshold)}" if t.unit != "%" else f"{t.op} {t.threshold:.0%}"
-        print(f"  {'met   ' if ok else 'MISSED'} {name:<52} {fmt(t, value):>8}  (target {want})")
+        print(f"  {'met   ' if ok else 'MISSED'} {name:<48} {t.value_fmt.format(value):>8}  "
+              f"(target {t.op} {t.threshold_fmt.format(t.threshold)})")
     if dp_eff is not None and (a.profile == "always" or (a.profile == "auto" and dp_eff < TARGETS["dp_efficiency"].threshold)):
         _dp_profile(*dp_detail, accel)
 

@@ -7,9 +7,9 @@ process is started for it. No torch: the machine's facts come in as a `Host`.
 `make_spec(cfg, host)` runs in four steps, each a list of small named checks that return
 one message or None (the first message stops the point):
   1. CONFIG_CHECKS: the config alone (counts at least 1, compile needs a warm-up);
-  2. `resolve_target`: accelerator, precision, sequence, nodes and devices, then
-     TARGET_CHECKS on them (GPUs and cores there are, fp16 on a GPU, context length) and
-     the strategy's own checks (bench/parallel/);
+  2. `resolve_target`: accelerator, precision, sequence, nodes and devices, then the
+     strategy's own checks (bench/parallel/) and TARGET_CHECKS (GPUs and cores there are,
+     fp16 on a GPU, context length);
   3. the strategy's layout (degrees dp x tp x pp, parallelisms, sharding), then
      LAYOUT_CHECKS (heads vs tp, layers vs stages, batches vs replicas and micro-batches);
   4. the RunSpec.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import cluster, flops, parallel
-from bench.config import Accelerator, BenchConfig, Checkpointing, Data, Precision, bench_hash, to_dict
+from bench.config import Accelerator, BenchConfig, Checkpointing, Data, Precision, Schedule, bench_hash, to_dict
 from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec
 
 # Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
@@ -133,7 +133,7 @@ def resolve_target(cfg: BenchConfig, host: Host) -> Target:
         rdzv = cluster.resolve(cfg.launcher)
     except cluster.RendezvousError as e:
         raise InvalidConfig(str(e)) from None
-    if rdzv.nodes > 1:  # a rendezvous per point: the nodes of a sweep meet again for each one
+    if rdzv.backend != "local":  # a rendezvous per point: the nodes of a sweep meet again for each one
         rdzv = dataclasses.replace(rdzv, run_id=f"{cfg.launcher.run_id}-{config_hash(cfg)[:8]}")
     accel = cfg.accelerator
     if accel is Accelerator.auto:
@@ -220,16 +220,20 @@ def microbatches_divide_batch(cfg: BenchConfig, t: Target, lay: Layout, batch: i
                 f"use a batch_size that is a multiple of {m}")
 
 
+def _interleaved(lay: Layout) -> bool:
+    return lay.pipeline is not None and lay.pipeline.schedule is Schedule["interleaved"]
+
+
 def interleaved_chunks_fit(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
     v = lay.pipeline.stages_per_rank if lay.pipeline else 1
-    if v > 1 and lay.pp * v > cfg.size.n_layer:
+    if _interleaved(lay) and lay.pp * v > cfg.size.n_layer:
         return (f"schedule=interleaved with {lay.pp} stages x stages_per_rank={v} needs {lay.pp * v} layers "
                 f"but size={cfg.size.name} has {cfg.size.n_layer}; lower strategy.stages_per_rank or devices")
 
 
 def interleaved_microbatches(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
     p = lay.pipeline
-    if p is not None and p.stages_per_rank > 1 and p.microbatches % lay.pp:
+    if _interleaved(lay) and p.microbatches % lay.pp:
         return (f"schedule=interleaved needs strategy.microbatches={p.microbatches} to be a multiple of the "
                 f"{lay.pp} stages; use strategy.microbatches={lay.pp * max(1, p.microbatches // lay.pp)}")
 
@@ -264,8 +268,8 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
     _first(check(cfg) for check in CONFIG_CHECKS)
     strategy = parallel.get(cfg.strategy.name)
     t = resolve_target(cfg, host)
-    _first(check(cfg, t, host) for check in TARGET_CHECKS)
     _first(strategy.checks(cfg.strategy, t))
+    _first(check(cfg, t, host) for check in TARGET_CHECKS)
     lay = strategy.layout(t.devices, cfg.strategy)
     batch = cfg.global_batch_size // (lay.dp * cfg.grad_accum) if cfg.global_batch_size else cfg.batch_size
     _first(check(cfg, t, lay, batch) for check in LAYOUT_CHECKS)

@@ -84,6 +84,7 @@ def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> dic
         result["spec"] = spec.to_dict()
         pipe = lay.pipeline
         result["degrees"] = {"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "nodes": spec.nodes,
+                             "data_parallel": lay.data_parallel.value if lay.data_parallel else None,
                              "devices_per_node": spec.devices_per_node, "procs": spec.procs,
                              "schedule": pipe.schedule.value if pipe else None,
                              "microbatches": pipe.microbatches if pipe else 1,
@@ -100,8 +101,8 @@ def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> dic
                       f"{r.endpoint}, run id {r.run_id})") if spec.nodes > 1 else ""
             print(f"  [launch] starting {spec.procs} rank(s){across}", flush=True)
         out = launch(spec, out_dir)
-        if out.metrics and out.metrics.get("nccl"):
-            result["software"]["nccl"] = out.metrics["nccl"]
+        if out.metrics and "nccl" in out.metrics:  # the version the ranks loaded
+            result["software"]["nccl"] = out.metrics.pop("nccl")
         if not out.writes_result:  # another node holds rank 0 and records the job
             note = {"this_node": out.status, "error": out.error, "nodes": spec.nodes,
                     "config_hash": chash, "at": _now(),

@@ -54,7 +54,7 @@ class Layout:
     tensor_parallel: bool = False
     pipeline: Pipeline | None = None
     sequence_parallel: bool = False  # tp: LayerNorms and the residual stream split by sequence
-    reshard_after_forward: bool = True  # fsdp: free gathered block weights after forward
+    reshard_after_forward: bool | None = None  # fsdp only: free gathered block weights after forward
     devices_per_process: int = 1  # nn.DataParallel: one process drives dp devices
 
     @property
@@ -94,7 +94,7 @@ class Rendezvous:
     endpoint: str | None = None  # HOST:PORT of node 0's store (multinode)
     node_rank: int | None = None  # static only
     run_id: str = ""  # the point's own rendezvous: launcher.run_id + its config hash
-    join_timeout_s: float = 600.0
+    join_timeout_s: float | None = None  # multinode: launcher.join_timeout_s
     source: str = "local"  # local | config | slurm
 
 

@@ -44,7 +44,7 @@ def peak_rss_bytes() -> int:
 
 
 def memory_stats(device: torch.device, baseline_rss: int, sampler: Sampler) -> dict[str, Any]:
-    """This rank's memory: the process's RSS peak over its whole life (getrusage, exact),
+    """This rank's memory: the process's RSS peak over its whole life (VmHWM, exact),
     the sampled window figures, and on a GPU torch's allocator peaks."""
     m: dict[str, Any] = {"rss_peak_bytes": peak_rss_bytes(), "rss_baseline_bytes": baseline_rss,
                          **sampler.summary()}
@@ -140,7 +140,7 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
     t_built = time.perf_counter()
     progress("build", 1, 1, f"{t_built - t0:.1f} s")
 
-    # NVML every 20 ms; on a CPU the exact peak comes from getrusage, so the RSS samples
+    # NVML every 20 ms; on a CPU the exact peak comes from VmHWM, so the RSS samples
     # (window peak) can be sparser and keep the GIL free for the training loop
     sampler = Sampler(device, interval_s=0.02 if device.type == "cuda" else 0.05)
     metrics = train(par, spec, ctx, batches, progress, sampler)

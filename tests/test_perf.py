@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.perf import TARGETS, checks, fmt, judge
+from bench.perf import TARGETS, checks, judge
 from conftest import ROOT
 
 
@@ -15,7 +15,8 @@ def test_judge_at_the_boundaries():
     assert judge(TARGETS["overhead"], 0.02) and not judge(TARGETS["overhead"], 0.0201)
     assert judge(TARGETS["dp_efficiency"], 0.90) and not judge(TARGETS["dp_efficiency"], 0.899)
     assert judge(TARGETS["fixed_cost_s"], 4.99) and not judge(TARGETS["fixed_cost_s"], 5.0)  # strictly under
-    assert fmt(TARGETS["overhead"], -0.005) == "-0.5%" and fmt(TARGETS["bf16_speedup"], 1.1) == "1.10x"
+    t = TARGETS["overhead"]
+    assert (t.value_fmt.format(-0.005), t.threshold_fmt.format(t.threshold)) == ("-0.5%", "2%")
 
 
 def _row(size, precision, repeats=5, **kw):

@@ -68,6 +68,14 @@ def test_size_best_bubble_and_spread():
     assert len(sp) == 7 and all(len(t) == 3 for t in sp["step_times_ms"])
 
 
+def test_bubble_page_holds_pure_pipelines_only():
+    rows = frame().assign(degree_data_parallel=None)
+    wrapped = row(strategy="hybrid", schedule="1f1b", devices=2, degree_pp=2, degree_data_parallel="fsdp",
+                  step_time_s=3.0)  # dp = 1, but FSDP-wrapped stages: its wrapper's cost is no bubble
+    b = figures.bubble_data(pd.concat([rows, pd.DataFrame([wrapped])], ignore_index=True))
+    assert list(b["variant"]) == ["mp/naive", "mp/naive"]
+
+
 def test_loss_groups_are_the_same_model_on_the_same_tokens():
     groups = figures.loss_data(frame())
     assert len(groups) == 1  # the mini runs share size, global batch, seq, seed, data, precision

@@ -18,7 +18,7 @@ from bench.parallel import dataparallel, dp, fsdp, hybrid, mp, single, tp
 from bench.parallel.base import Strategy
 
 STRATEGIES: dict[str, Strategy] = {unit.STRATEGY.name: unit.STRATEGY
-                                   for unit in (single, dp, fsdp, tp, mp, dataparallel, hybrid)}
+                                   for unit in (single, dp, mp, tp, fsdp, dataparallel, hybrid)}
 
 
 def get(name: str) -> Strategy:
