@@ -102,9 +102,7 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
         started = bool(failures or out.rank_errors)
         # across nodes the node of rank 0 records the job; when no worker ever started (the
         # rendezvous failed), node 0 or the node the endpoint names (or that hosted the store) does
-        r = spec.rendezvous
-        store_node = hosting or r.node_rank == 0 or (r.node_rank is None and is_local_host(_endpoint(spec)[0]))
-        out.writes_result = spec.nodes == 1 or holds_rank0(out_dir) or not started and store_node
+        out.writes_result = spec.nodes == 1 or holds_rank0(out_dir) or not started and _store_node(spec, hosting)
     finally:
         done.set()
     out.launch_s = time.perf_counter() - t0
@@ -174,6 +172,12 @@ def _run_elastic(spec: RunSpec, out_dir: str, entry: Callable, hosting: bool) ->
         monitor_interval=0.1, signals_to_handle="SIGTERM,SIGINT,SIGHUP", start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=os.path.join(out_dir, ".elastic", node_tag())))
     return elastic_launch(config, entry)(spec, out_dir)
+
+
+def _store_node(spec: RunSpec, hosting: bool) -> bool:
+    """Whether this node is the rendezvous store's: it hosted it, or is node 0, or the endpoint names it."""
+    r = spec.rendezvous
+    return hosting or r.node_rank == 0 or (r.node_rank is None and is_local_host(_endpoint(spec)[0]))
 
 
 def _endpoint(spec: RunSpec) -> tuple[str, int]:

@@ -93,7 +93,8 @@ def test_invalid_points_name_the_fix(overrides, needle):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["devices=16"], "devices=16 but this node has 8 GPU(s); use devices<=8"),
+    (["strategy=dp", "devices=16"], "devices=16 but this node has 8 GPU(s); use devices<=8"),
+    (["strategy=single", "devices=2"], "use devices=1 or strategy=dp"),  # its own check comes first
     (["strategy=tp", "devices=2", "precision=fp16"], "fp16 is not supported with tensor parallelism"),
     (["strategy=mp", "devices=2", "precision=fp16"], "fp16 is not supported with pipeline parallelism"),
     (["strategy=dataparallel", "launcher=multinode", "launcher.rdzv_endpoint=h:1"],
