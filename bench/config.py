@@ -191,19 +191,36 @@ GROUPS = {"size": SizeConfig, "strategy": StrategyConfig, "launcher": LauncherCo
 
 
 def key_rows() -> list[tuple[str, str, str]]:
-    """(key, default, meaning) for every key a user sets, from the fields above."""
+    """(key, default, meaning) for every key a user sets, from the fields above; a group's
+    option that sets a key otherwise (conf/<group>/<option>.yaml) is named beside the default."""
     rows = []
     for f in fields(BenchConfig):
-        if f.name in GROUPS:
-            rows.append((f.name, _default_of(f.name), f"{f.metadata['help']}: {', '.join(options(f.name))}"))
-            if f.name == "size":
-                continue  # a size's own fields are its shape, set by its file
-            for g in fields(GROUPS[f.name]):
-                if g.name != "name":
-                    rows.append((f"{f.name}.{g.name}", _fmt(g.default), g.metadata["help"]))
-        else:
+        if f.name not in GROUPS:
             rows.append((f.name, _fmt(f.default), f.metadata["help"]))
+            continue
+        rows.append((f.name, _default_of(f.name), f"{f.metadata['help']}: {', '.join(options(f.name))}"))
+        set_by = _set_by_options(f.name)
+        for g in fields(GROUPS[f.name]):
+            if g.name == "name":
+                continue
+            default = _fmt(g.default) if g.default is not MISSING else f"from {f.name}"
+            if set_by.get(g.name):
+                default += " (" + ", ".join(f"{o}: {_fmt(v)}" for o, v in set_by[g.name]) + ")"
+            rows.append((f"{f.name}.{g.name}", default, g.metadata["help"]))
     return rows
+
+
+def _set_by_options(group: str) -> dict[str, list[tuple[str, Any]]]:
+    """key -> [(option, value)] for the keys a group's options set (not the shapes of sizes)."""
+    if group == "size":
+        return {}
+    from omegaconf import OmegaConf
+    out: dict[str, list[tuple[str, Any]]] = {}
+    for o in options(group):
+        for k, v in OmegaConf.to_container(OmegaConf.load(os.path.join(CONF_DIR, group, f"{o}.yaml"))).items():
+            if k != "name":
+                out.setdefault(k, []).append((o, v))
+    return out
 
 
 def _default_of(group: str) -> str:
@@ -216,7 +233,7 @@ def _default_of(group: str) -> str:
 def _fmt(v: Any) -> str:
     if v is None:
         return "null"
-    if v is NO_DEFAULT or v is MISSING:
+    if v is NO_DEFAULT:
         return ""
     if isinstance(v, Enum):
         return v.value
@@ -235,12 +252,12 @@ def markdown_table() -> str:
 def help_text() -> str:
     """`python -m bench.run --help`: the keys with their defaults and meanings."""
     rows = key_rows()
-    width = max(len(k) for k, _, _ in rows) + 2
-    body = "\n".join(f"  {k:<{width}}{d:<12} {m.replace('`', '')}" for k, d, m in rows)
+    width, dwidth = max(len(k) for k, _, _ in rows) + 2, max(len(d) for _, d, _ in rows) + 1
+    body = "\n".join(f"  {k:<{width}}{d:<{dwidth}} {m.replace('`', '')}" for k, d, m in rows)
     return ("scalebench: one benchmark point per job; -m sweeps comma-separated values (a cartesian product).\n\n"
             "  python -m bench.run size=mini strategy=dp devices=2\n"
             "  python -m bench.run -m size=tiny,mini strategy=single,dp,mp devices=1,2\n\n"
-            f"== Keys (key=value) ==\n  {'key':<{width}}{'default':<12} meaning\n{body}\n\n"
+            f"== Keys (key=value) ==\n  {'key':<{width}}{'default':<{dwidth}} meaning\n{body}\n\n"
             "== Config groups ==\n$APP_CONFIG_GROUPS\n\n"
             "python -m bench.run --cfg job prints the composed config; --hydra-help shows Hydra's own flags.\n")
 

@@ -269,6 +269,7 @@ def spread_data(df: pd.DataFrame, limit: int = 24) -> pd.DataFrame:
 def fig_spread(data: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=A4)
     ax.boxplot(data["step_times_ms"].tolist(), orientation="horizontal", tick_labels=data["label"].tolist())
+    ax.invert_yaxis()  # the first row (the noisiest) on top
     ax.set_xscale("log")
     ax.set_xlabel("step time (ms), measured steps")
     ax.tick_params(axis="y", labelsize=7)

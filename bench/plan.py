@@ -7,8 +7,8 @@ process is started for it. No torch: the machine's facts come in as a `Host`.
 `make_spec(cfg, host)` runs in four steps, each a list of small named checks that return
 one message or None (the first message stops the point):
   1. CONFIG_CHECKS: the config alone (counts at least 1, compile needs a warm-up);
-  2. `resolve_target`: accelerator, precision, sequence, nodes and devices, then the
-     strategy's own checks (bench/parallel/) and TARGET_CHECKS (GPUs and cores there are,
+  2. `resolve_placement`: accelerator, precision, sequence, nodes and devices, then the
+     strategy's own checks (bench/parallel/) and PLACEMENT_CHECKS (GPUs and cores there are,
      fp16 on a GPU, context length);
   3. the strategy's layout (degrees dp x tp x pp, parallelisms, sharding), then
      LAYOUT_CHECKS (heads vs tp, layers vs stages, batches vs replicas and micro-batches);
@@ -60,7 +60,7 @@ class Host:
 
 
 @dataclass(frozen=True)
-class Target:
+class Placement:
     """Where and how a point runs, resolved before the strategy lays it out."""
     accelerator: Accelerator  # cpu | cuda
     precision: Precision  # fp32 | bf16 | fp16
@@ -127,7 +127,7 @@ CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
 
 # -- 2. where it runs -------------------------------------------------------------------------
 
-def resolve_target(cfg: BenchConfig, host: Host) -> Target:
+def resolve_placement(cfg: BenchConfig, host: Host) -> Placement:
     """`auto` accelerator and precision, the sequence length, the rendezvous and node count."""
     try:
         rdzv = cluster.resolve(cfg.launcher)
@@ -141,70 +141,71 @@ def resolve_target(cfg: BenchConfig, host: Host) -> Target:
     precision = cfg.precision
     if precision is Precision.auto:  # bf16 where the GPU computes it natively, not emulated
         precision = Precision.bf16 if accel is Accelerator.cuda and host.gpu_bf16 else Precision.fp32
-    return Target(accelerator=accel, precision=precision, seq_len=cfg.seq_len or cfg.size.block_size,
+    return Placement(accelerator=accel, precision=precision, seq_len=cfg.seq_len or cfg.size.block_size,
                   rendezvous=rdzv, devices_per_node=cfg.devices)
 
 
-def resume_on_one_node(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+def resume_on_one_node(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     if cfg.resume and t.nodes > 1:
         return ("resume=true is not supported with launcher=multinode: each node would decide "
                 "from its own results folder and the nodes could fall out of step; rerun the points")
 
 
-def cuda_needs_a_gpu(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+def cuda_needs_a_gpu(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     if t.accelerator is Accelerator.cuda and host.gpus == 0:
         return "accelerator=cuda but torch sees no CUDA device; use accelerator=cpu"
 
 
-def gpus_enough(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+def gpus_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     if t.accelerator is Accelerator.cuda and t.devices_per_node > host.gpus:
         return f"devices={t.devices_per_node} but this node has {host.gpus} GPU(s); use devices<={host.gpus}"
 
 
-def cores_enough(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+def cores_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     need = t.devices_per_node * cfg.cpu_threads_per_device
     if t.accelerator is Accelerator.cpu and need > host.cores and not cfg.oversubscribe:
         return (f"devices={t.devices_per_node} x cpu_threads_per_device={cfg.cpu_threads_per_device} needs "
                 f"{need} cores but {host.cores} are usable; use devices<={host.cores // cfg.cpu_threads_per_device}")
 
 
-def fp16_needs_cuda(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+def fp16_needs_cuda(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     if t.precision is Precision.fp16 and t.accelerator is Accelerator.cpu:
         return "precision=fp16 needs a CUDA device (no fp16 gradient scaling on CPU); use precision=bf16 or fp32"
 
 
-def seq_len_fits_context(cfg: BenchConfig, t: Target, host: Host) -> str | None:
+def seq_len_fits_context(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     if t.seq_len > cfg.size.block_size:
         return (f"seq_len={t.seq_len} exceeds size={cfg.size.name}'s context of {cfg.size.block_size}; "
                 f"use seq_len<={cfg.size.block_size}")
 
 
-TARGET_CHECKS: list[Callable[[BenchConfig, Target, Host], str | None]] = [
+PLACEMENT_CHECKS: list[Callable[[BenchConfig, Placement, Host], str | None]] = [
     resume_on_one_node, cuda_needs_a_gpu, gpus_enough, cores_enough, fp16_needs_cuda, seq_len_fits_context]
 
 
 # -- 3. the layout ---------------------------------------------------------------------------
 
-def heads_divide_by_tp(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def heads_divide_by_tp(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if cfg.size.n_head % lay.tp:
         return (f"tensor parallel degree {lay.tp} does not divide size={cfg.size.name}'s {cfg.size.n_head} "
                 f"heads; use a tp degree among {_divisors(cfg.size.n_head)}")
 
 
-def stages_fit_layers(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def stages_fit_layers(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if lay.pp > cfg.size.n_layer:
+        n = cfg.size.n_layer
         return (f"{lay.pp} pipeline stages need at least {lay.pp} layers but size={cfg.size.name} has "
-                f"{cfg.size.n_layer}; use at most {cfg.size.n_layer} stages")
+                f"{n}; use at most {n} stage{'s' if n > 1 else ''}")
 
 
-def global_batch_divides(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def global_batch_divides(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     gbs, accum = cfg.global_batch_size, cfg.grad_accum
     if gbs is not None and gbs % (lay.dp * accum):
         return (f"global_batch_size={gbs} does not divide into dp={lay.dp} x grad_accum={accum}; "
                 f"use a multiple of {lay.dp * accum}")
 
 
-def fp16_without_model_parallel(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def fp16_without_model_parallel(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     # the gradient scaler needs every rank to scale its own backward and to agree on skipping
     # a step: not so for pipeline stages (only the last sees the loss) or for tensor-parallel
     # shards mixed with replicated parameters
@@ -213,7 +214,7 @@ def fp16_without_model_parallel(cfg: BenchConfig, t: Target, lay: Layout, batch:
                 "parallelism (gradient scaling); use precision=bf16")
 
 
-def microbatches_divide_batch(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def microbatches_divide_batch(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     m = lay.pipeline.microbatches if lay.pipeline else 1
     if m < 1 or batch % m:
         return (f"batch_size={batch} does not divide into strategy.microbatches={m}; "
@@ -224,38 +225,38 @@ def _interleaved(lay: Layout) -> bool:
     return lay.pipeline is not None and lay.pipeline.schedule is Schedule["interleaved"]
 
 
-def interleaved_chunks_fit(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def interleaved_chunks_fit(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     v = lay.pipeline.stages_per_rank if lay.pipeline else 1
     if _interleaved(lay) and lay.pp * v > cfg.size.n_layer:
         return (f"schedule=interleaved with {lay.pp} stages x stages_per_rank={v} needs {lay.pp * v} layers "
                 f"but size={cfg.size.name} has {cfg.size.n_layer}; lower strategy.stages_per_rank or devices")
 
 
-def interleaved_microbatches(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def interleaved_microbatches(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     p = lay.pipeline
     if _interleaved(lay) and p.microbatches % lay.pp:
         return (f"schedule=interleaved needs strategy.microbatches={p.microbatches} to be a multiple of the "
                 f"{lay.pp} stages; use strategy.microbatches={lay.pp * max(1, p.microbatches // lay.pp)}")
 
 
-def sequence_parallel_needs_tp(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def sequence_parallel_needs_tp(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if cfg.strategy.sequence_parallel and lay.tp == 1:
         return ("strategy.sequence_parallel=true needs tensor parallelism; "
                 "use strategy=tp, or hybrid with strategy.tp>1")
 
 
-def sequence_divides_by_tp(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def sequence_divides_by_tp(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if lay.sequence_parallel and t.seq_len % lay.tp:
         return (f"sequence parallel shards seq_len={t.seq_len} over tp={lay.tp}; use a seq_len that "
                 f"is a multiple of {lay.tp}")
 
 
-def text_file_exists(cfg: BenchConfig, t: Target, lay: Layout, batch: int) -> str | None:
+def text_file_exists(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if cfg.data is Data.text and cfg.data_path and not os.path.isfile(cfg.data_path):
         return f"data_path={cfg.data_path} is not a file; give a UTF-8 text file"
 
 
-LAYOUT_CHECKS: list[Callable[[BenchConfig, Target, Layout, int], str | None]] = [
+LAYOUT_CHECKS: list[Callable[[BenchConfig, Placement, Layout, int], str | None]] = [
     heads_divide_by_tp, stages_fit_layers, global_batch_divides, fp16_without_model_parallel,
     microbatches_divide_batch, interleaved_chunks_fit, interleaved_microbatches, sequence_parallel_needs_tp,
     sequence_divides_by_tp, text_file_exists]
@@ -267,9 +268,9 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
     """The point `cfg` on `host`, resolved and checked; InvalidConfig names what to change."""
     _first(check(cfg) for check in CONFIG_CHECKS)
     strategy = parallel.get(cfg.strategy.name)
-    t = resolve_target(cfg, host)
+    t = resolve_placement(cfg, host)
     _first(strategy.checks(cfg.strategy, t))
-    _first(check(cfg, t, host) for check in TARGET_CHECKS)
+    _first(check(cfg, t, host) for check in PLACEMENT_CHECKS)
     lay = strategy.layout(t.devices, cfg.strategy)
     batch = cfg.global_batch_size // (lay.dp * cfg.grad_accum) if cfg.global_batch_size else cfg.batch_size
     _first(check(cfg, t, lay, batch) for check in LAYOUT_CHECKS)

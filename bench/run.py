@@ -220,8 +220,9 @@ def compose_points(overrides: list[str], multirun: bool) -> tuple[list[tuple[str
         parser = OverridesParser.create()
         parsed = parser.parse_overrides(overrides)
         if not multirun:
-            if any(o.is_sweep_override() for o in parsed):
-                raise ValueError("a sweep (a=1,2) needs -m: python -m bench.run -m ...")
+            sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+            if sweeps:
+                raise ValueError(f"{sweeps[0]} is a sweep, which needs -m: python -m bench.run -m {' '.join(overrides)}")
             return [(" ".join(overrides), typed(compose("config", overrides=overrides)))], "basic"
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("config", overrides=fixed, return_hydra_config=True)

@@ -63,6 +63,9 @@ def _names_compared(tree: ast.AST, names: set[str]) -> list[int]:
                 consts = [node.slice]
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict):  # {"mp": ...}[name]
             consts = [k for k in node.value.keys if isinstance(k, ast.Constant)]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)  # name.startswith("mp")
+              and node.func.attr in ("startswith", "endswith") and "strateg" in ast.unparse(node.func.value).lower()):
+            consts = [a for a in node.args if isinstance(a, ast.Constant)]
         if any(c.value in names for c in consts if isinstance(c.value, str)):
             lines.append(node.lineno)
     return lines

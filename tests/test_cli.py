@@ -11,7 +11,7 @@ from bench import run
 from bench.callbacks import SweepReport
 from bench.launch import Outcome
 from bench.results import load, write_result
-from conftest import compose_cfg, run_cli
+from conftest import compose_cfg
 
 TINY = ("size=tiny", "accelerator=cpu", "steps=2", "seq_len=32", "warmup_steps=1")
 
@@ -41,7 +41,7 @@ def test_invalid_point_of_a_sweep_is_recorded_with_its_reason(tmp_path, capsys):
     assert n == 2 and "note: 1 of 2 points cannot run and will be recorded as invalid" in capsys.readouterr().out
     out = tmp_path / "devices=2"
     r = run.run_point(compose_cfg("strategy=mp", "devices=2", "size.n_layer=1", *TINY), str(out), launch=never_launch)
-    assert r["status"] == "invalid" and "use at most 1 stages" in r["error"]
+    assert r["status"] == "invalid" and "use at most 1 stage" in r["error"]
     assert run.summary_line(r).startswith("  -> invalid: 2 pipeline stages need at least 2 layers but size=tiny has 1")
     d = json.load(open(out / "result.json"))
     assert d["metrics"] is None and d["hardware"]["cpu_usable"] >= 1 and d["config"]["devices"] == 2

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from bench.config import Accelerator, Precision, Schedule
-from bench.plan import (CONFIG_CHECKS, LAYOUT_CHECKS, TARGET_CHECKS, InvalidConfig, PredictedOOM, available_bytes,
+from bench.plan import (CONFIG_CHECKS, LAYOUT_CHECKS, PLACEMENT_CHECKS, InvalidConfig, PredictedOOM, available_bytes,
                         check_memory, config_hash, predict_memory)
 from bench.spec import DataParallel
 from conftest import GPU_HOST, HOST, compose_cfg, plan
@@ -66,7 +66,7 @@ def test_global_batch_derives_per_replica_batch():
     (["devices=0"], "devices=0: need at least 1"),
     (["strategy=dp", f"devices={HOST.cores + 1}"], f"use devices<={HOST.cores}"),
     (["strategy=single", "devices=2"], "use devices=1 or strategy=dp"),
-    (["strategy=mp", "devices=2", "size=tiny", "size.n_layer=1"], "use at most 1 stages"),
+    (["strategy=mp", "devices=2", "size=tiny", "size.n_layer=1"], "use at most 1 stage"),
     (["strategy=tp", "devices=2", "size.n_head=3", "size.n_embd=96"], "use a tp degree among 1, 3"),
     (["strategy=hybrid", "devices=2", "strategy.tp=2", "strategy.pp=2", "oversubscribe=true"],
      "exactly one of strategy.tp or strategy.pp"),
@@ -113,10 +113,10 @@ def test_cuda_requested_without_gpu_is_invalid():
 
 
 def test_every_check_is_a_named_function():
-    for check in CONFIG_CHECKS + TARGET_CHECKS + LAYOUT_CHECKS:
+    for check in CONFIG_CHECKS + PLACEMENT_CHECKS + LAYOUT_CHECKS:
         assert check.__name__ != "<lambda>"
-    assert len({c.__name__ for c in CONFIG_CHECKS + TARGET_CHECKS + LAYOUT_CHECKS}) == \
-        len(CONFIG_CHECKS + TARGET_CHECKS + LAYOUT_CHECKS)
+    assert len({c.__name__ for c in CONFIG_CHECKS + PLACEMENT_CHECKS + LAYOUT_CHECKS}) == \
+        len(CONFIG_CHECKS + PLACEMENT_CHECKS + LAYOUT_CHECKS)
 
 
 def test_config_hash_covers_benchmark_keys_only():

@@ -88,6 +88,14 @@ CASES = {
 }
 
 
+def test_every_strategy_has_a_case():
+    """A new strategy is checked against `single` too (nn.DataParallel needs GPUs: its case is
+    the GPU test below)."""
+    from bench import parallel
+    covered = {next(o.split("=")[1] for o in case if o.startswith("strategy=")) for case in CASES.values()}
+    assert set(parallel.STRATEGIES) - {"dataparallel"} <= covered
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_single(tmp_path, monkeypatch, reference, name):
     ref_m, ref_p, ref_g = reference

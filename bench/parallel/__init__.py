@@ -3,9 +3,15 @@
 One unit per strategy, a module named after its config name (`single`, `dp`, `fsdp`, `tp`,
 `mp`, `dataparallel`, `hybrid`), each a `Strategy` (bench/parallel/base.py) that says its
 layout (degrees dp x tp x pp, which parallelisms, sharding, processes), its checks and its
-`apply`. Adding a strategy: one module here, one line in `STRATEGIES`, one
-`conf/strategy/<name>.yaml`. Nothing outside bench/parallel/ and conf/strategy/ branches on a
-strategy's name: the planner, the memory model, the worker and the report read the layout.
+`apply`. Nothing outside bench/parallel/ and conf/strategy/ branches on a strategy's name:
+the planner, the memory model, the worker and the report read the layout.
+
+Adding a strategy that composes the parallelisms there are: its unit `<name>.py` (a
+`Strategy` with `name`, `summary`, `layout`, and `checks` if it has any), its import and its
+entry in `STRATEGIES` below, and `conf/strategy/<name>.yaml` (its `name`, and any option it
+sets otherwise). Then `python -m bench.config` prints the README's key table, which lists it
+(a test compares them), and tests/test_strategies.py needs a case that checks it against
+`single` (a test asks for one).
 
 The mechanics, in torch, are shared building blocks: `parallelize.py` (the fixed apply
 order, tensor parallel, DDP, FSDP, nn.DataParallel, checkpointing, compile) and

@@ -10,7 +10,7 @@ from bench.config import StrategyConfig
 from bench.spec import Layout
 
 if TYPE_CHECKING:
-    from bench.plan import Target
+    from bench.plan import Placement
     from bench.spec import RunSpec
 
 
@@ -22,9 +22,11 @@ class Strategy:
         which parallelisms it composes (data-parallel kind, tensor parallel, pipeline and its
         schedule), how it shards state and activations, and how many devices each process
         drives; the mesh follows from the layout (`Layout.mesh`);
-      * `checks(opts, target)`: what makes it invalid on a target, one message each, naming
-        the number to change (the checks every layout shares, heads vs tp, layers vs
-        stages, micro-batches vs batch, live in bench/plan.py);
+      * `checks(opts, where)`: what makes it invalid where it would run (`where`, a
+        bench.plan.Placement: accelerator, precision, seq_len, nodes, devices of the job,
+        devices_per_node), one message each, naming the number to change (the checks every
+        layout shares, heads vs tp, layers vs stages, micro-batches vs batch, live in
+        bench/plan.py);
       * `apply(spec, ctx)`: this rank's part of the model, ready to train. The default composes
         the layout in the fixed order of `bench.parallel.parallelize`; a strategy with
         mechanics of its own overrides it.
@@ -36,7 +38,7 @@ class Strategy:
     def layout(self, devices: int, opts: StrategyConfig) -> Layout:
         raise NotImplementedError
 
-    def checks(self, opts: StrategyConfig, target: Target) -> Iterable[str | None]:
+    def checks(self, opts: StrategyConfig, where: Placement) -> Iterable[str | None]:
         return ()
 
     def label(self, schedule: str | None, tp: int, pp: int) -> str:

@@ -19,11 +19,11 @@ class DataParallelStrategy(Strategy):
         return Layout(dp=devices, tp=1, pp=1, data_parallel=DataParallel.dataparallel,
                       devices_per_process=devices)
 
-    def checks(self, opts, target):
-        if target.nodes > 1:
+    def checks(self, opts, where):
+        if where.nodes > 1:
             yield ("strategy=dataparallel (nn.DataParallel) runs in one process on one node; "
                    "use strategy=dp across nodes")
-        if target.accelerator is not Accelerator.cuda:
+        if where.accelerator is not Accelerator.cuda:
             yield ("strategy=dataparallel (nn.DataParallel) is a multi-GPU, single-process "
                    "strategy with no CPU meaning; use strategy=dp on CPU")
 

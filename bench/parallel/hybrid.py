@@ -27,13 +27,13 @@ class Hybrid(Strategy):
     def label(self, schedule, tp, pp):
         return super().label(schedule, tp, pp) + (f" tp={tp}" if tp > 1 else f" pp={pp}")
 
-    def checks(self, opts, target):
+    def checks(self, opts, where):
         tp, pp = opts.tp, opts.pp
         if tp < 1 or pp < 1 or (tp > 1) == (pp > 1):
             yield (f"strategy=hybrid needs exactly one of strategy.tp or strategy.pp above 1 "
                    f"(got tp={tp}, pp={pp}); e.g. strategy.tp=2 strategy.pp=1")
-        elif target.devices % (tp * pp):
-            yield (f"strategy=hybrid: dp x tp x pp must equal devices={target.devices}, but "
+        elif where.devices % (tp * pp):
+            yield (f"strategy=hybrid: dp x tp x pp must equal devices={where.devices}, but "
                    f"{tp * pp} does not divide it; use devices that are a multiple of {tp * pp}")
 
 

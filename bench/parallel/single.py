@@ -12,12 +12,12 @@ class Single(Strategy):
     def layout(self, devices, opts):
         return Layout(dp=1, tp=1, pp=1)
 
-    def checks(self, opts, target):
-        if target.nodes > 1:
-            yield (f"strategy=single runs on one device, not on {target.nodes} nodes; use launcher=local "
+    def checks(self, opts, where):
+        if where.nodes > 1:
+            yield (f"strategy=single runs on one device, not on {where.nodes} nodes; use launcher=local "
                    "or strategy=dp")
-        elif target.devices != 1:
-            yield (f"strategy=single runs on one device, not devices={target.devices}; "
+        elif where.devices != 1:
+            yield (f"strategy=single runs on one device, not devices={where.devices}; "
                    "use devices=1 or strategy=dp")
 
 
