@@ -1,7 +1,9 @@
-"""Hydra callback: at the end of a multirun, print the summary table and write the report.
+"""Hydra callback: at the end of a multirun, print the summary table, write the report, and
+set the sweep's exit code from its points' statuses.
 
 Runs even when some points failed: jobs record failures in their result.json instead of
-raising, so Hydra always reaches on_multirun_end.
+raising, so Hydra always reaches on_multirun_end. It runs in the process that started the
+sweep, also when the points ran elsewhere (submitit), so the exit code covers every point.
 """
 from __future__ import annotations
 
@@ -10,32 +12,35 @@ import json
 import os
 from typing import Any
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
 class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from bench import report
+        from bench import report, run
         from bench.results import load
-        from bench.run import SKIPPED_NAME
 
         sweep_dir = config.hydra.sweep.dir
         # a resumed sweep's report shows the ok results it skipped beside the new ones
         reused: list[str] = []
-        for marker in sorted(glob.glob(os.path.join(sweep_dir, "**", SKIPPED_NAME), recursive=True)):
+        for marker in sorted(glob.glob(os.path.join(sweep_dir, "**", run.SKIPPED_NAME), recursive=True)):
             try:
                 with open(marker) as f:
-                    path = json.load(f)["result"]
+                    m = json.load(f)
+                paths = m["results"] if "results" in m else [m["result"]]
             except (OSError, ValueError, KeyError, TypeError):
                 print(f"skipped {marker}: unreadable")
                 continue
-            if path not in reused:  # two points may share one old result (keys outside the hash)
-                reused.append(path)
-        df = load([sweep_dir, *reused], on_skip=lambda msg: print(f"skipped {msg}"))
+            reused += [p for p in paths if p not in reused]  # points may share old results (keys outside the hash)
+        new = load([sweep_dir], on_skip=lambda msg: print(f"skipped {msg}"))
+        run.set_exit_code(run.sweep_exit_code(new["status"] if not new.empty else []))
+        df = pd.concat([new, load(reused, on_skip=lambda msg: print(f"skipped {msg}"))], ignore_index=True) \
+            if reused else new
         print()
         if reused:
-            print(f"resume: {len(reused)} point(s) skipped, their ok results already exist (reused in the report)")
+            print(f"resume: {len(reused)} ok run(s) reused, their results already exist (in the report)")
         print(report.summary_table(df))
         if df.empty:
             return

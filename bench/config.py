@@ -144,8 +144,10 @@ class BenchConfig:
     hardware_label: Optional[str] = key(None, "overrides the label derived from the machine "
                                               "(e.g. `EPYC-2c-24GB`, `8xH100-80GB-HBM3`)")
     force: bool = key(False, "run even when the memory model predicts an out-of-memory")
-    resume: bool = key(False, "skip points with an `ok` result for the same config hash and hardware "
-                              "label under results_root; the rest run again")
+    repeats: int = key(1, "runs of each point, each its own process and result file; comparisons and "
+                          "intervals treat a run as one sample and need 3+")
+    resume: bool = key(False, "skip points with `repeats` ok results for the same config hash and hardware "
+                              "label under results_root; the rest run (the missing runs) again")
 
 
 # Keys that change what is measured; everything else (paths, timeouts, labels) does not

@@ -1,5 +1,11 @@
 """Report pages as pure functions: `*_data(df)` computes what a page shows from the tidy
-result rows (tested on synthetic frames), `fig_*(data)` draws it. No file I/O here.
+result rows (tested on constructed frames; written beside the PDF as `NAME.<page>.csv`),
+`fig_*(data)` draws it. No file I/O here.
+
+Nothing is aggregated across what changes the work or the machine (bench/identity.py): a
+figure is the median over the runs of one identity (repeats, seeds), never a median across
+machines, sequence lengths, precisions, batches or options. Each page's title says what it
+holds fixed; its legend says what distinguishes its lines.
 """
 from __future__ import annotations
 
@@ -13,8 +19,16 @@ import matplotlib.ticker as ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench import identity, stats  # noqa: E402
+from bench.identity import MACHINE, fixed_text, varying_text  # noqa: E402
+
 A4 = (11.69, 8.27)
 GIB = 2**30
+# what a page's title reports as held fixed, and its legends name where it varies
+CONTEXT = MACHINE + ("accelerator", "precision", "seq_len", "grad_accum", "activation_checkpointing", "compile",
+                     "data", "threads", "nodes")
+TIE_MARGIN = 0.30  # with fewer than 3 runs a side, a layout wins only by more than this (between-run drift here)
+MIN_RUNS = 3  # runs a side before a test can separate two configurations
 
 
 def _get(row, k):
@@ -34,13 +48,29 @@ def variant(row) -> str:
 
 
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:
-    return df.assign(variant=[variant(r) for r in df.to_dict("records")]) if not df.empty else df.assign(variant=[])
+    """`df` with its layouts' labels and the identity keys (bench/identity.py)."""
+    if df.empty:
+        return df.assign(variant=[], identity=[], work=[], series=[], setting=[], computation=[])
+    return identity.with_keys(df.assign(variant=[variant(r) for r in df.to_dict("records")]))
 
 
 def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty or "tokens_per_s" not in df:
-        return df.iloc[0:0]
+        return with_variant(df.iloc[0:0])
     return with_variant(df[df["status"] == "ok"])
+
+
+def per_identity(ok: pd.DataFrame) -> pd.DataFrame:
+    """One row per identity: the first run's fields, the median tokens/s and step time over
+    its runs, and how many runs there are."""
+    if ok.empty:
+        return ok.assign(runs=[])
+    g = ok.groupby("identity", sort=False)
+    first = g.head(1).set_index("identity")
+    med = g[["tokens_per_s", "step_time_s"]].median()
+    first[["tokens_per_s", "step_time_s"]] = med
+    first["runs"] = g.size()
+    return first.reset_index()
 
 
 def _size_order(df: pd.DataFrame) -> list[str]:
@@ -67,79 +97,213 @@ def _thousands(ax, axis="y") -> None:
     a.set_minor_formatter(fmt if lo > 0 and hi / lo < 10 else ticker.NullFormatter())
 
 
+def _labels(rows: pd.DataFrame, base: pd.Series, within: str | None = None, keys=CONTEXT,
+            line: pd.Series | None = None) -> pd.Series:
+    """`base` labels, with the `keys` fields that differ among the rows (within each group
+    of `within`) appended, and where different lines (`line`: each row's line; default: every
+    row its own) would still share a label, the strategy options and model shapes that tell
+    them apart: two lines never share a label."""
+    out = base.copy()
+    line = pd.Series(rows.index, index=rows.index) if line is None else line
+    groups = rows.groupby(within) if within else [(None, rows)]
+    for _, g in groups:
+        _, varying = identity.describe(g, keys)
+        for i in g.index:
+            extra = varying_text(rows.loc[i], varying)
+            out[i] = f"{base[i]}, {extra}" if extra else base[i]
+        for _, same in g.groupby(out[g.index]):
+            if line[same.index].nunique() > 1:  # one label, several lines: name what else differs
+                for i in same.index:
+                    out[i] += _options_apart(rows.loc[i], same)
+    return out
+
+
+def _options_apart(r, group: pd.DataFrame) -> str:
+    """The strategy options and shape in which row `r` differs from the rest of `group`."""
+    import json
+    parts = []
+    if "strategy_options" in group and group["strategy_options"].nunique() > 1:
+        opts = [json.loads(o) if isinstance(o, str) else {} for o in group["strategy_options"]]
+        mine = json.loads(r["strategy_options"]) if isinstance(r["strategy_options"], str) else {}
+        parts += [f"{k}={v}" for k, v in sorted(mine.items()) if len({str(o.get(k)) for o in opts}) > 1]
+    if "shape" in group and group["shape"].nunique() > 1:
+        parts.append(str(r["shape"]))
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def _int(v) -> str:
+    return "?" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v))
+
+
+def _ctx(r) -> dict:
+    """A row's CONTEXT fields: every page's data carries them (its CSV says where each figure
+    was measured, and the report's footer what the page holds fixed)."""
+    return {k: _get(r, k) for k in CONTEXT}
+
+
+def _cols(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    return cols + [k for k in CONTEXT if k in df and k not in cols]
+
+
+def held_fixed(data: pd.DataFrame) -> str:
+    """What a page's rows share, for its footer: 'hardware_label X, fp32, seq 256, ...'."""
+    return fixed_text(data, CONTEXT) if isinstance(data, pd.DataFrame) else ""
+
+
 # -- scaling with devices ------------------------------------------------------------------
 
+def _reference(pts: pd.DataFrame) -> dict[tuple, float]:
+    """The reference strategy at one device (bench.parallel.REFERENCE), by what must match it:
+    the machine, the work without the strategy, and its batch: {(match key, batch): tokens/s}."""
+    from bench.parallel import REFERENCE
+    ref = pts[(pts["strategy"] == REFERENCE) & (pts["devices"] == 1)]
+    return {(_match(r), _int(r["batch_size"])): float(r["tokens_per_s"]) for r in ref.to_dict("records")}
+
+
+def _match(r) -> str:
+    keys = MACHINE + tuple(k for k in identity.WORK if k not in identity.STRATEGY_FIELDS) + ("nodes",)
+    return identity._hash(identity.fields({**r, "nodes": _get(r, "nodes") or 1}, keys))
+
+
 def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
-    """Median tokens/s per (size, variant, scaling, batch, devices), and the efficiency
-    against the fewest devices of the same series: tps(d) / (tps(d0) * d / d0)."""
-    ok = ok_runs(df)
-    cols = ["size", "n_params", "variant", "scaling", "batch_size", "devices", "tokens_per_s", "efficiency"]
-    if ok.empty:
+    """Per series (bench.identity.series: one layout, everything fixed but the device count,
+    weak scaling by the per-replica batch, strong by the global batch) and device count: the
+    median tokens/s over its runs, and the scaling efficiency against each baseline there is:
+    the series' own fewest devices n0 (only where the series has two or more device
+    counts), tokens/s(n) / (n/n0 x tokens/s(n0)); and, where n0 > 1, the reference strategy on
+    one device with the same settings on the same hardware (its batch the series' per-replica
+    batch for weak scaling, the global batch for strong), tokens/s(n) / (n x tokens/s(1)).
+    A series with no baseline has its throughput and no efficiency. One row per (series,
+    device count, baseline)."""
+    cols = ["size", "n_params", "series", "series_key", "variant", "scaling", "devices", "tokens_per_s", "runs",
+            "efficiency", "baseline"]
+    pts = per_identity(ok_runs(df))
+    if pts.empty:
         return pd.DataFrame(columns=cols)
-    g = (ok.groupby(["size", "n_params", "variant", "scaling", "batch_size", "devices"], as_index=False)
-         ["tokens_per_s"].median().sort_values(["n_params", "variant", "scaling", "batch_size", "devices"]))
-    first = g.groupby(["size", "variant", "scaling", "batch_size"])[["devices", "tokens_per_s"]].transform("first")
-    g["efficiency"] = g["tokens_per_s"] / (first["tokens_per_s"] * g["devices"] / first["devices"])
-    return g[cols]
+    ref = _reference(pts)
+    rows = []
+    for key, g in pts.groupby("series", sort=False):
+        g = g.sort_values("devices")
+        first = g.iloc[0].to_dict()
+        n0, t0 = int(first["devices"]), float(first["tokens_per_s"])
+        multi = g["devices"].nunique() > 1
+        strong = identity.strong(first)
+        if multi:
+            mode = "strong" if g["global_batch_size"].nunique() == 1 else "weak"
+        else:
+            mode = "strong" if strong else "weak"
+        anchor = (f"global batch {_int(first['global_batch_size'])}" if strong
+                  else f"b={_int(first['batch_size'])}/replica")
+        label = f"{first['variant']} ({mode}, {anchor})"
+        ref_tps = ref.get((_match(first), _int(first["global_batch_size" if strong else "batch_size"])))
+        for r in g.to_dict("records"):
+            base = dict(size=r["size"], n_params=r.get("n_params"), series=label, series_key=key,
+                        variant=r["variant"], scaling=mode, devices=int(r["devices"]),
+                        tokens_per_s=float(r["tokens_per_s"]), runs=int(r["runs"]), **_ctx(r))
+            added = False
+            if multi:
+                rows.append({**base, "baseline": f"own {n0} device(s)",
+                             "efficiency": r["tokens_per_s"] / (r["devices"] / n0 * t0)})
+                added = True
+            if ref_tps and n0 > 1:
+                rows.append({**base, "baseline": "reference, 1 device",
+                             "efficiency": r["tokens_per_s"] / (r["devices"] * ref_tps)})
+                added = True
+            if not added:
+                rows.append({**base, "baseline": None, "efficiency": np.nan})
+    out = pd.DataFrame(rows, columns=cols + list(CONTEXT))
+    heads = pts.drop_duplicates("series").set_index("series")  # one row per series: its context
+    base = out.drop_duplicates("series_key").set_index("series_key")["series"].reindex(heads.index)
+    out["series"] = out["series_key"].map(_labels(heads, base, within="size"))
+    return out.sort_values(["n_params", "series", "devices"], kind="stable").reset_index(drop=True)
 
 
 def fig_scaling(data: pd.DataFrame) -> plt.Figure:
+    from bench.parallel import REFERENCE
     sizes = _size_order(data)
     fig, axes = plt.subplots(2, len(sizes), figsize=(max(A4[0], 4.2 * len(sizes)), A4[1]), squeeze=False)
     for j, size in enumerate(sizes):
         d = data[data["size"] == size]
         top, bot = axes[0][j], axes[1][j]
-        for (var, scaling, batch), g in d.groupby(["variant", "scaling", "batch_size"]):
-            label = f"{var} ({scaling}, b={batch})"
+        colors = {}
+        for label, g in d.drop_duplicates(["series", "devices"]).groupby("series", sort=False):
             line, = top.plot(g["devices"], g["tokens_per_s"], marker="o", label=label)
-            ideal = g["tokens_per_s"].iloc[0] * g["devices"] / g["devices"].iloc[0]
-            top.plot(g["devices"], ideal, ls=":", color=line.get_color(), alpha=0.6)
-            bot.plot(g["devices"], g["efficiency"], marker="o", color=line.get_color(), label=label)
+            colors[label] = line.get_color()
+            if len(g) > 1:
+                ideal = g["tokens_per_s"].iloc[0] * g["devices"] / g["devices"].iloc[0]
+                top.plot(g["devices"], ideal, ls=":", color=line.get_color(), alpha=0.6)
+        eff = d[d["efficiency"].notna()]
+        for (label, baseline), g in eff.groupby(["series", "baseline"], sort=False):
+            bot.plot(g["devices"], g["efficiency"], marker="o", color=colors[label],
+                     ls="-" if baseline.startswith("own") else "--")
+        if eff.empty:
+            bot.text(0.5, 0.5, "no baseline: each series has one device count\nand no reference run on 1 device",
+                     ha="center", va="center", transform=bot.transAxes, fontsize=8)
         top.set_yscale("log")
         for ax in (top, bot):
             _log2_devices(ax, d["devices"])
             ax.grid(True, which="both", alpha=0.3)
             ax.set_xlabel("devices")
         _thousands(top)
-        top.set_ylabel("throughput (tokens/s, global)")
-        top.set_title(f"size={size}  (dotted: ideal linear)")
+        top.set_ylabel("throughput (tokens/s, global; median of runs)")
+        top.set_title(f"size={size}  (dotted: ideal linear from the first point)", fontsize=9)
         bot.set_ylabel("scaling efficiency (1 = linear)")
+        bot.set_title(f"solid: vs the series' fewest devices; dashed: vs {REFERENCE} on 1 device", fontsize=8)
         bot.axhline(1.0, color="grey", lw=0.8)
-        bot.set_ylim(0, max(1.2, float(d["efficiency"].max() or 1) * 1.1))
+        bot.set_ylim(0, max(1.2, float(eff["efficiency"].max()) * 1.1 if not eff.empty else 1.2))
         top.legend(fontsize=6)
-    fig.suptitle("Scaling with devices (weak: fixed batch per replica; strong: fixed global batch)")
+    fig.suptitle("Scaling with devices (weak: batch per replica fixed; strong: global batch fixed)")
     fig.tight_layout()
     return fig
 
 
 # -- model size ----------------------------------------------------------------------------
 
+def _line_key(pts: pd.DataFrame, drop: tuple[str, ...]) -> pd.Series:
+    """A key per row of everything in its identity but `drop`: the rows of one line."""
+    keys = tuple(k for k in identity.IDENTITY if k not in drop)
+    return pd.Series([identity._hash(identity.fields(r, keys)) for r in pts.to_dict("records")], index=pts.index)
+
+
 def size_data(df: pd.DataFrame) -> pd.DataFrame:
+    """Lines over model size: everything in the identity but the model fixed along a line;
+    the median tokens/s and MFU over runs (MFU against the datasheet peak where known, else
+    the measured matmul peak: `mfu_source`)."""
+    cols = ["line", "variant", "devices", "size", "n_params", "tokens_per_s", "mfu", "mfu_source", "runs"]
     ok = ok_runs(df)
-    cols = ["variant", "devices", "size", "n_params", "tokens_per_s", "mfu"]
     if ok.empty or ok["size"].nunique() < 2:
         return pd.DataFrame(columns=cols)
-    ok = ok.assign(mfu=ok["mfu"].fillna(ok["mfu_measured_peak"]) if "mfu" in ok else ok.get("mfu_measured_peak"))
-    return (ok.groupby(["variant", "devices", "size", "n_params"], as_index=False)[["tokens_per_s", "mfu"]]
-            .median().sort_values(["variant", "devices", "n_params"]))[cols]
+    datasheet = ok["mfu"] if "mfu" in ok else pd.Series(np.nan, index=ok.index)
+    ok = ok.assign(mfu_source=np.where(datasheet.notna(), "datasheet peak", "measured matmul peak"),
+                   mfu=datasheet.fillna(ok.get("mfu_measured_peak", np.nan)))
+    pts = per_identity(ok)
+    pts["mfu"] = ok.groupby("identity")["mfu"].median().reindex(pts["identity"]).values
+    pts["line_key"] = _line_key(pts, ("size", "shape"))
+    pts = pts[pts.groupby("line_key")["shape"].transform("nunique") > 1]
+    if pts.empty:
+        return pd.DataFrame(columns=cols)
+    base = pd.Series([f"{r['variant']}, {_int(r['devices'])} dev, b={_int(r['batch_size'])}"
+                      for r in pts.to_dict("records")], index=pts.index)
+    pts["line"] = _labels(pts, base, line=pts["line_key"])
+    return pts.sort_values(["line", "n_params"])[_cols(pts, cols)].reset_index(drop=True)
 
 
 def fig_size(data: pd.DataFrame) -> plt.Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=A4)
-    for (var, dev), g in data.groupby(["variant", "devices"]):
-        a.plot(g["n_params"], g["tokens_per_s"], marker="o", label=f"{var}, {dev} dev")
-        b.plot(g["n_params"], g["mfu"], marker="o", label=f"{var}, {dev} dev")
+    for line, g in data.groupby("line", sort=False):
+        a.plot(g["n_params"], g["tokens_per_s"], marker="o", label=line)
+        b.plot(g["n_params"], g["mfu"], marker="o", label=line)
     for ax in (a, b):
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.grid(True, which="both", alpha=0.3)
     a.set_yscale("log")
     _thousands(a)
-    a.set_ylabel("throughput (tokens/s, global)")
-    b.set_ylabel("MFU (fraction of peak; datasheet peak where known, else measured matmul peak)")
+    a.set_ylabel("throughput (tokens/s, global; median of runs)")
+    b.set_ylabel(f"MFU (fraction of the {', '.join(sorted(set(data['mfu_source'])))})")
     b.set_ylim(0, None)
     a.legend(fontsize=6)
-    fig.suptitle("Model size")
+    fig.suptitle("Model size: each line holds everything but the model fixed")
     fig.tight_layout()
     return fig
 
@@ -147,34 +311,42 @@ def fig_size(data: pd.DataFrame) -> plt.Figure:
 # -- memory --------------------------------------------------------------------------------
 
 def memory_data(df: pd.DataFrame) -> pd.DataFrame:
-    """Per run: measured peak per device, predicted, capacity, and the status."""
+    """Per run (nothing pooled): measured peak per device, predicted, capacity, status; the
+    `line` joins runs that differ only in the model."""
+    cols = ["line", "size", "n_params", "variant", "devices", "status", "measured_gib", "predicted_gib",
+            "capacity_gib"]
     if df.empty:
-        return pd.DataFrame(columns=["size", "n_params", "variant", "devices", "status", "measured_gib",
-                                     "predicted_gib", "capacity_gib"])
+        return pd.DataFrame(columns=cols)
     d = with_variant(df)
+    d = d[d["status"].isin(["ok", "oom", "predicted_oom"])]
+    if d.empty:
+        return pd.DataFrame(columns=cols)
     measured = d["mem_peak_bytes"] if "mem_peak_bytes" in d else pd.Series(np.nan, index=d.index)
-    out = pd.DataFrame({"size": d["size"], "n_params": d["n_params"], "variant": d["variant"],
-                        "devices": d["devices"], "status": d["status"], "measured_gib": measured / GIB,
-                        "predicted_gib": d["mem_predicted_bytes"] / GIB, "capacity_gib": d["capacity_bytes"] / GIB})
-    out = out[out["status"].isin(["ok", "oom", "predicted_oom"])]
+    out = d.assign(measured_gib=measured / GIB, predicted_gib=d["mem_predicted_bytes"] / GIB,
+                   capacity_gib=d["capacity_bytes"] / GIB)
     out = out[out["measured_gib"].notna() | out["predicted_gib"].notna()]
-    return out.sort_values(["variant", "devices", "n_params"])
+    if out.empty:
+        return pd.DataFrame(columns=cols)
+    base = pd.Series([f"{r['variant']}, {_int(r['devices'])} dev, b={_int(r['batch_size'])}"
+                      for r in out.to_dict("records")], index=out.index)
+    out = out.assign(line=_labels(out, base, line=_line_key(out, ("size", "shape"))))
+    return out.sort_values(["line", "n_params"])[_cols(out, cols)].reset_index(drop=True)
 
 
 def fig_memory(data: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=A4)
-    for (var, dev), g in data.groupby(["variant", "devices"]):
+    for line, g in data.groupby("line", sort=False):
         ok = g[g["status"] == "ok"]
-        line, = ax.plot(ok["n_params"], ok["measured_gib"], marker="o", label=f"{var}, {dev} dev: measured")
-        ax.plot(g["n_params"], g["predicted_gib"], ls="--", marker=".", color=line.get_color(), alpha=0.7,
-                label=f"{var}, {dev} dev: predicted")
+        ln, = ax.plot(ok["n_params"], ok["measured_gib"], marker="o", label=f"{line}: measured")
+        ax.plot(g["n_params"], g["predicted_gib"], ls="--", marker=".", color=ln.get_color(), alpha=0.7,
+                label=f"{line}: predicted")
         bad = g[g["status"] != "ok"]
-        ax.scatter(bad["n_params"], bad["predicted_gib"], marker="x", s=80, color=line.get_color())
+        ax.scatter(bad["n_params"], bad["predicted_gib"], marker="x", s=80, color=ln.get_color())
     cap = data["capacity_gib"].dropna()
-    if not cap.empty:
-        ax.axhline(cap.max(), color="red", lw=1)
-        ax.annotate(f"capacity {cap.max():.0f} GiB", (0.01, cap.max()), xycoords=("axes fraction", "data"),
-                    va="bottom", color="red", fontsize=8)
+    for c in sorted(set(cap.round(1))):
+        ax.axhline(c, color="red", lw=1)
+        ax.annotate(f"capacity {c:.0f} GiB", (0.01, c), xycoords=("axes fraction", "data"), va="bottom",
+                    color="red", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     _thousands(ax)
@@ -182,7 +354,8 @@ def fig_memory(data: pd.DataFrame) -> plt.Figure:
     ax.set_ylabel("peak memory per device (GiB)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    ax.set_title("Memory: measured (solid) beside predicted (dashed); x = OOM or predicted OOM, at the prediction")
+    ax.set_title("Memory per run: measured (solid) beside predicted (dashed); x = OOM or predicted OOM, "
+                 "at the prediction")
     fig.tight_layout()
     return fig
 
@@ -190,62 +363,111 @@ def fig_memory(data: pd.DataFrame) -> plt.Figure:
 # -- batch size ----------------------------------------------------------------------------
 
 def batch_data(df: pd.DataFrame) -> pd.DataFrame:
+    """Lines over the per-replica batch: everything else in the identity fixed along a line."""
+    cols = ["line", "size", "variant", "devices", "batch_size", "tokens_per_s", "mem_gib", "runs"]
     ok = ok_runs(df)
-    cols = ["size", "variant", "devices", "batch_size", "tokens_per_s", "mem_gib"]
     if ok.empty or ok["batch_size"].nunique() < 2:
         return pd.DataFrame(columns=cols)
     ok = ok.assign(mem_gib=ok["mem_peak_bytes"] / GIB)
-    return (ok.groupby(["size", "variant", "devices", "batch_size"], as_index=False)[["tokens_per_s", "mem_gib"]]
-            .median())[cols]
+    pts = per_identity(ok)
+    pts["mem_gib"] = ok.groupby("identity")["mem_gib"].median().reindex(pts["identity"]).values
+    pts["line_key"] = _line_key(pts, ("batch_size", "global_batch_size"))
+    pts = pts[pts.groupby("line_key")["batch_size"].transform("nunique") > 1]
+    if pts.empty:
+        return pd.DataFrame(columns=cols)
+    base = pd.Series([f"{r['size']} {r['variant']} {_int(r['devices'])} dev" for r in pts.to_dict("records")],
+                     index=pts.index)
+    pts["line"] = _labels(pts, base, line=pts["line_key"])
+    return pts.sort_values(["line", "batch_size"])[_cols(pts, cols)].reset_index(drop=True)
 
 
 def fig_batch(data: pd.DataFrame) -> plt.Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=A4)
-    for (size, var, dev), g in data.groupby(["size", "variant", "devices"]):
-        if len(g) < 2:
-            continue
-        a.plot(g["batch_size"], g["tokens_per_s"], marker="o", label=f"{size} {var} {dev} dev")
-        b.plot(g["batch_size"], g["mem_gib"], marker="o", label=f"{size} {var} {dev} dev")
+    for line, g in data.groupby("line", sort=False):
+        a.plot(g["batch_size"], g["tokens_per_s"], marker="o", label=line)
+        b.plot(g["batch_size"], g["mem_gib"], marker="o", label=line)
     for ax in (a, b):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size (sequences per replica per micro-step)")
         ax.grid(True, which="both", alpha=0.3)
-    a.set_ylabel("throughput (tokens/s, global)")
+    a.set_ylabel("throughput (tokens/s, global; median of runs)")
     b.set_ylabel("peak memory per device (GiB)")
     a.legend(fontsize=6)
-    fig.suptitle("Batch size")
+    fig.suptitle("Batch size: each line holds everything but the batch fixed")
     fig.tight_layout()
     return fig
 
 
 # -- best strategy -------------------------------------------------------------------------
 
-def best_data(df: pd.DataFrame) -> pd.DataFrame:
-    """The fastest variant per (size, devices)."""
+def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
+              margin: float = TIE_MARGIN) -> pd.DataFrame:
+    """Per setting (bench.identity.setting: one machine, model, precision, sequence, device
+    count and global tokens per step, all other settings equal): the layouts ranked by the
+    median tokens/s of their runs. Layouts with one computation (bench.identity.computation:
+    e.g. single and mp/naive on one device) are one candidate, named together; two
+    candidates are separated only when the runs say so: with 3+ runs a side, Welch's t-test
+    on log tokens/s at `alpha` and a ratio of at least 1 + `min_ratio`; with fewer, a ratio
+    above 1 + `margin` (this machine's drift between processes). Otherwise: a tie."""
+    cols = ["size", "n_params", "devices", "cell", "winner", "tokens_per_s", "runs", "runner_up", "ratio", "verdict",
+            "setting"]
     ok = ok_runs(df)
     if ok.empty:
-        return pd.DataFrame(columns=["size", "n_params", "devices", "variant", "tokens_per_s"])
-    med = ok.groupby(["size", "n_params", "devices", "variant"], as_index=False)["tokens_per_s"].median()
-    return med.loc[med.groupby(["size", "devices"])["tokens_per_s"].idxmax()].reset_index(drop=True)
+        return pd.DataFrame(columns=cols)
+    cells = []
+    for key, g in ok.groupby("setting", sort=False):
+        cands = []
+        for _, c in g.groupby("computation", sort=False):
+            names = " = ".join(sorted(set(c["variant"])))
+            runs = c["tokens_per_s"].to_numpy(dtype=float)
+            cands.append((float(np.median(runs)), names, runs))
+        cands.sort(key=lambda c: -c[0])
+        best, runs = cands[0], cands[0][2]
+        row = {"size": g["size"].iloc[0], "n_params": g["n_params"].iloc[0], "devices": int(g["devices"].iloc[0]),
+               "setting": key, "winner": best[1], "tokens_per_s": best[0], "runs": len(runs), "runner_up": None,
+               "ratio": np.nan, "verdict": "only one computation measured", **_ctx(g.iloc[0])}
+        if len(cands) > 1:
+            second = cands[1]
+            ratio = best[0] / second[0]
+            row.update(runner_up=second[1], ratio=ratio)
+            if min(len(runs), len(second[2])) >= MIN_RUNS:
+                _, p = stats.welch_log(second[2], runs)
+                win = p < alpha and ratio >= 1 + min_ratio
+                row["verdict"] = "winner" if win else f"tie: the runs cannot separate them (p={p:.2g})"
+            else:
+                win = ratio > 1 + margin
+                row["verdict"] = ("winner" if win else
+                                  f"tie: {min(len(runs), len(second[2]))} run(s), within the {margin:.0%} drift")
+            if not win:
+                row["winner"] = f"{best[1]} ~ {second[1]}"
+        cells.append(row)
+    out = pd.DataFrame(cells)
+    ctx = ok.groupby("setting").head(1).set_index("setting").loc[out["setting"]].reset_index()
+    base = pd.Series([f"{r['size']}, global batch {_int(r['global_batch_size'])}" for r in ctx.to_dict("records")],
+                     index=ctx.index)
+    # a row of the map is a setting less its device count: the same label across devices
+    row_key = _line_key(ctx, ("devices", "batch_size", "strategy", "strategy_options"))
+    out["cell"] = _labels(ctx, base, line=row_key).values
+    return out.sort_values(["n_params", "cell", "devices"])[_cols(out, cols)].reset_index(drop=True)
 
 
 def fig_best(data: pd.DataFrame) -> plt.Figure:
-    sizes = _size_order(data)[::-1]
+    rows = list(dict.fromkeys(data["cell"]))[::-1]
     devs = sorted(data["devices"].unique())
-    grid = np.full((len(sizes), len(devs)), np.nan)
+    grid = np.full((len(rows), len(devs)), np.nan)
     fig, ax = plt.subplots(figsize=A4)
     for r in data.itertuples():
-        i, j = sizes.index(r.size), devs.index(r.devices)
-        row_max = data[data["size"] == r.size]["tokens_per_s"].max()
-        grid[i, j] = r.tokens_per_s / row_max
-        ax.text(j, i, f"{r.variant}\n{r.tokens_per_s:,.0f} tok/s", ha="center", va="center", fontsize=8)
-    im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto", alpha=0.8)
+        i, j = rows.index(r.cell), devs.index(r.devices)
+        grid[i, j] = 1.0 if r.verdict == "winner" else 0.5 if r.verdict.startswith("tie") else 0.0
+        text = r.winner.replace(" ~ ", "\n~ ")
+        ax.text(j, i, f"{text}\n{r.tokens_per_s:,.0f} tok/s, {r.runs} run(s)", ha="center", va="center", fontsize=6)
+    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", alpha=0.35)
     ax.set_xticks(range(len(devs)), [str(d) for d in devs])
-    ax.set_yticks(range(len(sizes)), sizes)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("devices")
-    ax.set_ylabel("model size")
-    fig.colorbar(im, ax=ax, label="tokens/s of the winner, relative to the size's best (fraction)")
-    ax.set_title("Best strategy per size and device count")
+    ax.set_title("Best layout at equal global tokens per step and equal settings\n(green: a winner beyond noise; "
+                 "yellow: a tie, '~' names the layouts the runs cannot separate; grey: one computation measured; "
+                 "'=' joins layouts that compute the same)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -253,6 +475,7 @@ def fig_best(data: pd.DataFrame) -> plt.Figure:
 # -- step-time spread ----------------------------------------------------------------------
 
 def spread_data(df: pd.DataFrame, limit: int = 24) -> pd.DataFrame:
+    """Per run: its measured step times (within-run spread; runs are never pooled here)."""
     ok = ok_runs(df)
     if ok.empty or "step_times_s" not in ok:
         return pd.DataFrame(columns=["label", "step_times_ms", "cv"])
@@ -260,7 +483,8 @@ def spread_data(df: pd.DataFrame, limit: int = 24) -> pd.DataFrame:
     for r in ok.to_dict("records"):
         t = np.asarray(r["step_times_s"] or [], dtype=float) * 1e3
         if len(t):
-            rows.append({"label": f"{r['size']} {r['variant']} {r['devices']}d b{r['batch_size']}",
+            rows.append({"label": f"{r['size']} {r['variant']} {r['devices']}d b{r['batch_size']}"
+                                  + (f" run {int(r['repeat']) + 1}" if _get(r, "repeats") and r["repeats"] > 1 else ""),
                          "step_times_ms": t.tolist(), "cv": float(t.std() / t.mean()) if t.mean() else 0.0})
     out = pd.DataFrame(rows)
     return out.sort_values("cv", ascending=False).head(limit) if not out.empty else out
@@ -271,9 +495,9 @@ def fig_spread(data: pd.DataFrame) -> plt.Figure:
     ax.boxplot(data["step_times_ms"].tolist(), orientation="horizontal", tick_labels=data["label"].tolist())
     ax.invert_yaxis()  # the first row (the noisiest) on top
     ax.set_xscale("log")
-    ax.set_xlabel("step time (ms), measured steps")
+    ax.set_xlabel("step time (ms), measured steps of one run")
     ax.tick_params(axis="y", labelsize=7)
-    ax.set_title("Step-time spread (noisiest first; coefficient of variation ordering)")
+    ax.set_title("Step-time spread within each run (noisiest first, by coefficient of variation)")
     ax.grid(True, which="both", axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -282,27 +506,30 @@ def fig_spread(data: pd.DataFrame) -> plt.Figure:
 # -- pipeline bubble -----------------------------------------------------------------------
 
 def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
-    """For pure pipeline runs (pp > 1, no tp, no data-parallel wrapper): the ideal bubble of the schedule, and
-    the measured one, 1 - t1 / (p * t_p), with t1 the one-device step time of the same
-    configuration and t_p the pipeline's: the share of the p devices' time not spent on the
-    one device's work."""
-    ok = ok_runs(df)
-    cols = ["size", "variant", "pp", "ideal", "measured"]
-    if ok.empty or "degree_pp" not in ok:
+    """For pure pipeline runs (pp > 1, no tp, no data-parallel wrapper): the ideal bubble of
+    the schedule, and the measured one, 1 - t1 / (p * t_p), with t1 the median step time of
+    the reference strategy on one device with the same work (same machine, model, precision,
+    sequence, batch) and t_p the pipeline's (median of its runs): the share of the p
+    devices' time not spent on the one device's work."""
+    from bench.parallel import REFERENCE
+    cols = ["size", "variant", "pp", "ideal", "measured", "runs"]
+    pts = per_identity(ok_runs(df))
+    if pts.empty or "degree_pp" not in pts:
         return pd.DataFrame(columns=cols)
-    one = ok[(ok["devices"] == 1)].groupby(["size", "batch_size", "seq_len", "precision"])["step_time_s"].median()
+    ref = pts[(pts["strategy"] == REFERENCE) & (pts["devices"] == 1)]
+    t1 = {(_match(r), _int(r["batch_size"])): float(r["step_time_s"]) for r in ref.to_dict("records")}
+    pure = (pts["degree_pp"] > 1) & (pts["degree_dp"] == 1) & (pts["degree_tp"] == 1)
+    if "degree_data_parallel" in pts:  # (results before it was recorded: dp == 1 says enough)
+        pure &= pts["degree_data_parallel"].isna()
     rows = []
-    pure = (ok["degree_pp"] > 1) & (ok["degree_dp"] == 1) & (ok["degree_tp"] == 1)
-    if "degree_data_parallel" in ok:  # (results before it was recorded: dp == 1 says enough)
-        pure &= ok["degree_data_parallel"].isna()
-    for r in ok[pure].to_dict("records"):
-        t1 = one.get((r["size"], r["batch_size"], r["seq_len"], r["precision"]))
-        if t1 is None:
+    for r in pts[pure].to_dict("records"):
+        one = t1.get((_match(r), _int(r["global_batch_size"])))
+        if one is None:
             continue
         p = int(r["degree_pp"])
         rows.append({"size": r["size"], "variant": r["variant"], "pp": p, "ideal": r.get("degree_bubble_ideal"),
-                     "measured": 1 - t1 / (p * r["step_time_s"])})
-    return pd.DataFrame(rows, columns=cols)
+                     "measured": 1 - one / (p * r["step_time_s"]), "runs": int(r["runs"]), **_ctx(r)})
+    return pd.DataFrame(rows, columns=cols + list(CONTEXT))
 
 
 def fig_bubble(data: pd.DataFrame) -> plt.Figure:
@@ -315,39 +542,48 @@ def fig_bubble(data: pd.DataFrame) -> plt.Figure:
     ax.set_xlim(0, 1)
     ax.set_xlabel("bubble fraction (idle share of the pipeline's device time)")
     ax.legend()
-    ax.set_title("Pipeline bubble: measured against the schedule's ideal")
+    ax.set_title("Pipeline bubble: measured against the schedule's ideal (t1: the reference on 1 device, same work)")
     fig.tight_layout()
     return fig
 
 
 # -- loss curves ---------------------------------------------------------------------------
 
-LOSS_KEYS = ["size", "global_batch_size", "seq_len", "seed", "data", "precision"]
+LOSS_KEYS = ["size", "shape", "global_batch_size", "seq_len", "seed", "data", "data_path", "precision"]
 
 
-def loss_data(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Groups of runs that train the same model on the same tokens (so their loss curves
-    must coincide), with more than one strategy or device count in them."""
+def loss_data(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs that train the same model on the same tokens (so their loss curves must
+    coincide), in groups of two or more: one row per (group, run, step)."""
+    cols = ["group", "variant", "devices", "hardware_label", "step", "loss"]
     ok = ok_runs(df)
     if ok.empty or "loss" not in ok:
-        return []
-    groups = []
-    for key, g in ok.groupby(LOSS_KEYS, dropna=False):
-        if len(g) > 1:
-            size, gbs, seq, seed, data, prec = key
-            label = f"{size}: global batch {gbs} x seq {seq}, seed {seed}, {data}, {prec}"
-            groups.append((label, g[["variant", "devices", "loss"]].reset_index(drop=True)))
-    return groups[:6]
+        return pd.DataFrame(columns=cols)
+    rows, n = [], 0
+    keys = [k for k in LOSS_KEYS if k in ok]
+    for key, g in ok.groupby(keys, dropna=False, sort=False):
+        if len(g) < 2 or n == 6:
+            continue
+        n += 1
+        k = dict(zip(keys, key))
+        label = (f"{k['size']}: global batch {k['global_batch_size']} x seq {k['seq_len']}, seed {k['seed']}, "
+                 f"{k['data']}, {k['precision']}")
+        for r in g.to_dict("records"):
+            rows += [{"group": label, "variant": r["variant"], "devices": r["devices"],
+                      "hardware_label": r["hardware_label"], "step": i, "loss": v} for i, v in enumerate(r["loss"] or [])]
+    return pd.DataFrame(rows, columns=cols)
 
 
-def fig_loss(groups: list[tuple[str, pd.DataFrame]]) -> plt.Figure:
+def fig_loss(data: pd.DataFrame) -> plt.Figure:
+    groups = list(dict.fromkeys(data["group"]))
     n = len(groups)
     cols = min(3, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=A4, squeeze=False)
-    for ax, (label, g) in zip(axes.flat, groups):
-        for r in g.itertuples():
-            ax.plot(range(len(r.loss)), r.loss, marker=".", alpha=0.7, label=f"{r.variant} {r.devices}d")
+    for ax, label in zip(axes.flat, groups):
+        g = data[data["group"] == label]
+        for (var, dev, hw), c in g.groupby(["variant", "devices", "hardware_label"], sort=False, dropna=False):
+            ax.plot(c["step"], c["loss"], marker=".", alpha=0.7, label=f"{var} {dev}d")
         ax.set_title(label, fontsize=7)
         ax.set_xlabel("optimizer step (warm-up included)")
         ax.set_ylabel("training loss (nats/token)")
@@ -355,7 +591,7 @@ def fig_loss(groups: list[tuple[str, pd.DataFrame]]) -> plt.Figure:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("Loss curves of the same configuration under every strategy: they must coincide")
+    fig.suptitle("Loss curves of one model on the same tokens under every layout: they must coincide")
     fig.tight_layout()
     return fig
 
@@ -363,20 +599,23 @@ def fig_loss(groups: list[tuple[str, pd.DataFrame]]) -> plt.Figure:
 # -- hardware comparison -------------------------------------------------------------------
 
 def hardware_data(df: pd.DataFrame) -> pd.DataFrame:
-    """The same configurations on every hardware label, with the ratio to the first label."""
-    ok = ok_runs(df)
-    if ok.empty or ok["hardware_label"].nunique() < 2:
-        return pd.DataFrame(columns=["point", "hardware_label", "tokens_per_s", "ratio"])
-    med = ok.groupby(["point_key", "hardware_label"], as_index=False).agg(
-        tokens_per_s=("tokens_per_s", "median"), size=("size", "first"), variant=("variant", "first"),
-        devices=("devices", "first"))
-    labels = sorted(med["hardware_label"].unique())
-    common = med.groupby("point_key")["hardware_label"].nunique()
-    med = med[med["point_key"].isin(common[common == len(labels)].index)]
-    base = med[med["hardware_label"] == labels[0]].set_index("point_key")["tokens_per_s"]
-    med = med.assign(ratio=med["tokens_per_s"] / med["point_key"].map(base),
-                     point=med["size"] + " " + med["variant"] + " " + med["devices"].astype(str) + "d")
-    return med[["point", "hardware_label", "tokens_per_s", "ratio"]].sort_values(["point", "hardware_label"])
+    """The same configurations (bench.identity.work) on every hardware label: the median
+    tokens/s of each label's runs, and the ratio to the first label's."""
+    cols = ["point", "hardware_label", "tokens_per_s", "runs", "ratio"]
+    pts = per_identity(ok_runs(df))
+    if pts.empty or pts["hardware_label"].nunique() < 2:
+        return pd.DataFrame(columns=cols)
+    labels = sorted(pts["hardware_label"].unique())
+    common = pts.groupby("work")["hardware_label"].nunique()
+    pts = pts[pts["work"].isin(common[common == len(labels)].index)]
+    base = pts[pts["hardware_label"] == labels[0]].set_index("work")["tokens_per_s"]
+    pts = pts.assign(ratio=pts["tokens_per_s"] / pts["work"].map(base),
+                     point=[f"{r['size']} {r['variant']} {_int(r['devices'])}d b{_int(r['batch_size'])}"
+                            for r in pts.to_dict("records")])
+    first = pts[pts["hardware_label"] == labels[0]]  # the configurations' own differences, not the machines'
+    names = _labels(first, first["point"], keys=tuple(k for k in CONTEXT if k not in MACHINE))
+    pts["point"] = pts["work"].map(dict(zip(first["work"], names)))
+    return pts[_cols(pts, cols)].sort_values(["point", "hardware_label"]).reset_index(drop=True)
 
 
 def fig_hardware(data: pd.DataFrame) -> plt.Figure:
@@ -393,8 +632,34 @@ def fig_hardware(data: pd.DataFrame) -> plt.Figure:
     ax.set_yticks(np.arange(len(points)) + w * (len(labels) - 1) / 2, points, fontsize=7)
     ax.set_xscale("log")
     _thousands(ax, "x")
-    ax.set_xlabel(f"throughput (tokens/s, global); x = ratio to {labels[0]}")
+    ax.set_xlabel(f"throughput (tokens/s, global; median of runs); x = ratio to {labels[0]}")
     ax.legend()
-    ax.set_title("Hardware comparison: the same configurations side by side")
+    ax.set_title("Hardware comparison: the same configurations side by side (python -m bench.compare for verdicts)")
     fig.tight_layout()
     return fig
+
+
+# -- repeats -------------------------------------------------------------------------------
+
+def repeats_data(df: pd.DataFrame, level: float = stats.CI_LEVEL) -> pd.DataFrame:
+    """Identities measured in two or more runs: the median of the runs' tokens/s with a
+    bootstrap interval of that median over runs (the run is the unit), the runs' spread
+    (max/min - 1), and for contrast the median within-run spread of steps (IQR / median)."""
+    cols = ["size", "variant", "devices", "batch_size", "hardware_label", "runs", "tokens_per_s_median",
+            "ci_low", "ci_high", "between_runs_spread", "within_run_spread"]
+    ok = ok_runs(df)
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for _, g in ok.groupby("identity", sort=False):
+        if len(g) < 2:
+            continue
+        tps = g["tokens_per_s"].to_numpy(dtype=float)
+        lo, hi = stats.bootstrap_ci(tps, level=level)
+        within = [float(np.subtract(*np.percentile(s, [75, 25])) / np.median(s)) for s in g["step_times_s"] if s]
+        r = g.iloc[0]
+        rows.append({"size": r["size"], "variant": r["variant"], "devices": r["devices"], "batch_size": r["batch_size"],
+                     "hardware_label": r["hardware_label"], "runs": len(g), "tokens_per_s_median": float(np.median(tps)),
+                     "ci_low": lo, "ci_high": hi, "between_runs_spread": float(tps.max() / tps.min() - 1),
+                     "within_run_spread": float(np.median(within)) if within else np.nan, **_ctx(r)})
+    return pd.DataFrame(rows, columns=cols + [k for k in CONTEXT if k not in cols])

@@ -130,7 +130,7 @@ def _suite(cfg: BenchConfig) -> dict[str, Any]:
     """One point through the suite's own entry (run_point: plan, launch, record)."""
     from bench.run import run_point
     with tempfile.TemporaryDirectory() as d:
-        r = run_point(cfg, d)
+        [r] = run_point(cfg, d)
     if r["status"] != "ok":
         raise SystemExit(f"error: the suite's run failed ({r['status']}): {r['error']}")
     return r

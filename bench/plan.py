@@ -100,7 +100,7 @@ def devices_at_least_one(cfg: BenchConfig) -> str | None:
 
 
 def counts_at_least_one(cfg: BenchConfig) -> str | None:
-    for k in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device"):
+    for k in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device", "repeats"):
         if getattr(cfg, k) < 1:
             return f"{k}={getattr(cfg, k)}: must be at least 1"
 

@@ -20,7 +20,7 @@ INIT_ENV = "SCALEBENCH_INIT_METHOD"  # the process group's init method (file:// 
 NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # the launcher's tag (host-pid): nodes may share the job folder
 # user / tests -> everything
 QUIET_ENV = "SCALEBENCH_QUIET"  # set: no progress lines (bench.perf runs many points and prints its own)
-FAULT_ENV = "SCALEBENCH_FAULT"  # tests only: "kill:RANK:STEP", "hang:RANK:STEP", "nan:RANK:STEP"
+FAULT_ENV = "SCALEBENCH_FAULT"  # tests only: "kill|hang|nan:RANK:STEP", "slow:RANK:FRACTION"
 DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
 LOCK_DIR_ENV = "SCALEBENCH_LOCK_DIR"  # the core locks' folder (default: in the temp folder, per user)
 # the sweep process -> its jobs
@@ -67,12 +67,14 @@ def read_rank_errors(out_dir: str) -> list[dict[str, Any]]:
     return errs
 
 
-def parse_fault(text: str) -> tuple[str, int, int] | None:
-    """FAULT_ENV, for tests only (never set in a benchmark): kill rank r at step s (SIGKILL),
-    hang it there (sleep past any timeout), or make the loss NaN at step s."""
+def parse_fault(text: str) -> tuple[str, int, float] | None:
+    """FAULT_ENV, for tests and demonstrations only (never set in a benchmark): kill rank r
+    at step s (SIGKILL), hang it there (sleep past any timeout), make the loss NaN at step s,
+    or slow rank r down: `slow:r:0.2` sleeps 20% of each step's time inside the step (a
+    planted slowdown that a comparison must find)."""
     if not text:
         return None
-    kind, rank, step = text.split(":")
-    if kind not in ("kill", "hang", "nan"):
-        raise ValueError(f"{FAULT_ENV}={text}: kind must be kill, hang or nan")
-    return kind, int(rank), int(step)
+    kind, rank, arg = text.split(":")
+    if kind not in ("kill", "hang", "nan", "slow"):
+        raise ValueError(f"{FAULT_ENV}={text}: kind must be kill, hang, nan or slow")
+    return kind, int(rank), float(arg) if kind == "slow" else int(arg)

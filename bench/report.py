@@ -4,7 +4,9 @@ Reads result files only, so a report can be re-made anywhere from results copied
 machines. Pages, each skipped with a note on the summary page when its data is missing:
 summary, scaling with devices, model size, memory, batch size, best strategy, step-time
 spread, pipeline bubble, loss curves, hardware comparison, repeats, appendix (every run).
-The figures are pure functions in bench/figures.py.
+The figures are pure functions in bench/figures.py; nothing is aggregated across what
+changes the work or the machine (bench/identity.py); each page's data is written beside the
+PDF as `NAME.<page>.csv`.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from bench import figures  # noqa: E402
-from bench.stats import CI_LEVEL, bootstrap_ci, pooled_steps  # noqa: E402
+from bench.stats import CI_LEVEL  # noqa: E402
 from bench.figures import A4, variant  # noqa: E402,F401  (variant: re-exported for callers)
 from bench.results import load  # noqa: E402
 
@@ -72,31 +74,6 @@ def summary_table(df: pd.DataFrame) -> str:
     return "\n".join([f"{len(df)} runs: {counts}", body] + (["not ok:"] + errs if errs else []))
 
 
-# -- repeats -------------------------------------------------------------------------------
-
-def repeats_data(df: pd.DataFrame) -> pd.DataFrame:
-    """Configurations run more than once (seeds, repeats): the median tokens/s over the
-    repeats and a 95% bootstrap interval of the median of all their measured steps."""
-    ok = figures.ok_runs(df)
-    cols = ["size", "variant", "devices", "batch_size", "hardware_label", "repeats", "tokens_per_s_median",
-            "ci_low", "ci_high"]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    rows = []
-    for (_, hw), g in ok.groupby(["point_key", "hardware_label"]):
-        if len(g) < 2:
-            continue
-        steps = pooled_steps(g["step_times_s"])
-        tokens = g["tokens_per_step"].iloc[0]
-        lo_t, hi_t = bootstrap_ci(steps)
-        r = g.iloc[0]
-        rows.append({"size": r["size"], "variant": r["variant"], "devices": r["devices"],
-                     "batch_size": r["batch_size"], "hardware_label": hw, "repeats": len(g),
-                     "tokens_per_s_median": float(g["tokens_per_s"].median()),
-                     "ci_low": tokens / hi_t, "ci_high": tokens / lo_t})
-    return pd.DataFrame(rows, columns=cols)
-
-
 # -- pages ---------------------------------------------------------------------------------
 
 def _text_page(title: str, lines: list[str], size: int = 10) -> plt.Figure:
@@ -115,10 +92,12 @@ def summary_lines(df: pd.DataFrame, skipped: list[str]) -> list[str]:
         lines.append("software: torch " + ", ".join(sorted(df["software_torch"].dropna().unique())))
     best = figures.best_data(df)
     if not best.empty:
-        lines += ["", "best configuration per size (median tokens/s):"]
-        for size in figures._size_order(best):
-            b = best[best["size"] == size].sort_values("tokens_per_s").iloc[-1]
-            lines.append(f"  {size:>6}: {b['variant']} on {b['devices']} device(s), {b['tokens_per_s']:,.0f} tokens/s")
+        lines += ["", "best layout per setting (median tokens/s of its runs; '~': the runs cannot separate them;",
+                  "'=': layouts that compute the same; the best-strategy page has every setting):"]
+        for r in best.itertuples():
+            lines.append(f"  {r.cell[:58]:<58} {r.devices:>3} dev: {r.winner} ({r.tokens_per_s:,.0f} tokens/s, "
+                         f"{r.runs} run(s))")
+        lines = lines[:40] + (["  ..."] if len(lines) > 40 else [])
     if skipped:
         lines += ["", "pages left out (no data for them):"] + [f"  - {s}" for s in skipped]
     return lines
@@ -138,39 +117,55 @@ def fig_table(t: pd.DataFrame, title: str) -> plt.Figure:
     return fig
 
 
-def pages(df: pd.DataFrame, title: str):
-    """Every page of the report, in order."""
-    built, skipped = [], []
+def _fig_repeats(r: pd.DataFrame) -> plt.Figure:
+    cols = ["size", "variant", "devices", "batch_size", "hardware_label", "runs", "tokens_per_s_median", "ci_low",
+            "ci_high", "between_runs_spread", "within_run_spread"]
+    return fig_table(r[cols], f"Repeats: the median of runs' tokens/s and its {CI_LEVEL:.0%} bootstrap interval "
+                              "over runs;\nspread between runs (max/min - 1) beside the spread of steps within a run "
+                              "(IQR / median)")
 
-    def page(name, data, draw, empty=None):
-        if (data.empty if empty is None else empty):
-            skipped.append(name)
-        else:
-            built.append((name, lambda: draw(data)))
 
-    page("scaling with devices", figures.scaling_data(df), figures.fig_scaling)
-    page("model size (needs two or more sizes)", figures.size_data(df), figures.fig_size)
-    page("memory", figures.memory_data(df), figures.fig_memory)
-    page("batch size (needs two or more batch sizes)", figures.batch_data(df), figures.fig_batch)
-    page("best strategy map", figures.best_data(df), figures.fig_best)
-    page("step-time spread", figures.spread_data(df), figures.fig_spread)
-    page("pipeline bubble (needs mp runs and a 1-device run of the same shape)", figures.bubble_data(df),
-         figures.fig_bubble)
-    groups = figures.loss_data(df)
-    page("loss curves (needs one configuration under two or more strategies)", groups, figures.fig_loss,
-         empty=not groups)
-    page("hardware comparison (needs results from two or more hardware labels)", figures.hardware_data(df),
-         figures.fig_hardware)
-    reps = repeats_data(df)
-    page("repeats (needs a configuration run more than once, e.g. seed=0,1,2)", reps,
-         lambda r: fig_table(r, f"Repeats: median tokens/s and its {CI_LEVEL:.0%} bootstrap interval"))
+# (slug: the page's CSV is NAME.<slug>.csv; title when it has no data; data; draw)
+PAGES = (
+    ("scaling", "scaling with devices", figures.scaling_data, figures.fig_scaling),
+    ("size", "model size (needs two or more sizes)", figures.size_data, figures.fig_size),
+    ("memory", "memory", figures.memory_data, figures.fig_memory),
+    ("batch", "batch size (needs two or more batch sizes)", figures.batch_data, figures.fig_batch),
+    ("best", "best strategy map", figures.best_data, figures.fig_best),
+    ("spread", "step-time spread", figures.spread_data, figures.fig_spread),
+    ("bubble", "pipeline bubble (needs a pure pipeline and the reference on 1 device, same work)",
+     figures.bubble_data, figures.fig_bubble),
+    ("loss", "loss curves (needs one model on the same tokens under two or more layouts)", figures.loss_data,
+     figures.fig_loss),
+    ("hardware", "hardware comparison (needs results from two or more hardware labels)", figures.hardware_data,
+     figures.fig_hardware),
+    ("repeats", "repeats (needs a configuration run more than once: repeats=3, or seed=0,1,2)",
+     figures.repeats_data, _fig_repeats),
+)
+
+
+def page_data(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The data behind each page, by its slug (empty where the page has nothing to show)."""
+    return {slug: data(df) for slug, _, data, _ in PAGES}
+
+
+def pages(df: pd.DataFrame, title: str, data: dict[str, pd.DataFrame] | None = None):
+    """Every page of the report, in order; each figure's footer says what its page holds fixed."""
+    data = page_data(df) if data is None else data
+    skipped = [name for slug, name, _, _ in PAGES if data[slug].empty]
     yield _text_page(title, summary_lines(df, skipped))
-    for name, draw in built:
+    for slug, name, _, draw in PAGES:
+        if data[slug].empty:
+            continue
         try:
-            yield draw()
+            fig = draw(data[slug])
         except Exception as e:  # one odd page must not cost the rest of the report
             plt.close("all")
-            yield _text_page(name, [f"this page could not be drawn: {type(e).__name__}: {e}"])
+            fig = _text_page(name, [f"this page could not be drawn: {type(e).__name__}: {e}"])
+        fixed = figures.held_fixed(data[slug])
+        fig.text(0.01, 0.003, (f"held fixed on this page: {fixed}; " if fixed else "")
+                 + f"data: <report>.{slug}.csv", fontsize=6, color="grey")
+        yield fig
     t = table_frame(df)
     n = max(1, -(-len(t) // ROWS_PER_PAGE))
     for i in range(n):
@@ -178,16 +173,20 @@ def pages(df: pd.DataFrame, title: str):
 
 
 def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", extra=()) -> str:
-    """Write the PDF (plus `extra` figures, e.g. compare's), and a CSV and a Markdown table
-    beside it; returns the PDF path."""
+    """Write the PDF (plus `extra` figures, e.g. compare's); beside it a CSV and a Markdown
+    table of every run, and each page's data as `NAME.<page>.csv`. Returns the PDF path."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     # deterministic: fixed metadata, no creation date, so the same results give the same file
     meta = {"Title": title, "Creator": "scalebench", "Producer": "matplotlib", "CreationDate": None}
+    base = os.path.splitext(out)[0]
+    data = page_data(df)
     with PdfPages(out, metadata=meta) as pdf:
-        for fig in list(pages(df, title)) + list(extra):
+        for fig in list(pages(df, title, data)) + list(extra):
             pdf.savefig(fig)
             plt.close(fig)
-    base = os.path.splitext(out)[0]
+    for slug, d in data.items():  # the data behind each page, to re-plot or check
+        if not d.empty:
+            d.drop(columns=[c for c in ("step_times_ms",) if c in d]).to_csv(f"{base}.{slug}.csv", index=False)
     df.drop(columns=[c for c in ("step_times_s", "loss") if c in df]).to_csv(base + ".csv", index=False)
     t = table_frame(df)
     with open(base + ".md", "w") as f:

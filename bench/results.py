@@ -83,11 +83,11 @@ def read_result(path: str) -> dict[str, Any]:
     return r
 
 
-def ok_index(root: str) -> dict[tuple[str, str], str]:
-    """(config_hash, hardware_label) -> the first ok result file under `root`: what a resumed
-    sweep may skip. Unreadable and foreign files are passed over (resume reruns rather than
-    trusts them)."""
-    index: dict[tuple[str, str], str] = {}
+def ok_index(root: str) -> dict[tuple[str, str], list[str]]:
+    """(config_hash, hardware_label) -> the ok result files under `root` (one per run): what
+    a resumed sweep may reuse. Unreadable and foreign files are passed over (resume reruns
+    rather than trusts them)."""
+    index: dict[tuple[str, str], list[str]] = {}
     if os.path.isdir(root):
         for f in find_result_files([root]):
             try:
@@ -95,7 +95,7 @@ def ok_index(root: str) -> dict[tuple[str, str], str]:
             except ValueError:
                 continue
             if r["status"] == "ok":
-                index.setdefault((r.get("config_hash"), r.get("hardware_label")), f)
+                index.setdefault((r.get("config_hash"), r.get("hardware_label")), []).append(f)
     return index
 
 
@@ -137,20 +137,40 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
     gpu = hw.get("gpu") or {}
     row.update(
         point_key=point_key(cfg),
-        scaling="strong" if cfg.get("global_batch_size") else "weak",
+        global_batch_requested=cfg.get("global_batch_size"),  # set: strong scaling
+        shape=(f"L{size['n_layer']} a{size['n_head']} H{size['n_embd']} V{size['vocab_size']} T{size['block_size']}"
+               if all(k in size for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")) else None),
+        strategy_options=json.dumps({k: v for k, v in strat.items() if k != "name"}, sort_keys=True) if strat else None,
+        compile=bool(cfg.get("compile")), threads=cfg.get("cpu_threads_per_device"),
+        oversubscribe=bool(cfg.get("oversubscribe")), data_path=cfg.get("data_path"),
+        repeat=r.get("repeat", 0), repeats=r.get("repeats", 1),
         n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])
                   if all(k in size for k in ("n_layer", "n_embd", "vocab_size", "block_size")) else None),
         capacity_bytes=(gpu.get("memory_bytes") or [None])[0] if row["accelerator"] == "cuda" else hw.get("ram_bytes"),
         data=cfg.get("data"), activation_checkpointing=cfg.get("activation_checkpointing"),
         software_torch=(r.get("software") or {}).get("torch"),
     )
-    row.update({f"degree_{k}": v for k, v in (r.get("degrees") or {}).items()})
+    row.update({f"degree_{k}": v for k, v in degrees.items()})
+    if degrees and "data_parallel" not in degrees:  # results before it was recorded: the registry knows
+        row["degree_data_parallel"] = _data_parallel_of(strat, row["devices"])
     for k, v in m.items():
         if isinstance(v, (int, float, str, bool)) or v is None:
             row[k] = v
     row["step_times_s"] = m.get("step_times_s")
     row["loss"] = m.get("loss")
     return row
+
+
+def _data_parallel_of(strat: dict[str, Any], devices: int | None) -> str | None:
+    """How a strategy holds its replicas, from the registry (for results that did not say)."""
+    from bench import parallel
+    from bench.config import Schedule, StrategyConfig
+    try:
+        opts = StrategyConfig(**{**strat, "schedule": Schedule[strat.get("schedule", "naive")]})
+        kind = parallel.get(strat["name"]).layout(int(devices), opts).data_parallel
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return kind.value if kind else None
 
 
 def load(paths: Iterable[str] | str, on_skip=None) -> pd.DataFrame:

@@ -37,11 +37,11 @@ SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder
 _ok_cache: dict[str, dict] = {}  # results_root -> ok_index, read once per process
 
 
-def _already_ok(chash: str, results_root: str, label: str) -> str | None:
+def _already_ok(chash: str, results_root: str, label: str) -> list[str]:
     root = os.path.abspath(results_root)
     if root not in _ok_cache:
         _ok_cache[root] = ok_index(root)
-    return _ok_cache[root].get((chash, label))
+    return _ok_cache[root].get((chash, label), [])
 
 
 def _now() -> str:
@@ -55,25 +55,39 @@ def _launch(spec, out_dir):
     return launch(spec, out_dir, run_rank)
 
 
-def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> dict[str, Any]:
-    """Plan, launch and record one point; returns the result that was written. `launch`
+def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> list[dict[str, Any]]:
+    """Plan, launch and record one point, `cfg.repeats` times (each run its own processes and
+    its own result file in `out_dir`); returns what was recorded, one dict per run. `launch`
     (spec, out_dir) -> bench.launch.Outcome; tests of the bookkeeping hand in their own."""
-    t0 = time.perf_counter()
     fp = hardware.fingerprint()
-    host = Host.from_fingerprint(fp)
     label = cfg.hardware_label or hardware.label(fp)
     chash = config_hash(cfg)
+    reused: list[str] = []
     if cfg.resume:
-        done = _already_ok(chash, cfg.results_root, label)
-        if done:  # a pointer, not a copy: the measured result stays where it is, untouched
+        reused = _already_ok(chash, cfg.results_root, label)[:cfg.repeats]
+        if reused:  # pointers, not copies: the measured results stay where they are, untouched
             os.makedirs(out_dir, exist_ok=True)
             with open(os.path.join(out_dir, SKIPPED_NAME), "w") as f:
-                json.dump({"status": "skipped", "result": os.path.abspath(done), "config_hash": chash,
-                           "hardware_label": label, "at": _now()}, f, indent=1)
-            return {"status": "skipped", "error": f"resume: an ok result exists at {done}"}
+                json.dump({"status": "skipped", "results": [os.path.abspath(p) for p in reused],
+                           "config_hash": chash, "hardware_label": label, "at": _now()}, f, indent=1)
+        if len(reused) >= cfg.repeats:
+            return [{"status": "skipped", "error": f"resume: {len(reused)} ok run(s) exist, e.g. {reused[0]}"}]
+    out = []
+    for i in range(len(reused), cfg.repeats):
+        r = _run_once(cfg, out_dir, launch, hardware.fingerprint() if i else fp, label, chash, i)
+        out.append(r)
+        if r["status"] in ("invalid", "predicted_oom"):
+            break  # decided before launching: every repeat would be the same
+    return out
+
+
+def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, Any], label: str, chash: str,
+              repeat: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    host = Host.from_fingerprint(fp)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": None, "error": None, "error_detail": None,
-        "config": to_dict(cfg), "config_hash": chash, "spec": None,
+        "config": to_dict(cfg), "config_hash": chash, "repeat": repeat, "repeats": cfg.repeats, "spec": None,
         "degrees": None, "metrics": None, "prediction": None,
         "hardware": fp, "hardware_label": label,
         "software": hardware.software(), "started_at": _now(), "output_dir": os.path.abspath(out_dir),
@@ -108,7 +122,7 @@ def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> dic
                     "config_hash": chash, "at": _now(),
                     "note": "this node did not hold rank 0; the job's status is in the result.json that node wrote"}
             os.makedirs(out_dir, exist_ok=True)
-            path = os.path.join(out_dir, f"node.{node_tag()}.json")  # nodes may share the folder
+            path = os.path.join(out_dir, f"node.{node_tag()}{f'.{repeat}' if repeat else ''}.json")  # nodes share it
             with open(path + ".tmp", "w") as f:
                 json.dump(note, f, indent=1)
             os.replace(path + ".tmp", path)
@@ -168,10 +182,30 @@ def job(cfg: DictConfig) -> None:
         print(f"[point {hc.job.num + 1}/{os.environ.get(TOTAL_ENV, '?')}] {what}", flush=True)
     else:
         print(f"[run] {what}", flush=True)
-    r = run_point(OmegaConf.to_object(cfg), hc.runtime.output_dir)
-    print(summary_line(r), flush=True)
-    if hc.mode.name != "MULTIRUN" and r["status"] not in ("ok", "skipped"):
-        _exit_code = 2 if r["status"] in ("invalid", "predicted_oom") else 1
+    bench_cfg = OmegaConf.to_object(cfg)
+    for r in run_point(bench_cfg, hc.runtime.output_dir):
+        if bench_cfg.repeats > 1 and "repeat" in r:
+            print(f"  run {r['repeat'] + 1}/{bench_cfg.repeats}", flush=True)
+        print(summary_line(r), flush=True)
+        if hc.mode.name != "MULTIRUN" and r["status"] not in ("ok", "skipped"):
+            _exit_code = max(_exit_code, 2 if r["status"] in ("invalid", "predicted_oom") else 1)
+
+
+# what a sweep's points may end in and still exit 0: a benchmark outcome (the point could not
+# run as configured, or did not fit, or was reused); anything else is a failure of the run
+BENCHMARK_OUTCOMES = ("ok", "oom", "predicted_oom", "invalid", "skipped")
+
+
+def set_exit_code(code: int) -> None:
+    """The end-of-sweep callback's verdict on the whole sweep (bench/callbacks.py)."""
+    global _exit_code
+    _exit_code = max(_exit_code, code)
+
+
+def sweep_exit_code(statuses) -> int:
+    """0 when every point of a sweep ended in a benchmark outcome, 1 when any failed, timed
+    out or diverged (an interrupted sweep exits 130 on its own)."""
+    return 0 if all(s in BENCHMARK_OUTCOMES for s in statuses) else 1
 
 
 def _one_line(e: BaseException) -> str:

@@ -43,8 +43,8 @@ def make_optimizer(params: list[torch.nn.Parameter], lr: float, device: torch.de
         return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
-def inject(fault: tuple[str, int, int] | None, rank: int, step: int) -> None:
-    if fault is None or fault[1] != rank or fault[2] != step:
+def inject(fault: tuple[str, int, float] | None, rank: int, step: int) -> None:
+    if fault is None or fault[0] == "slow" or fault[1] != rank or fault[2] != step:
         return
     if fault[0] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -106,6 +106,8 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         else:
             opt.step()
         synchronize(ctx.device)
+        if fault and fault[0] == "slow" and fault[1] == ctx.rank:  # tests: a planted slowdown, inside the step
+            time.sleep(fault[2] * (time.perf_counter() - t0))
         dt = time.perf_counter() - t0
         losses.append(loss if loss is not None else zero)
         if step >= spec.warmup_steps:

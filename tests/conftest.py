@@ -62,21 +62,25 @@ def run_cli(*args: str, cwd: str, timeout: float = 600) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
-def fake_set(folder, scale=1.0, sizes=("mini",)) -> str:
-    """A result set without running anything: ok dp results with seeded step times that are
-    `scale` times 0.2 s, labelled as machine `M<scale>`."""
+def fake_set(folder, scale=1.0, sizes=("mini",), runs=1, spread=0.01, seed=0) -> str:
+    """A result set without running anything: `runs` ok dp runs per size whose tokens/s are
+    4096 / 0.2 s divided by `scale`, each run off by a lognormal factor of `spread` (between-run
+    drift), labelled as machine `M<scale>`."""
     import numpy as np
 
     from bench.results import SCHEMA_VERSION, write_result
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for size in sizes:
-        steps = list(0.2 * scale * (1 + 0.01 * rng.standard_normal(10)))
-        write_result(str(folder / size), {
-            "schema_version": SCHEMA_VERSION, "status": "ok", "error": None,
-            "config": {"size": {"name": size}, "strategy": {"name": "dp"}, "devices": 2, "batch_size": 8, "seed": 0},
-            "config_hash": "h", "hardware_label": f"M{scale}", "degrees": {"dp": 2, "tp": 1, "pp": 1},
-            "metrics": {"tokens_per_s": 4096 / float(np.median(steps)), "tokens_per_step": 4096,
-                        "step_times_s": steps, "step_time_s": float(np.median(steps))}})
+        for i in range(runs):
+            step = 0.2 * scale * float(np.exp(spread * rng.standard_normal()))
+            steps = list(step * (1 + 0.01 * rng.standard_normal(10)))
+            write_result(str(folder / size), {
+                "schema_version": SCHEMA_VERSION, "status": "ok", "error": None, "repeat": i, "repeats": runs,
+                "config": {"size": {"name": size}, "strategy": {"name": "dp"}, "devices": 2, "batch_size": 8,
+                           "seed": 0},
+                "config_hash": "h", "hardware_label": f"M{scale}", "degrees": {"dp": 2, "tp": 1, "pp": 1},
+                "metrics": {"tokens_per_s": 4096 / step, "tokens_per_step": 4096,
+                            "step_times_s": steps, "step_time_s": float(np.median(steps))}})
     return str(folder)
 
 

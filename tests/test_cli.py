@@ -40,7 +40,8 @@ def test_invalid_point_of_a_sweep_is_recorded_with_its_reason(tmp_path, capsys):
     n = run.preflight(["strategy=mp", "devices=1,2", "size.n_layer=1", *TINY], multirun=True)
     assert n == 2 and "note: 1 of 2 points cannot run and will be recorded as invalid" in capsys.readouterr().out
     out = tmp_path / "devices=2"
-    r = run.run_point(compose_cfg("strategy=mp", "devices=2", "size.n_layer=1", *TINY), str(out), launch=never_launch)
+    [r] = run.run_point(compose_cfg("strategy=mp", "devices=2", "size.n_layer=1", "repeats=3", *TINY), str(out),
+                        launch=never_launch)  # decided before launching: recorded once, not three times
     assert r["status"] == "invalid" and "use at most 1 stage" in r["error"]
     assert run.summary_line(r).startswith("  -> invalid: 2 pipeline stages need at least 2 layers but size=tiny has 1")
     d = json.load(open(out / "result.json"))
@@ -51,23 +52,56 @@ def test_invalid_point_of_a_sweep_is_recorded_with_its_reason(tmp_path, capsys):
 def test_resume_skips_ok_points_and_reruns_the_rest(tmp_path, fresh_resume_index):
     root = tmp_path / "results"
     one, two = (compose_cfg(*TINY, "strategy=dp", f"devices={d}", f"results_root={root}") for d in (1, 2))
-    first = run.run_point(one, str(root / "earlier" / "devices=1"), launch=fake_launch)
+    [first] = run.run_point(one, str(root / "earlier" / "devices=1"), launch=fake_launch)
     before = open(root / "earlier" / "devices=1" / "result.json").read()
     failed = {**first, "status": "failed", "error": "planted", "config_hash": run.config_hash(two)}
     write_result(str(root / "earlier" / "devices=2"), failed)  # a failed point is rerun, not skipped
     resumed = [OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(c), {"resume": True})) for c in (one, two)]
     launched = []
-    r1 = run.run_point(resumed[0], str(root / "now" / "devices=1"), launch=lambda s, o: launched.append(1))
-    r2 = run.run_point(resumed[1], str(root / "now" / "devices=2"), launch=fake_launch)
-    assert r1["status"] == "skipped" and r1["error"].startswith("resume: an ok result exists at") and not launched
+    [r1] = run.run_point(resumed[0], str(root / "now" / "devices=1"), launch=lambda s, o: launched.append(1))
+    [r2] = run.run_point(resumed[1], str(root / "now" / "devices=2"), launch=fake_launch)
+    assert r1["status"] == "skipped" and r1["error"].startswith("resume: 1 ok run(s) exist") and not launched
     assert r2["status"] == "ok"
-    assert json.load(open(root / "now" / "devices=1" / "skipped.json"))["result"].endswith("earlier/devices=1/result.json")
+    [reused] = json.load(open(root / "now" / "devices=1" / "skipped.json"))["results"]
+    assert reused.endswith("earlier/devices=1/result.json")
     assert open(root / "earlier" / "devices=1" / "result.json").read() == before  # never touched
     # the end-of-sweep report holds the reused result beside the new one
     reports = tmp_path / "reports"
     report_config = OmegaConf.create({"hydra": {"sweep": {"dir": str(root / "now")}}, "report_dir": str(reports)})
     SweepReport().on_multirun_end(report_config)
     assert len(glob.glob(str(reports / "now.pdf"))) == 1
+
+
+def test_repeats_are_runs_of_their_own_and_resume_adds_the_missing_ones(tmp_path, fresh_resume_index):
+    cfg = compose_cfg(*TINY, "strategy=dp", "repeats=3", f"results_root={tmp_path}")
+    launched = []
+
+    def counting(spec, out_dir):
+        launched.append(1)
+        return fake_launch(spec, out_dir)
+
+    rs = run.run_point(cfg, str(tmp_path / "a"), launch=counting)
+    assert [r["repeat"] for r in rs] == [0, 1, 2] and len(launched) == 3
+    assert sorted(os.listdir(tmp_path / "a")) == ["result.1.json", "result.2.json", "result.json"]
+    assert len({r["config_hash"] for r in rs}) == 1
+    more = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), {"repeats": 5, "resume": True}))
+    rs = run.run_point(more, str(tmp_path / "b"), launch=counting)
+    assert [r["repeat"] for r in rs] == [3, 4] and len(launched) == 5  # the 3 runs there are reused
+    assert len(json.load(open(tmp_path / "b" / "skipped.json"))["results"]) == 3
+
+
+def test_a_sweep_exits_1_when_a_point_failed_and_0_for_benchmark_outcomes(tmp_path, monkeypatch):
+    assert run.sweep_exit_code(["ok", "oom", "predicted_oom", "invalid", "skipped"]) == 0
+    for bad in ("failed", "timeout", "diverged"):
+        assert run.sweep_exit_code(["ok", bad]) == 1
+    sweep = tmp_path / "sweep"
+    run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "ok"), launch=fake_launch)
+    run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "failed"),
+                  launch=lambda spec, out: Outcome("failed", error="rank 1 killed by signal 9"))
+    monkeypatch.setattr(run, "_exit_code", 0)
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
+                                                    "report_dir": str(tmp_path / "reports")}))
+    assert run._exit_code == 1
 
 
 def test_end_of_sweep_report_survives_a_failed_point(tmp_path, capsys):

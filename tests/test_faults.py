@@ -53,6 +53,22 @@ def test_hung_rank_times_out(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_sweep_with_a_failed_point_exits_1(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    env = {**os.environ, "PYTHONPATH": ROOT, FAULT_ENV: "kill:1:1"}
+    r = subprocess.run([sys.executable, "-m", "bench.run", "-m", "size=tiny", "strategy=single,dp", "devices=1,2",
+                        "seq_len=32", "warmup_steps=1", "steps=2", "accelerator=cpu"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    # single on 2 devices is invalid (a benchmark outcome), dp on 2 has its rank 1 killed: a failure
+    assert "4 runs: 2 ok, 1 invalid, 1 failed" in r.stdout or "1 failed" in r.stdout, r.stdout[-3000:]
+    assert r.returncode == 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopping_a_sweep_keeps_what_finished(tmp_path, how):
     """Ctrl-C in a terminal is SIGINT to the whole foreground process group (the ranks too);

@@ -28,5 +28,6 @@ def test_rank_error_round_trip(tmp_path):
 
 def test_parse_fault():
     assert protocol.parse_fault("kill:1:3") == ("kill", 1, 3) and protocol.parse_fault("") is None
-    with pytest.raises(ValueError, match="kill, hang or nan"):
+    assert protocol.parse_fault("slow:0:0.2") == ("slow", 0, 0.2)
+    with pytest.raises(ValueError, match="kill, hang, nan or slow"):
         protocol.parse_fault("boom:0:1")

@@ -43,7 +43,8 @@ def test_ok_index_finds_ok_results_by_config_and_hardware(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "result.json").write_text("{")  # truncated: passed over
     idx = ok_index(str(tmp_path))
-    assert list(idx) == [("abc", "X-2c-24GB")] and os.path.dirname(idx["abc", "X-2c-24GB"]) == str(tmp_path / "a")
+    assert list(idx) == [("abc", "X-2c-24GB")]  # one entry per configuration and machine, every ok run in it
+    assert [os.path.basename(p) for p in idx["abc", "X-2c-24GB"]] == ["result.1.json", "result.json"]
     assert ok_index(str(tmp_path / "nothing")) == {}
 
 

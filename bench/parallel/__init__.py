@@ -23,6 +23,7 @@ from bench.config import Checkpointing
 from bench.parallel import dataparallel, dp, fsdp, hybrid, mp, single, tp
 from bench.parallel.base import Strategy
 
+REFERENCE = "single"  # the one-device reference: strategies are checked against it, scaling is judged by it
 STRATEGIES: dict[str, Strategy] = {unit.STRATEGY.name: unit.STRATEGY
                                    for unit in (single, dp, mp, tp, fsdp, dataparallel, hybrid)}
 
