@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 
 
 class SweepReport(Callback):
+    exit_code = 0  # the sweep's, from its points' statuses (bench.run.sweep_exit_code): bench.run exits with it
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from bench import report, run
         from bench.results import load
@@ -35,7 +37,7 @@ class SweepReport(Callback):
                 continue
             reused += [p for p in paths if p not in reused]  # points may share old results (keys outside the hash)
         new = load([sweep_dir], on_skip=lambda msg: print(f"skipped {msg}"))
-        run.set_exit_code(run.sweep_exit_code(new["status"] if not new.empty else []))
+        SweepReport.exit_code = run.sweep_exit_code(new["status"] if not new.empty else [])
         df = pd.concat([new, load(reused, on_skip=lambda msg: print(f"skipped {msg}"))], ignore_index=True) \
             if reused else new
         print()

@@ -16,6 +16,11 @@ and another set:
     off 1 by at least --min-ratio, else `within noise`; with fewer than 3 runs on a side,
     `no verdict (n runs; use repeats=3)`, which is never a regression.
 
+`--aa RESULTS` is the A/A check of a machine: the runs of each configuration of one set,
+split alternately (even and odd repeat) into two sets and compared. With `repeats=10` the
+answer should be `within noise` everywhere; alternate runs see the same drift, so this
+measures the test, not the machine's trend (two sweeps one after the other do the latter).
+
 Exit code 1 when any configuration is slower (a regression), so CI can gate on it; 2 for
 bad input.
 """
@@ -129,18 +134,26 @@ def _fail(msg: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.splitlines()[0])
     ap.add_argument("sets", nargs="+", help="result folders; the first is the baseline")
+    ap.add_argument("--aa", action="store_true", help="A/A check: one folder, each configuration's runs split "
+                    "alternately (even/odd repeat) into two sets")
     ap.add_argument("--alpha", type=float, default=0.05,
                     help="family-wise error rate: Welch's test on runs, Holm-adjusted over all configurations")
     ap.add_argument("--min-ratio", type=float, default=0.05,
                     help="smallest relative change that counts as faster/slower (0.05 = 5%%)")
     ap.add_argument("--pdf", help="also write a report of all sets with the comparison page added")
     a = ap.parse_args(argv)
-    if len(a.sets) < 2:
+    if a.aa and len(a.sets) != 1:
+        _fail("error: --aa takes one result folder: the runs of a repeats=N sweep")
+    if not a.aa and len(a.sets) < 2:
         _fail("error: give at least two result folders: a baseline and one to compare with it")
     missing = [p for p in a.sets if not os.path.exists(p)]
     if missing:
         _fail(f"error: no such file or folder: {', '.join(missing)}")
     sets = [load([p], on_skip=lambda m: print(f"skipped {m}", file=sys.stderr)) for p in a.sets]
+    if a.aa:
+        df = sets[0]
+        a.sets = [f"{a.sets[0]} (even runs)", f"{a.sets[0]} (odd runs)"]
+        sets = [df[df["repeat"] % 2 == 0], df[df["repeat"] % 2 == 1]] if "repeat" in df else [df, df.iloc[0:0]]
     empty = [p for p, df in zip(a.sets, sets) if df.empty or (df["status"] == "ok").sum() == 0]
     if empty:
         _fail(f"error: no ok results under {', '.join(empty)}; run a sweep there first")

@@ -196,12 +196,6 @@ def job(cfg: DictConfig) -> None:
 BENCHMARK_OUTCOMES = ("ok", "oom", "predicted_oom", "invalid", "skipped")
 
 
-def set_exit_code(code: int) -> None:
-    """The end-of-sweep callback's verdict on the whole sweep (bench/callbacks.py)."""
-    global _exit_code
-    _exit_code = max(_exit_code, code)
-
-
 def sweep_exit_code(statuses) -> int:
     """0 when every point of a sweep ended in a benchmark outcome, 1 when any failed, timed
     out or diverged (an interrupted sweep exits 130 on its own)."""
@@ -344,6 +338,9 @@ def main() -> None:
     except KeyboardInterrupt:
         print("\ninterrupted: the points finished so far keep their result.json", file=sys.stderr)
         sys.exit(130)
+    if multirun:  # the end-of-sweep callback judged every point, also those run elsewhere (submitit)
+        from bench.callbacks import SweepReport
+        sys.exit(max(_exit_code, SweepReport.exit_code))
     sys.exit(_exit_code)
 
 

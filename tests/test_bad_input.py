@@ -66,6 +66,7 @@ BAD_INPUT = [
     ("report on a missing folder", "report", ["{missing}"], "no such file or folder"),
     ("report on an empty folder", "report", ["{empty}"], "no result.json under"),
     ("compare with one set", "compare", ["{ok}"], "give at least two result folders"),
+    ("an A/A check of two sets", "compare", ["--aa", "{ok}", "{ok}"], "--aa takes one result folder"),
     ("compare with a missing folder", "compare", ["{ok}", "{missing}"], "no such file or folder"),
     ("compare with an empty folder", "compare", ["{ok}", "{empty}"], "no ok results under"),
     ("compare with nothing in common", "compare", ["{ok}", "{other}"], "the result sets have no configuration in common"),

@@ -98,10 +98,10 @@ def test_a_sweep_exits_1_when_a_point_failed_and_0_for_benchmark_outcomes(tmp_pa
     run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "ok"), launch=fake_launch)
     run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "failed"),
                   launch=lambda spec, out: Outcome("failed", error="rank 1 killed by signal 9"))
-    monkeypatch.setattr(run, "_exit_code", 0)
+    monkeypatch.setattr(SweepReport, "exit_code", 0)
     SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
                                                     "report_dir": str(tmp_path / "reports")}))
-    assert run._exit_code == 1
+    assert SweepReport.exit_code == 1
 
 
 def test_end_of_sweep_report_survives_a_failed_point(tmp_path, capsys):

@@ -74,3 +74,8 @@ def test_cli_flags_a_planted_slowdown_and_passes_identical_sets(tmp_path):
     assert r.returncode == 0 and "within noise" in r.stdout
     r = _run(fake_set(tmp_path / "one", runs=1), fake_set(tmp_path / "slow1", scale=1.25, runs=1))
     assert r.returncode == 0 and "no verdict (1 run(s); use repeats=3)" in r.stdout  # never a regression
+
+
+def test_aa_check_splits_one_set_alternately(tmp_path):
+    r = _run("--aa", fake_set(tmp_path / "aa", runs=10, spread=0.05, seed=4))
+    assert r.returncode == 0 and "(even runs)" in r.stdout and "within noise" in r.stdout, r.stdout + r.stderr
