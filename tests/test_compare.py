@@ -78,4 +78,4 @@ def test_cli_flags_a_planted_slowdown_and_passes_identical_sets(tmp_path):
 
 def test_aa_check_splits_one_set_alternately(tmp_path):
     r = _run("--aa", fake_set(tmp_path / "aa", runs=10, spread=0.01, seed=4))  # 1% drift: under --min-ratio
-    assert r.returncode == 0 and "(even runs)" in r.stdout and "within noise" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "(odd runs)" in r.stdout and "within noise" in r.stdout, r.stdout + r.stderr
