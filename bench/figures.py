@@ -194,7 +194,7 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
             mode = "strong" if strong else "weak"
         anchor = (f"global batch {_int(first['global_batch_size'])}" if strong
                   else f"b={_int(first['batch_size'])}/replica")
-        label = f"{first['variant']} ({mode}, {anchor})"
+        label = f"{first['variant']} ({mode}, {anchor})" if multi else f"{first['variant']} ({anchor})"
         ref_tps = ref.get((_match(first), _int(first["global_batch_size" if strong else "batch_size"])))
         for r in g.to_dict("records"):
             base = dict(size=r["size"], n_params=r.get("n_params"), series=label, series_key=key,
@@ -454,14 +454,16 @@ def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
 def fig_best(data: pd.DataFrame) -> plt.Figure:
     rows = list(dict.fromkeys(data["cell"]))[::-1]
     devs = sorted(data["devices"].unique())
-    grid = np.full((len(rows), len(devs)), np.nan)
+    colors = {"winner": "#b7e1b0", "tie": "#f6eba0", "one": "#e3e3e3"}
     fig, ax = plt.subplots(figsize=A4)
     for r in data.itertuples():
         i, j = rows.index(r.cell), devs.index(r.devices)
-        grid[i, j] = 1.0 if r.verdict == "winner" else 0.5 if r.verdict.startswith("tie") else 0.0
-        text = r.winner.replace(" ~ ", "\n~ ")
+        kind = "winner" if r.verdict == "winner" else "tie" if r.verdict.startswith("tie") else "one"
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color=colors[kind]))
+        text = r.winner.replace(" ~ ", "\n~ ").replace(" = ", " =\n")
         ax.text(j, i, f"{text}\n{r.tokens_per_s:,.0f} tok/s, {r.runs} run(s)", ha="center", va="center", fontsize=6)
-    ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", alpha=0.35)
+    ax.set_xlim(-0.5, len(devs) - 0.5)
+    ax.set_ylim(-0.5, len(rows) - 0.5)
     ax.set_xticks(range(len(devs)), [str(d) for d in devs])
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("devices")
