@@ -177,15 +177,22 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
     device count, baseline)."""
     cols = ["size", "n_params", "series", "series_key", "variant", "scaling", "devices", "tokens_per_s", "runs",
             "efficiency", "baseline"]
-    pts = per_identity(ok_runs(df))
+    ok = ok_runs(df)
+    pts = per_identity(ok)
     if pts.empty:
         return pd.DataFrame(columns=cols)
     ref = _reference(pts)
+    # a series is the set of identities any of its runs measured (one point, e.g. dp on 2
+    # devices with b=8, belongs to the weak series b=8/replica and to the strong one of global
+    # batch 16 alike); a point's value is the median of all its identity's runs (the same work)
+    members = ok.drop_duplicates(["series", "identity"])[["series", "identity"]]
+    pts = members.merge(pts.drop(columns=["series"]), on="identity", how="left")
     rows = []
     for key, g in pts.groupby("series", sort=False):
         g = g.sort_values("devices")
-        first = g.iloc[0].to_dict()
-        n0, t0 = int(first["devices"]), float(first["tokens_per_s"])
+        first = ok[ok["series"] == key].iloc[0].to_dict()  # the anchor the series' runs fixed
+        first.update(g.iloc[0][["devices", "tokens_per_s", "variant", "size"]].to_dict())
+        n0, t0 = int(g.iloc[0]["devices"]), float(g.iloc[0]["tokens_per_s"])
         multi = g["devices"].nunique() > 1
         strong = identity.strong(first)
         if multi:
@@ -467,9 +474,9 @@ def fig_best(data: pd.DataFrame) -> plt.Figure:
     ax.set_xticks(range(len(devs)), [str(d) for d in devs])
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("devices")
-    ax.set_title("Best layout at equal global tokens per step and equal settings\n(green: a winner beyond noise; "
-                 "yellow: a tie, '~' names the layouts the runs cannot separate; grey: one computation measured; "
-                 "'=' joins layouts that compute the same)", fontsize=9)
+    ax.set_title("Best layout at equal global tokens per step and equal settings\n"
+                 "green: a winner beyond noise; yellow: a tie ('~': layouts the runs cannot separate);\n"
+                 "grey: one computation measured ('=': layouts that compute the same)", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -557,7 +564,7 @@ LOSS_KEYS = ["size", "shape", "global_batch_size", "seq_len", "seed", "data", "d
 def loss_data(df: pd.DataFrame) -> pd.DataFrame:
     """Runs that train the same model on the same tokens (so their loss curves must
     coincide), in groups of two or more: one row per (group, run, step)."""
-    cols = ["group", "variant", "devices", "hardware_label", "step", "loss"]
+    cols = ["group", "variant", "devices", "hardware_label", "run", "step", "loss"]
     ok = ok_runs(df)
     if ok.empty or "loss" not in ok:
         return pd.DataFrame(columns=cols)
@@ -568,11 +575,11 @@ def loss_data(df: pd.DataFrame) -> pd.DataFrame:
             continue
         n += 1
         k = dict(zip(keys, key))
-        label = (f"{k['size']}: global batch {k['global_batch_size']} x seq {k['seq_len']}, seed {k['seed']}, "
+        label = (f"{k['size']}: global batch {_int(k['global_batch_size'])} x seq {_int(k['seq_len'])}, seed {k['seed']}, "
                  f"{k['data']}, {k['precision']}")
-        for r in g.to_dict("records"):
-            rows += [{"group": label, "variant": r["variant"], "devices": r["devices"],
-                      "hardware_label": r["hardware_label"], "step": i, "loss": v} for i, v in enumerate(r["loss"] or [])]
+        for run, r in enumerate(g.to_dict("records")):
+            rows += [{"group": label, "variant": r["variant"], "devices": r["devices"], "hardware_label":
+                      r["hardware_label"], "run": run, "step": i, "loss": v} for i, v in enumerate(r["loss"] or [])]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -584,8 +591,12 @@ def fig_loss(data: pd.DataFrame) -> plt.Figure:
     fig, axes = plt.subplots(rows, cols, figsize=A4, squeeze=False)
     for ax, label in zip(axes.flat, groups):
         g = data[data["group"] == label]
-        for (var, dev, hw), c in g.groupby(["variant", "devices", "hardware_label"], sort=False, dropna=False):
-            ax.plot(c["step"], c["loss"], marker=".", alpha=0.7, label=f"{var} {dev}d")
+        colors: dict = {}  # the runs of one layout share its colour and its legend entry
+        for (var, dev, hw, _), c in g.groupby(["variant", "devices", "hardware_label", "run"], sort=False, dropna=False):
+            key = (var, dev, hw)
+            line, = ax.plot(c["step"], c["loss"], marker=".", alpha=0.7, color=colors.get(key),
+                            label=None if key in colors else f"{var} {dev}d")
+            colors.setdefault(key, line.get_color())
         ax.set_title(label, fontsize=7)
         ax.set_xlabel("optimizer step (warm-up included)")
         ax.set_ylabel("training loss (nats/token)")
