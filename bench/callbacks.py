@@ -18,16 +18,16 @@ from omegaconf import DictConfig
 
 
 class SweepReport(Callback):
-    exit_code = 0  # the sweep's, from its points' statuses (bench.run.sweep_exit_code): bench.run exits with it
+    exit_code = 0  # the sweep's, from its points' statuses (bench.results.sweep_exit_code): bench.run exits with it
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from bench import report, run
-        from bench.results import load
+        from bench import report
+        from bench.results import SKIPPED_NAME, load, sweep_exit_code
 
         sweep_dir = config.hydra.sweep.dir
         # a resumed sweep's report shows the ok results it skipped beside the new ones
         reused: list[str] = []
-        for marker in sorted(glob.glob(os.path.join(sweep_dir, "**", run.SKIPPED_NAME), recursive=True)):
+        for marker in sorted(glob.glob(os.path.join(sweep_dir, "**", SKIPPED_NAME), recursive=True)):
             try:
                 with open(marker) as f:
                     m = json.load(f)
@@ -37,7 +37,7 @@ class SweepReport(Callback):
                 continue
             reused += [p for p in paths if p not in reused]  # points may share old results (keys outside the hash)
         new = load([sweep_dir], on_skip=lambda msg: print(f"skipped {msg}"))
-        SweepReport.exit_code = run.sweep_exit_code(new["status"] if not new.empty else [])
+        SweepReport.exit_code = sweep_exit_code(new["status"] if not new.empty else [])
         df = pd.concat([new, load(reused, on_skip=lambda msg: print(f"skipped {msg}"))], ignore_index=True) \
             if reused else new
         print()

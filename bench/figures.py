@@ -575,7 +575,8 @@ def loss_data(df: pd.DataFrame) -> pd.DataFrame:
             continue
         n += 1
         k = dict(zip(keys, key))
-        label = (f"{k['size']}: global batch {_int(k['global_batch_size'])} x seq {_int(k['seq_len'])}, seed {k['seed']}, "
+        label = (f"{k['size']}: global batch {_int(k['global_batch_size'])} x seq {_int(k['seq_len'])}, "
+                 f"seed {k['seed']}, "
                  f"{k['data']}, {k['precision']}")
         for run, r in enumerate(g.to_dict("records")):
             rows += [{"group": label, "variant": r["variant"], "devices": r["devices"], "hardware_label":
@@ -592,7 +593,8 @@ def fig_loss(data: pd.DataFrame) -> plt.Figure:
     for ax, label in zip(axes.flat, groups):
         g = data[data["group"] == label]
         colors: dict = {}  # the runs of one layout share its colour and its legend entry
-        for (var, dev, hw, _), c in g.groupby(["variant", "devices", "hardware_label", "run"], sort=False, dropna=False):
+        runs = g.groupby(["variant", "devices", "hardware_label", "run"], sort=False, dropna=False)
+        for (var, dev, hw, _), c in runs:
             key = (var, dev, hw)
             line, = ax.plot(c["step"], c["loss"], marker=".", alpha=0.7, color=colors.get(key),
                             label=None if key in colors else f"{var} {dev}d")
@@ -672,7 +674,8 @@ def repeats_data(df: pd.DataFrame, level: float = stats.CI_LEVEL) -> pd.DataFram
         within = [float(np.subtract(*np.percentile(s, [75, 25])) / np.median(s)) for s in g["step_times_s"] if s]
         r = g.iloc[0]
         rows.append({"size": r["size"], "variant": r["variant"], "devices": r["devices"], "batch_size": r["batch_size"],
-                     "hardware_label": r["hardware_label"], "runs": len(g), "tokens_per_s_median": float(np.median(tps)),
+                     "hardware_label": r["hardware_label"], "runs": len(g),
+                     "tokens_per_s_median": float(np.median(tps)),
                      "ci_low": lo, "ci_high": hi, "between_runs_spread": float(tps.max() / tps.min() - 1),
                      "within_run_spread": float(np.median(within)) if within else np.nan, **_ctx(r)})
     return pd.DataFrame(rows, columns=cols + [k for k in CONTEXT if k not in cols])

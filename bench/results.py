@@ -33,6 +33,16 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 STATUSES = ("ok", "invalid", "failed", "timeout", "oom", "predicted_oom", "diverged", "interrupted")
 RESULT_NAME = "result.json"
+SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder: pointers to the runs it reused
+# what a sweep's points may end in and still exit 0: a benchmark outcome (the point could not
+# run as configured, did not fit, or was reused); anything else is a failure of the run
+BENCHMARK_OUTCOMES = ("ok", "oom", "predicted_oom", "invalid", "skipped")
+
+
+def sweep_exit_code(statuses) -> int:
+    """0 when every point of a sweep ended in a benchmark outcome, 1 when any failed, timed
+    out or diverged (an interrupted sweep exits 130 on its own)."""
+    return 0 if all(s in BENCHMARK_OUTCOMES for s in statuses) else 1
 
 
 def write_result(out_dir: str, result: dict[str, Any]) -> str:

@@ -29,11 +29,10 @@ from bench.config import BenchConfig, to_dict
 from bench.plan import (Host, InvalidConfig, PredictedOOM, available_bytes, check_memory, config_hash, make_spec,
                         predict_memory)
 from bench.protocol import QUIET_ENV, TOTAL_ENV, node_tag
-from bench.results import SCHEMA_VERSION, ok_index, write_result
+from bench.results import SCHEMA_VERSION, SKIPPED_NAME, ok_index, write_result
 
 config.register()
 _exit_code = 0
-SKIPPED_NAME = "skipped.json"  # what a resumed sweep leaves in a point's folder instead of a result
 _ok_cache: dict[str, dict] = {}  # results_root -> ok_index, read once per process
 
 
@@ -189,17 +188,6 @@ def job(cfg: DictConfig) -> None:
         print(summary_line(r), flush=True)
         if hc.mode.name != "MULTIRUN" and r["status"] not in ("ok", "skipped"):
             _exit_code = max(_exit_code, 2 if r["status"] in ("invalid", "predicted_oom") else 1)
-
-
-# what a sweep's points may end in and still exit 0: a benchmark outcome (the point could not
-# run as configured, or did not fit, or was reused); anything else is a failure of the run
-BENCHMARK_OUTCOMES = ("ok", "oom", "predicted_oom", "invalid", "skipped")
-
-
-def sweep_exit_code(statuses) -> int:
-    """0 when every point of a sweep ended in a benchmark outcome, 1 when any failed, timed
-    out or diverged (an interrupted sweep exits 130 on its own)."""
-    return 0 if all(s in BENCHMARK_OUTCOMES for s in statuses) else 1
 
 
 def _one_line(e: BaseException) -> str:

@@ -91,9 +91,10 @@ def test_repeats_are_runs_of_their_own_and_resume_adds_the_missing_ones(tmp_path
 
 
 def test_a_sweep_exits_1_when_a_point_failed_and_0_for_benchmark_outcomes(tmp_path, monkeypatch):
-    assert run.sweep_exit_code(["ok", "oom", "predicted_oom", "invalid", "skipped"]) == 0
+    from bench.results import sweep_exit_code
+    assert sweep_exit_code(["ok", "oom", "predicted_oom", "invalid", "skipped"]) == 0
     for bad in ("failed", "timeout", "diverged"):
-        assert run.sweep_exit_code(["ok", bad]) == 1
+        assert sweep_exit_code(["ok", bad]) == 1
     sweep = tmp_path / "sweep"
     run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "ok"), launch=fake_launch)
     run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "failed"),
