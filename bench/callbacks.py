@@ -22,6 +22,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from bench import report
+        from bench.protocol import TOTAL_ENV
         from bench.results import SKIPPED_NAME, load, sweep_exit_code
 
         sweep_dir = config.hydra.sweep.dir
@@ -38,6 +39,11 @@ class SweepReport(Callback):
             reused += [p for p in paths if p not in reused]  # points may share old results (keys outside the hash)
         new = load([sweep_dir], on_skip=lambda msg: print(f"skipped {msg}"))
         SweepReport.exit_code = sweep_exit_code(new["status"] if not new.empty else [])
+        expected, left = os.environ.get(TOTAL_ENV), _points_recorded(sweep_dir)
+        if expected and expected.isdigit() and left < int(expected):  # a job killed before it wrote anything
+            print(f"{int(expected) - left} of {expected} point(s) left no result (killed, or their files are "
+                  "unreadable): the sweep exits 1")
+            SweepReport.exit_code = 1
         df = pd.concat([new, load(reused, on_skip=lambda msg: print(f"skipped {msg}"))], ignore_index=True) \
             if reused else new
         print()
@@ -53,3 +59,13 @@ class SweepReport(Callback):
             print(f"\nreport: {out}")
         except Exception as e:  # a report problem must not hide the results
             print(f"\nreport could not be written: {type(e).__name__}: {e}")
+
+
+def _points_recorded(sweep_dir: str) -> int:
+    """Point folders of a sweep that hold a record: a result, a reuse pointer or a node note."""
+    recorded = set()
+    for root, dirs, names in os.walk(sweep_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(n.startswith(("result", "skipped", "node.")) and n.endswith(".json") for n in names):
+            recorded.add(root)
+    return len(recorded)

@@ -27,6 +27,7 @@ bad input.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bench import figures
+from bench.identity import MACHINE
 from bench.results import load
 from bench.stats import holm, ratio_ci, welch_log
 
@@ -79,20 +81,25 @@ def compare(sets: list[pd.DataFrame], names: list[str], alpha: float = 0.05, min
     rows, pairs = [], []
     for name, other in zip(names[1:], oks[1:]):
         for key in [k for k in dict.fromkeys(base["work"]) if k in set(other["work"])]:
-            a, b = base[base["work"] == key], other[other["work"] == key]
-            ta, tb = a["tokens_per_s"].to_numpy(dtype=float), b["tokens_per_s"].to_numpy(dtype=float)
-            pairs.append((ta, tb))
-            first = a.iloc[0]
-            rows.append({"config": f"{first['size']} {first['variant']} {figures._int(first['devices'])}d "
-                                   f"b{figures._int(first['batch_size'])}",
-                         "baseline": names[0], "other": name, "baseline_runs": len(ta), "other_runs": len(tb),
-                         "baseline_tokens_per_s": float(np.median(ta)), "other_tokens_per_s": float(np.median(tb)),
-                         **figures._ctx(first)})
+            # within a set, the same configuration on two machines is two rows, never one sample
+            for (_, a), (_, b) in itertools.product(base[base["work"] == key].groupby("machine", sort=False),
+                                                    other[other["work"] == key].groupby("machine", sort=False)):
+                ta, tb = a["tokens_per_s"].to_numpy(dtype=float), b["tokens_per_s"].to_numpy(dtype=float)
+                pairs.append((ta, tb))
+                first = a.iloc[0]
+                rows.append({"config": f"{first['size']} {first['variant']} {figures._int(first['devices'])}d "
+                                       f"b{figures._int(first['batch_size'])}",
+                             "baseline": names[0], "other": name, "baseline_runs": len(ta), "other_runs": len(tb),
+                             "baseline_tokens_per_s": float(np.median(ta)), "other_tokens_per_s": float(np.median(tb)),
+                             "baseline_machine": first["hardware_label"], "other_machine": b["hardware_label"].iloc[0],
+                             **figures._ctx(first)})
     if not rows:
         return pd.DataFrame()
     t = pd.concat([pd.DataFrame(rows), pd.DataFrame(verdicts(pairs, alpha, min_ratio))], axis=1)
-    keys = tuple(k for k in figures.CONTEXT if k not in figures.MACHINE)
+    keys = tuple(k for k in figures.CONTEXT if k not in MACHINE)
     t["config"] = figures._labels(t, t["config"], keys=keys)
+    if (t["baseline_machine"] != t["other_machine"]).any() or t["baseline_machine"].nunique() > 1:
+        t["config"] += " (" + t["baseline_machine"].astype(str) + " -> " + t["other_machine"].astype(str) + ")"
     return t
 
 
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             f"configuration(s), alpha {a.alpha}, min ratio {a.min_ratio})")
     if a.pdf:
         from bench.report import write_report
-        both = pd.concat(sets, ignore_index=True)
+        # each set its own `result_set` in the identity: before and after never pool in a page
+        both = pd.concat([d.assign(result_set=n) for d, n in zip(sets, a.sets)], ignore_index=True)
         print(f"report: {write_report(both, a.pdf, 'scalebench comparison', extra=[fig_compare(t)])}")
     sys.exit(1 if counts.get("slower") else 0)
 

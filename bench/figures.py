@@ -50,7 +50,7 @@ def variant(row) -> str:
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:
     """`df` with its layouts' labels and the identity keys (bench/identity.py)."""
     if df.empty:
-        return df.assign(variant=[], identity=[], work=[], series=[], setting=[], computation=[])
+        return df.assign(variant=[], identity=[], machine=[], work=[], series=[], setting=[], computation=[])
     return identity.with_keys(df.assign(variant=[variant(r) for r in df.to_dict("records")]))
 
 
@@ -152,17 +152,25 @@ def held_fixed(data: pd.DataFrame) -> str:
 
 # -- scaling with devices ------------------------------------------------------------------
 
-def _reference(pts: pd.DataFrame) -> dict[tuple, float]:
-    """The reference strategy at one device (bench.parallel.REFERENCE), by what must match it:
-    the machine, the work without the strategy, and its batch: {(match key, batch): tokens/s}."""
+def _reference(ok: pd.DataFrame, value: str = "tokens_per_s") -> dict[tuple, float]:
+    """The reference strategy on one device (bench.parallel.REFERENCE), by what must match it:
+    the machine, the work without the strategy, and its batch, per micro-step ('b') or per
+    optimizer step ('g'): {(match key, 'b'|'g', batch): the median of `value` over all its
+    runs}. Runs whose options differ in what the reference does not use pool: the same work."""
     from bench.parallel import REFERENCE
-    ref = pts[(pts["strategy"] == REFERENCE) & (pts["devices"] == 1)]
-    return {(_match(r), _int(r["batch_size"])): float(r["tokens_per_s"]) for r in ref.to_dict("records")}
+    ref = ok[(ok["strategy"] == REFERENCE) & (ok["devices"] == 1)]
+    runs: dict[tuple, list[float]] = {}
+    for r in ref.to_dict("records"):
+        for kind, batch in (("b", r["batch_size"]), ("g", r["global_batch_size"])):
+            runs.setdefault((_match(r), kind, _int(batch)), []).append(float(r[value]))
+    return {k: float(np.median(v)) for k, v in runs.items()}
 
 
 def _match(r) -> str:
-    keys = MACHINE + tuple(k for k in identity.WORK if k not in identity.STRATEGY_FIELDS) + ("nodes",)
-    return identity._hash(identity.fields({**r, "nodes": _get(r, "nodes") or 1}, keys))
+    """What a run shares with its reference: the machine and the work but the strategy (the
+    node count aside: `devices` counts every device)."""
+    keys = MACHINE + tuple(k for k in identity.WORK if k not in identity.STRATEGY_FIELDS)
+    return identity._hash(identity.fields(r, keys))
 
 
 def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
@@ -181,16 +189,20 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
     pts = per_identity(ok)
     if pts.empty:
         return pd.DataFrame(columns=cols)
-    ref = _reference(pts)
+    ref = _reference(ok)
     # a series is the set of identities any of its runs measured (one point, e.g. dp on 2
     # devices with b=8, belongs to the weak series b=8/replica and to the strong one of global
     # batch 16 alike); a point's value is the median of all its identity's runs (the same work)
     members = ok.drop_duplicates(["series", "identity"])[["series", "identity"]]
     pts = members.merge(pts.drop(columns=["series"]), on="identity", how="left")
+    # one device count measured with two node splits (8 on one node and 4 on each of 2): one
+    # curve per node count there, as the points are different work
+    split = pts.groupby("series")["devices"].transform(lambda d: d.duplicated().any())
+    pts.loc[split, "series"] = pts.loc[split, "series"] + "-n" + pts.loc[split, "nodes"].map(_int)
     rows = []
     for key, g in pts.groupby("series", sort=False):
         g = g.sort_values("devices")
-        first = ok[ok["series"] == key].iloc[0].to_dict()  # the anchor the series' runs fixed
+        first = ok[ok["series"] == key.split("-n")[0]].iloc[0].to_dict()  # the anchor the series' runs fixed
         first.update(g.iloc[0][["devices", "tokens_per_s", "variant", "size"]].to_dict())
         n0, t0 = int(g.iloc[0]["devices"]), float(g.iloc[0]["tokens_per_s"])
         multi = g["devices"].nunique() > 1
@@ -202,7 +214,8 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
         anchor = (f"global batch {_int(first['global_batch_size'])}" if strong
                   else f"b={_int(first['batch_size'])}/replica")
         label = f"{first['variant']} ({mode}, {anchor})" if multi else f"{first['variant']} ({anchor})"
-        ref_tps = ref.get((_match(first), _int(first["global_batch_size" if strong else "batch_size"])))
+        ref_tps = ref.get((_match(first), "g", _int(first["global_batch_size"])) if strong
+                          else (_match(first), "b", _int(first["batch_size"])))
         for r in g.to_dict("records"):
             base = dict(size=r["size"], n_params=r.get("n_params"), series=label, series_key=key,
                         variant=r["variant"], scaling=mode, devices=int(r["devices"]),
@@ -433,20 +446,25 @@ def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
         row = {"size": g["size"].iloc[0], "n_params": g["n_params"].iloc[0], "devices": int(g["devices"].iloc[0]),
                "setting": key, "winner": best[1], "tokens_per_s": best[0], "runs": len(runs), "runner_up": None,
                "ratio": np.nan, "verdict": "only one computation measured", **_ctx(g.iloc[0])}
-        if len(cands) > 1:
-            second = cands[1]
-            ratio = best[0] / second[0]
-            row.update(runner_up=second[1], ratio=ratio)
-            if min(len(runs), len(second[2])) >= MIN_RUNS:
-                _, p = stats.welch_log(second[2], runs)
-                win = p < alpha and ratio >= 1 + min_ratio
-                row["verdict"] = "winner" if win else f"tie: the runs cannot separate them (p={p:.2g})"
-            else:
-                win = ratio > 1 + margin
-                row["verdict"] = ("winner" if win else
-                                  f"tie: {min(len(runs), len(second[2]))} run(s), within the {margin:.0%} drift")
-            if not win:
-                row["winner"] = f"{best[1]} ~ {second[1]}"
+        if len(cands) > 1:  # every other candidate against the best: those it cannot beat share the cell
+            row.update(runner_up=cands[1][1], ratio=best[0] / cands[1][0], verdict="winner")
+            tied, why = [], []
+            for other in cands[1:]:
+                ratio = best[0] / other[0]
+                if min(len(runs), len(other[2])) >= MIN_RUNS:
+                    _, p = stats.welch_log(other[2], runs)
+                    if p >= alpha:
+                        tied.append(other[1])
+                        why.append(f"the runs cannot separate them (p={p:.2g})")
+                    elif ratio < 1 + min_ratio:
+                        tied.append(other[1])
+                        why.append(f"less than {min_ratio:.0%} apart")
+                elif ratio <= 1 + margin:
+                    tied.append(other[1])
+                    why.append(f"{min(len(runs), len(other[2]))} run(s), within the {margin:.0%} drift")
+            if tied:
+                row["winner"] = " ~ ".join([best[1], *tied])
+                row["verdict"] = "tie: " + "; ".join(dict.fromkeys(why))
         cells.append(row)
     out = pd.DataFrame(cells)
     ctx = ok.groupby("setting").head(1).set_index("setting").loc[out["setting"]].reset_index()
@@ -520,19 +538,18 @@ def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
     the reference strategy on one device with the same work (same machine, model, precision,
     sequence, batch) and t_p the pipeline's (median of its runs): the share of the p
     devices' time not spent on the one device's work."""
-    from bench.parallel import REFERENCE
     cols = ["size", "variant", "pp", "ideal", "measured", "runs"]
-    pts = per_identity(ok_runs(df))
+    ok = ok_runs(df)
+    pts = per_identity(ok)
     if pts.empty or "degree_pp" not in pts:
         return pd.DataFrame(columns=cols)
-    ref = pts[(pts["strategy"] == REFERENCE) & (pts["devices"] == 1)]
-    t1 = {(_match(r), _int(r["batch_size"])): float(r["step_time_s"]) for r in ref.to_dict("records")}
+    t1 = _reference(ok, "step_time_s")
     pure = (pts["degree_pp"] > 1) & (pts["degree_dp"] == 1) & (pts["degree_tp"] == 1)
     if "degree_data_parallel" in pts:  # (results before it was recorded: dp == 1 says enough)
         pure &= pts["degree_data_parallel"].isna()
     rows = []
     for r in pts[pure].to_dict("records"):
-        one = t1.get((_match(r), _int(r["global_batch_size"])))
+        one = t1.get((_match(r), "b", _int(r["batch_size"])))  # dp = 1: the same batch per micro-step
         if one is None:
             continue
         p = int(r["degree_pp"])

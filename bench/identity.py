@@ -29,7 +29,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-MACHINE = ("hardware_label",)
+# the machine and what ran on it: the hardware label, the torch version, and the result set a
+# comparison's report came from (`bench.compare --pdf`: before/after on one machine stay apart)
+MACHINE = ("hardware_label", "software_torch", "result_set")
 WORK = ("accelerator", "size", "shape", "strategy", "strategy_options", "precision", "seq_len", "grad_accum",
         "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe")
 SCALE = ("nodes", "devices", "batch_size", "global_batch_size")
@@ -71,10 +73,11 @@ def strong(row: Mapping[str, Any]) -> bool:
 
 
 def series(row: Mapping[str, Any]) -> str:
-    """One scaling curve: the identity without the device count, anchored by the batch the
-    user fixed (per-replica batch for weak scaling, global batch for strong)."""
+    """One scaling curve: the identity without the device count (nor the node count: `devices`
+    counts every device of the job), anchored by the batch the user fixed (per-replica batch
+    for weak scaling, global batch for strong)."""
     anchor = ("global_batch_size",) if strong(row) else ("batch_size",)
-    return _hash({**fields(row, MACHINE + WORK + ("nodes",) + anchor), "strong": strong(row)})
+    return _hash({**fields(row, MACHINE + WORK + anchor), "strong": strong(row)})
 
 
 def setting(row: Mapping[str, Any]) -> str:
@@ -91,8 +94,13 @@ def computation(row: Mapping[str, Any]) -> str:
     parallelisms communicate nothing and change no math: they are left out."""
     dp, tp, pp = (int(_get(row, f"degree_{k}") or 1) for k in ("dp", "tp", "pp"))
     micro = int(_get(row, "degree_microbatches") or 1)
+    kind = _get(row, "degree_data_parallel")
+    # FSDP's mixed precision keeps bf16/fp16 weights (autocast keeps fp32 ones): a computation of
+    # its own at any degree then; at dp > 1 resharding changes the communication too
+    fsdp = kind == "fsdp" and (dp > 1 or _get(row, "precision") not in ("fp32", None))
     sig = {"dp": dp, "tp": tp, "pp": pp, "micro": micro,
-           "dp_kind": _get(row, "degree_data_parallel") if dp > 1 else None,
+           "dp_kind": kind if dp > 1 or fsdp else None,
+           "reshard": _reshard(row) if fsdp and dp > 1 else None,
            "sp": bool(_get(row, "degree_sequence_parallel")) if tp > 1 else False,
            "schedule": _get(row, "schedule") if pp > 1 else None,
            "chunks": int(_get(row, "degree_stages_per_rank") or 1) if pp > 1 else 1,
@@ -100,10 +108,23 @@ def computation(row: Mapping[str, Any]) -> str:
     return _hash(sig)
 
 
+def _reshard(row: Mapping[str, Any]) -> Any:
+    v = _get(row, "degree_reshard_after_forward")
+    if v is None and isinstance(_get(row, "strategy_options"), str):  # results that did not record it
+        v = json.loads(row["strategy_options"]).get("reshard_after_forward")
+    return v
+
+
+def machine(row: Mapping[str, Any]) -> str:
+    """The machine part of the identity (hardware label, torch, result set)."""
+    return _hash(fields(row, MACHINE))
+
+
 def with_keys(df):
-    """`df` (tidy rows) with the columns identity, work, series, setting, computation."""
+    """`df` (tidy rows) with the columns identity, machine, work, series, setting, computation."""
     rows = df.to_dict("records")
-    return df.assign(identity=[identity(r) for r in rows], work=[work(r) for r in rows],
+    return df.assign(identity=[identity(r) for r in rows], machine=[machine(r) for r in rows],
+                     work=[work(r) for r in rows],
                      series=[series(r) for r in rows], setting=[setting(r) for r in rows],
                      computation=[computation(r) for r in rows])
 
@@ -122,7 +143,7 @@ def describe(df, keys: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
     return fixed, varying
 
 
-LABELS = {"hardware_label": "{}", "precision": "{}", "seq_len": "seq {}", "accelerator": "{}", "data": "data {}",
+LABELS = {"hardware_label": "{}", "software_torch": "torch {}", "result_set": "set {}", "precision": "{}", "seq_len": "seq {}", "accelerator": "{}", "data": "data {}",
           "grad_accum": "accum {}", "activation_checkpointing": "ckpt {}", "compile": "compile {}",
           "threads": "{} thread(s)/device", "nodes": "{} node(s)", "batch_size": "b={}/replica",
           "global_batch_size": "global batch {}", "devices": "{} device(s)", "shape": "{}", "data_path": "{}",
@@ -132,7 +153,7 @@ LABELS = {"hardware_label": "{}", "precision": "{}", "seq_len": "seq {}", "accel
 def fixed_text(df, keys: Iterable[str]) -> str:
     """What a page holds fixed, for its title: 'EPYC-2c-24GB, fp32, seq 256, data text'."""
     fixed, _ = describe(df, keys)
-    skip = {"strategy", "strategy_options", "shape", "data_path", "oversubscribe"}  # in the labels, or noise
+    skip = {"strategy", "strategy_options", "shape", "data_path", "oversubscribe", "result_set"}  # in labels
     parts = [LABELS.get(k, k + " {}").format(v) for k, v in fixed.items() if k not in skip and v is not None]
     return ", ".join(parts)
 

@@ -10,6 +10,7 @@ Everything up to the launch imports no torch (nor pandas): bad input is answered
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -71,13 +72,22 @@ def run_point(cfg: BenchConfig, out_dir: str, launch: Callable = _launch) -> lis
                            "config_hash": chash, "hardware_label": label, "at": _now()}, f, indent=1)
         if len(reused) >= cfg.repeats:
             return [{"status": "skipped", "error": f"resume: {len(reused)} ok run(s) exist, e.g. {reused[0]}"}]
+    taken = {_repeat_of(p) for p in reused}
     out = []
-    for i in range(len(reused), cfg.repeats):
-        r = _run_once(cfg, out_dir, launch, hardware.fingerprint() if i else fp, label, chash, i)
+    for i in [i for i in range(cfg.repeats + len(taken)) if i not in taken][:cfg.repeats - len(reused)]:
+        r = _run_once(cfg, out_dir, launch, hardware.fingerprint() if out else fp, label, chash, i)
         out.append(r)
         if r["status"] in ("invalid", "predicted_oom"):
             break  # decided before launching: every repeat would be the same
     return out
+
+
+def _repeat_of(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return json.load(f).get("repeat", 0)
+    except (OSError, ValueError):
+        return None
 
 
 def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, Any], label: str, chash: str,
@@ -93,6 +103,9 @@ def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, An
     }
     try:
         spec = make_spec(cfg, host)
+        if repeat and spec.nodes > 1:  # each run its own rendezvous, as each point has
+            spec = dataclasses.replace(spec, rendezvous=dataclasses.replace(
+                spec.rendezvous, run_id=f"{spec.rendezvous.run_id}-r{repeat}"))
         lay = spec.layout
         result["spec"] = spec.to_dict()
         pipe = lay.pipeline
@@ -103,6 +116,7 @@ def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, An
                              "microbatches": pipe.microbatches if pipe else 1,
                              "stages_per_rank": pipe.stages_per_rank if pipe else 1,
                              "bubble_ideal": lay.bubble_ideal, "sequence_parallel": lay.sequence_parallel,
+                             "reshard_after_forward": lay.reshard_after_forward,
                              "activation_checkpointing": spec.activation_checkpointing.value}
         pred = predict_memory(spec)
         result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}

@@ -88,7 +88,8 @@ def welch_log(a, b) -> tuple[float, float]:
         return math.nan, 1.0
     v1, v2 = la.var(ddof=1) / n1, lb.var(ddof=1) / n2
     if v1 + v2 == 0:
-        return (math.inf if lb.mean() != la.mean() else math.nan), (0.0 if lb.mean() != la.mean() else 1.0)
+        diff = lb.mean() - la.mean()
+        return (math.copysign(math.inf, diff) if diff else math.nan), (0.0 if diff else 1.0)
     t = (lb.mean() - la.mean()) / math.sqrt(v1 + v2)
     df = (v1 + v2) ** 2 / (v1 ** 2 / (n1 - 1) + v2 ** 2 / (n2 - 1))
     return float(t), min(1.0, 2 * t_sf(abs(t), df))

@@ -90,6 +90,26 @@ def test_repeats_are_runs_of_their_own_and_resume_adds_the_missing_ones(tmp_path
     assert len(json.load(open(tmp_path / "b" / "skipped.json"))["results"]) == 3
 
 
+def test_resume_numbers_new_runs_after_the_ones_it_reuses(tmp_path, fresh_resume_index):
+    cfg = compose_cfg(*TINY, "strategy=dp", "repeats=3", f"results_root={tmp_path}")
+    rs = run.run_point(cfg, str(tmp_path / "a"), launch=fake_launch)
+    os.remove(tmp_path / "a" / "result.1.json")  # run 1 lost: runs 0 and 2 remain
+    again = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), {"resume": True}))
+    [new] = run.run_point(again, str(tmp_path / "b"), launch=fake_launch)
+    assert [r["repeat"] for r in rs] == [0, 1, 2] and new["repeat"] == 1
+
+
+def test_a_point_that_left_no_result_fails_the_sweep(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    run.run_point(compose_cfg(*TINY, "strategy=single"), str(sweep / "ok"), launch=fake_launch)
+    (sweep / "killed").mkdir()  # a submitit job killed before it wrote anything
+    monkeypatch.setenv("SCALEBENCH_SWEEP_TOTAL", "2")
+    monkeypatch.setattr(SweepReport, "exit_code", 0)
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}},
+                                                    "report_dir": str(tmp_path / "reports")}))
+    assert SweepReport.exit_code == 1
+
+
 def test_a_sweep_exits_1_when_a_point_failed_and_0_for_benchmark_outcomes(tmp_path, monkeypatch):
     from bench.results import sweep_exit_code
     assert sweep_exit_code(["ok", "oom", "predicted_oom", "invalid", "skipped"]) == 0

@@ -79,3 +79,15 @@ def test_cli_flags_a_planted_slowdown_and_passes_identical_sets(tmp_path):
 def test_aa_check_splits_one_set_alternately(tmp_path):
     r = _run("--aa", fake_set(tmp_path / "aa", runs=10, spread=0.01, seed=4))  # 1% drift: under --min-ratio
     assert r.returncode == 0 and "(odd runs)" in r.stdout and "within noise" in r.stdout, r.stdout + r.stderr
+
+
+def test_two_machines_in_one_set_are_two_rows(tmp_path):
+    import pandas as pd
+
+    from bench.results import load
+    x = load([fake_set(tmp_path / "x", runs=3, seed=1)])  # machine M1.0
+    y = load([fake_set(tmp_path / "y", scale=3.0, runs=3, seed=2)])  # machine M3.0, a third as fast
+    z = load([fake_set(tmp_path / "z", scale=2.0, runs=3, seed=3)])
+    t = compare.compare([pd.concat([x, y], ignore_index=True), z], ["xy", "z"])
+    assert len(t) == 2 and sorted(t["baseline_runs"]) == [3, 3]
+    assert sorted(round(r, 1) for r in t["ratio"]) == [0.5, 1.5]  # never the median of both machines

@@ -226,3 +226,56 @@ def test_pdf_pages_csvs_and_determinism(tmp_path):
     assert (tmp_path / "r.csv").exists() and "| size |" in (tmp_path / "r.md").read_text()
     again = report.write_report(frame(), str(tmp_path / "r2.pdf"), title="unit report")
     assert open(out, "rb").read() == open(again, "rb").read()
+
+
+def test_strong_series_and_bubble_match_the_reference_by_the_right_batch():
+    """With grad accumulation the global batch is batch x dp x accum: the strong series' reference
+    is the single run of the same global batch, the bubble's the one of the same micro-step."""
+    dp2 = row(devices=2, batch_size=4, grad_accum=2, global_batch_size=16, global_batch_requested=16,
+              tokens_per_s=1800.0)
+    ref16 = row(strategy="single", batch_size=8, grad_accum=2, global_batch_size=16, tokens_per_s=1000.0)
+    ref32 = row(strategy="single", batch_size=16, grad_accum=2, global_batch_size=32, tokens_per_s=1200.0)
+    d = figures.scaling_data(pd.DataFrame([dp2, ref16, ref32]))
+    assert d[d["variant"] == "dp"]["efficiency"].iloc[0] == pytest.approx(1800 / (2 * 1000))
+    mp = row(strategy="mp", schedule="1f1b", devices=2, degree_pp=2, batch_size=8, grad_accum=2, step_time_s=0.8)
+    t1 = [row(strategy="single", batch_size=8, grad_accum=2, step_time_s=1.0),
+          row(strategy="single", batch_size=16, grad_accum=2, step_time_s=2.0)]
+    b = figures.bubble_data(pd.DataFrame([mp, *t1]))
+    assert b["measured"].iloc[0] == pytest.approx(1 - 1.0 / (2 * 0.8))
+
+
+def test_node_counts_are_one_series_and_the_reference_pools_its_runs():
+    rows = [row(devices=8 * n, nodes=n, tokens_per_s=9000.0 * n) for n in (1, 2, 4)]
+    rows += [row(strategy="single", tokens_per_s=t, seed=s, strategy_options=o)
+             for s, (t, o) in enumerate([(1000.0, "{}"), (1000.0, "{}"), (1000.0, "{}"),
+                                         (1400.0, '{"schedule": "gpipe"}')])]
+    d = figures.scaling_data(pd.DataFrame(rows))
+    dp = d[d["variant"] == "dp"]
+    assert dp["series"].nunique() == 1 and sorted(set(dp["devices"])) == [8, 16, 32]
+    ref = dp[dp["baseline"] == "reference, 1 device"].set_index("devices")
+    # the reference's runs pooled over options it does not use: median of 1000, 1000, 1000, 1400
+    assert ref.loc[16, "efficiency"] == pytest.approx(18000 / (16 * 1000))
+
+
+def test_fsdp_resharding_is_a_computation_of_its_own():
+    rows = [row(strategy="fsdp", devices=2, degree_reshard_after_forward=r, tokens_per_s=t, seed=s,
+                strategy_options='{"reshard_after_forward": %s}' % str(r).lower())
+            for r, t in ((True, 1000.0), (False, 1500.0)) for s in range(3)]
+    b = figures.best_data(pd.DataFrame(rows)).iloc[0]
+    assert b["winner"] == "fsdp" and b["runs"] == 3 and b["tokens_per_s"] == 1500  # not one pooled candidate
+
+
+def test_every_layout_the_best_cannot_beat_shares_the_cell():
+    rows = [row(strategy="dp", devices=2, global_batch_size=8, batch_size=4, tokens_per_s=1000.0),
+            row(strategy="tp", devices=2, degree_tp=2, global_batch_size=8, tokens_per_s=900.0),
+            row(strategy="mp", schedule="naive", devices=2, degree_pp=2, global_batch_size=8, tokens_per_s=800.0)]
+    b = figures.best_data(pd.DataFrame(rows)).iloc[0]
+    assert b["winner"] == "dp ~ tp ~ mp/naive"
+
+
+def test_result_sets_of_a_comparison_never_pool():
+    a = frame().assign(result_set="before")
+    b = frame().assign(result_set="after", tokens_per_s=lambda d: d["tokens_per_s"] * 0.8)
+    d = figures.scaling_data(pd.concat([a, b], ignore_index=True))
+    dp = d[(d["variant"] == "dp") & (d["devices"] == 1) & (d["size"] == "mini")]
+    assert sorted(dp["tokens_per_s"]) == [800, 1000] and set(dp["runs"]) == {1}
