@@ -29,6 +29,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bench.spec import DataParallel
+
 # the machine and what ran on it: the hardware label, the torch version, and the result set a
 # comparison's report came from (`bench.compare --pdf`: before/after on one machine stay apart)
 MACHINE = ("hardware_label", "software_torch", "result_set")
@@ -97,7 +99,7 @@ def computation(row: Mapping[str, Any]) -> str:
     kind = _get(row, "degree_data_parallel")
     # FSDP's mixed precision keeps bf16/fp16 weights (autocast keeps fp32 ones): a computation of
     # its own at any degree then; at dp > 1 resharding changes the communication too
-    fsdp = kind == "fsdp" and (dp > 1 or _get(row, "precision") not in ("fp32", None))
+    fsdp = kind == DataParallel.fsdp.value and (dp > 1 or _get(row, "precision") not in ("fp32", None))
     sig = {"dp": dp, "tp": tp, "pp": pp, "micro": micro,
            "dp_kind": kind if dp > 1 or fsdp else None,
            "reshard": _reshard(row) if fsdp and dp > 1 else None,
