@@ -5,32 +5,78 @@ every override's key and type when it composes: a misspelt key or a wrong type f
 once, before anything is launched. The composed config becomes these dataclasses
 (`OmegaConf.to_object`) and `bench.plan.make_spec` takes them as they are.
 
-Each field's help text (`key(default, help)`) is what `python -m bench.run --help` prints and
-what the README's key table is generated from (`python -m bench.config` prints it; a test
-checks the README against it), so a key's meaning lives here and nowhere else.
+Each field's help text and, for a number, its valid range (`key(default, help, ge=1)`) are
+what `python -m bench.run --help` prints and what the README's key table is generated from
+(`python -m bench.config` prints it; a test checks the README against it), so a key's meaning
+and its valid values live here and nowhere else (bench.plan refuses a value outside the range,
+`numeric_keys` walks them).
 
 No torch here: the command line answers bad input before torch is imported.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import MISSING
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
-def key(default: Any, help: str) -> Any:
-    """A config field with its default and its one-line help (meaning, unit)."""
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: inclusive bounds (`ge`, `le`) or exclusive ones
+    (`gt`, `lt`), None where unbounded. A float key must also be finite (no nan, no inf).
+    Whether null is accepted is the key's type (`Optional[int]`), declared beside it."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, value: float) -> bool:
+        # written as "not (inside)" so that nan, which compares false with everything, is refused
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return not ((self.ge is not None and not value >= self.ge) or (self.gt is not None and not value > self.gt)
+                    or (self.le is not None and not value <= self.le) or (self.lt is not None and not value < self.lt))
+
+    def text(self, is_float: bool = False, nullable: bool = False) -> str:
+        """In words, as the refusal and the key table say it: 'at least 1', 'a finite number
+        more than 0', 'at least 0 and at most 4294967295', '..., or null'."""
+        bounds = [f"{word} {show_number(b)}" for word, b in (("at least", self.ge), ("more than", self.gt),
+                                                             ("at most", self.le), ("less than", self.lt))
+                  if b is not None]
+        unbounded_above = self.le is None and self.lt is None  # then "finite" says that inf is out
+        out = ("a finite number " if is_float and unbounded_above else "") + (" and ".join(bounds) or "any")
+        return out + (", or null" if nullable else "")
+
+
+def show_number(v: Any) -> str:
+    """A number as a user would type it: 0 rather than 0.0, 0.0003, inf, nan."""
+    if isinstance(v, float) and math.isfinite(v) and v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return str(v)
+
+
+def key(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with its default, its one-line help (meaning, unit) and, for a number,
+    the range it accepts (`ge`/`le` inclusive, `gt`/`lt` exclusive): the one place a key's
+    valid values are declared. bench.plan refuses a value outside it before anything starts;
+    the key table shows it. Metadata only: the default (and so every config hash) is as it was."""
+    meta: dict[str, Any] = {"help": help}
+    if (ge, gt, le, lt) != (None,) * 4:
+        meta["valid"] = Range(ge=ge, gt=gt, le=le, lt=lt)
+    return field(default=default, metadata=meta)
 
 
 class Precision(str, Enum):
@@ -68,15 +114,22 @@ class LauncherKind(str, Enum):
     multinode = "multinode"  # torch elastic across machines
 
 
+# The longest timeout a key accepts (about 31 years: no limit, in practice). The launcher's
+# watchdog waits with threading, which refuses more than threading.TIMEOUT_MAX (about 9.2e9 s
+# on Linux) and would then leave the job without any timeout.
+MAX_TIMEOUT_S = 1e9
+
+
 @dataclass
 class SizeConfig:
     """A GPT shape (conf/size/*.yaml)."""
     name: str = key(MISSING, "the size's name")
-    n_layer: int = key(MISSING, "transformer blocks (L)")
-    n_head: int = key(MISSING, "attention heads per block (a)")
-    n_embd: int = key(MISSING, "hidden size (H)")
-    vocab_size: int = key(MISSING, "vocabulary (V), padded to a multiple of 64")
-    block_size: int = key(MISSING, "maximum context in tokens (positions)")
+    n_layer: int = key(MISSING, "transformer blocks (L)", ge=1)
+    n_head: int = key(MISSING, "attention heads per block (a)", ge=1)
+    n_embd: int = key(MISSING, "hidden size (H); divides by n_head", ge=1)
+    vocab_size: int = key(MISSING, "vocabulary (V), padded to a multiple of 64; `data=text` needs 256+",
+                          ge=1)
+    block_size: int = key(MISSING, "maximum context in tokens (positions)", ge=1)
 
 
 @dataclass
@@ -86,11 +139,12 @@ class StrategyConfig:
     schedule: Schedule = key(Schedule.naive, "`mp`/`hybrid` pipeline schedule: `naive`, `gpipe`, `1f1b`, "
                                               "`interleaved`")
     microbatches: int = key(4, "micro-batches per micro-step for `gpipe`, `1f1b`, `interleaved` "
-                               "(must divide the batch)")
-    stages_per_rank: int = key(2, "model chunks per rank (v) for `interleaved`")
-    tp: int = key(1, "`hybrid`: tensor-parallel degree (the rest of the devices is data parallel)")
+                               "(must divide the batch; `1f1b` needs at least the stages, `interleaved` a "
+                               "multiple of them)", ge=1)
+    stages_per_rank: int = key(2, "model chunks per rank (v) for `interleaved`", ge=1)
+    tp: int = key(1, "`hybrid`: tensor-parallel degree (the rest of the devices is data parallel)", ge=1)
     pp: int = key(1, "`hybrid`: pipeline degree (the rest of the devices is data parallel); exactly one of "
-                     "tp, pp above 1")
+                     "tp, pp above 1", ge=1)
     sequence_parallel: bool = key(False, "`tp`/`hybrid` with tp: LayerNorms and the residual stream split "
                                          "by sequence")
     reshard_after_forward: bool = key(True, "`fsdp`/`hybrid`: free gathered block weights after forward "
@@ -101,12 +155,15 @@ class StrategyConfig:
 class LauncherConfig:
     """Where the ranks run (conf/launcher/*.yaml)."""
     name: LauncherKind = key(LauncherKind.local, "`local`, or `multinode` (torch elastic across machines)")
-    nodes: int = key(1, "`multinode`: machines in the job (`devices` is per node)")
+    nodes: int = key(1, "`multinode`: machines in the job (`devices` is per node)", ge=1)
     node_rank: Optional[int] = key(None, "`multinode`: this node's rank (static rendezvous); null: "
-                                         "c10d numbers the nodes as they arrive")
+                                         "c10d numbers the nodes as they arrive", ge=0)
     rdzv_endpoint: Optional[str] = key(None, "`multinode`: HOST:PORT of the rendezvous, the same on every node")
     run_id: str = key("scalebench", "`multinode`: shared by the nodes; each point appends its config hash")
-    join_timeout_s: float = key(600.0, "`multinode`: seconds a node waits for the others to arrive")
+    # at least 1: torch elastic takes whole seconds (int()), so anything below 1 would be 0;
+    # at most MAX_TIMEOUT_S, as timeout_s
+    join_timeout_s: float = key(600.0, "`multinode`: seconds a node waits for the others to arrive", ge=1,
+                                le=MAX_TIMEOUT_S)
 
 
 @dataclass
@@ -115,37 +172,40 @@ class BenchConfig:
     size: SizeConfig = key(MISSING, "model shape")
     strategy: StrategyConfig = key(MISSING, "parallel strategy")
     launcher: LauncherConfig = key(MISSING, "where the ranks run")
-    devices: int = key(1, "processes (CPU) or GPUs per node; `single` needs 1")
-    batch_size: int = key(8, "sequences per data-parallel replica per micro-step")
-    grad_accum: int = key(1, "micro-steps per optimizer step")
+    devices: int = key(1, "processes (CPU) or GPUs per node; `single` needs 1", ge=1)
+    batch_size: int = key(8, "sequences per data-parallel replica per micro-step", ge=1)
+    grad_accum: int = key(1, "micro-steps per optimizer step", ge=1)
     global_batch_size: Optional[int] = key(None, "sequences per optimizer step, all replicas; when set, "
-                                                 "`batch_size` is derived (must divide by dp x grad_accum)")
-    seq_len: Optional[int] = key(256, "tokens per sequence; null: the size's full context")
+                                                 "`batch_size` is derived (must divide by dp x grad_accum)", ge=1)
+    seq_len: Optional[int] = key(256, "tokens per sequence; null: the size's full context", ge=1)
     precision: Precision = key(Precision.auto, "`fp32`, `bf16` (autocast), `fp16` (CUDA only, gradient "
                                                "scaling), `auto` (bf16 on a CUDA GPU that has it, else fp32)")
-    warmup_steps: int = key(2, "optimizer steps run before timing starts")
-    steps: int = key(8, "timed optimizer steps")
-    seed: int = key(0, "weights and data are a function of the seed alone")
-    lr: float = key(3e-4, "AdamW learning rate")
+    warmup_steps: int = key(2, "optimizer steps run before timing starts", ge=0)
+    steps: int = key(8, "timed optimizer steps", ge=1)
+    # a 32-bit seed, as most tools take one: the ranks seed their generators with
+    # seed x 1_000_003 plus a 32-bit offset, which must stay inside torch's 64-bit seed range
+    seed: int = key(0, "weights and data are a function of the seed alone", ge=0, le=2**32 - 1)
+    lr: float = key(3e-4, "AdamW learning rate", gt=0)
     accelerator: Accelerator = key(Accelerator.auto, "`cpu`, `cuda`, or `auto` (cuda when a GPU is visible)")
     cpu_threads_per_device: int = key(1, "threads of each CPU rank, each rank pinned to its own cores; "
-                                         "devices x threads may not exceed the usable cores")
+                                         "devices x threads may not exceed the usable cores", ge=1)
     activation_checkpointing: Checkpointing = key(Checkpointing.none, "`full`: recompute each block in "
                                                                       "backward, for every strategy")
     compile: bool = key(False, "torch.compile each block; compilation runs in the warm-up (needs "
                                "warmup_steps>=2), reported as compile_s, never timed")
     oversubscribe: bool = key(False, "allow more CPU ranks than cores: for correctness tests only, "
                                      "never for benchmarks; recorded in the result")
-    timeout_s: float = key(1800.0, "seconds for the whole job; past it every rank is ended (`timeout`)")
+    timeout_s: float = key(1800.0, "seconds for the whole job; past it every rank is ended (`timeout`)", gt=0,
+                           le=MAX_TIMEOUT_S)
     data: Data = key(Data.synthetic, "`synthetic` (seeded uniform tokens) or `text` (a UTF-8 file as byte tokens)")
     data_path: Optional[str] = key(None, "`text`: the file; null: Python's own standard-library docs")
     results_root: str = key("results", "where each point's folder and result.json go")
     report_dir: str = key("reports", "where the end-of-sweep report (PDF, CSV, Markdown) goes")
     hardware_label: Optional[str] = key(None, "overrides the label derived from the machine "
-                                              "(e.g. `EPYC-2c-24GB`, `8xH100-80GB-HBM3`)")
+                                              "(e.g. `EPYC-9654-2c-24GB`, `8xH100-80GB-HBM3`)")
     force: bool = key(False, "run even when the memory model predicts an out-of-memory")
     repeats: int = key(1, "runs of each point, each its own process and result file; comparisons and "
-                          "intervals treat a run as one sample and need 3+")
+                          "intervals treat a run as one sample and need 3+", ge=1)
     resume: bool = key(False, "skip points with `repeats` ok results for the same config hash and hardware "
                               "label under results_root; the rest run (the missing runs) again")
 
@@ -192,15 +252,66 @@ def options(group: str) -> list[str]:
 GROUPS = {"size": SizeConfig, "strategy": StrategyConfig, "launcher": LauncherConfig}
 
 
-def key_rows() -> list[tuple[str, str, str]]:
-    """(key, default, meaning) for every key a user sets, from the fields above; a group's
-    option that sets a key otherwise (conf/<group>/<option>.yaml) is named beside the default."""
+@dataclass(frozen=True)
+class NumericKey:
+    """An int or float key of the config (nested groups included), with its declared range."""
+    name: str  # as typed on the command line: `seq_len`, `size.n_embd`
+    kind: type  # int or float
+    nullable: bool  # Optional: null is a valid value
+    valid: Range | None  # None only for a key that lacks its range (a test asks for one)
+
+    def value(self, cfg: Any) -> Any:
+        for part in self.name.split("."):
+            cfg = getattr(cfg, part)
+        return cfg
+
+    def text(self) -> str:
+        """The valid values in words ('at least 1, or null')."""
+        return self.valid.text(self.kind is float, self.nullable) if self.valid else ""
+
+    def refusal(self, value: Any) -> str | None:
+        """None when `value` is valid, else the one line that says so: `seq_len=0: need at least 1, or null`."""
+        if self.valid is None or (value is None and self.nullable) or self.valid.admits(value):
+            return None
+        return f"{self.name}={show_number(value)}: need {self.text()}"
+
+
+def _numeric(hint: Any) -> tuple[type | None, bool]:
+    """(int or float, nullable) for a field's type, (None, _) when it is no number (bool neither)."""
+    nullable = get_origin(hint) is Union and type(None) in get_args(hint)
+    if nullable:
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    return (hint if hint in (int, float) else None), nullable
+
+
+@functools.cache
+def numeric_keys(cls: type = BenchConfig, prefix: str = "") -> tuple[NumericKey, ...]:
+    """Every int and float key of `cls` and of its groups (the dataclass-typed fields), in
+    declaration order: what the range check walks and what the tests feed bad values."""
+    hints = get_type_hints(cls)
+    out: list[NumericKey] = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            out += numeric_keys(hint, f"{prefix}{f.name}.")
+            continue
+        kind, nullable = _numeric(hint)
+        if kind is not None:
+            out.append(NumericKey(prefix + f.name, kind, nullable, f.metadata.get("valid")))
+    return tuple(out)
+
+
+def key_rows() -> list[tuple[str, str, str, str]]:
+    """(key, default, valid values, meaning) for every key a user sets, from the fields above;
+    a group's option that sets a key otherwise (conf/<group>/<option>.yaml) is named beside
+    the default. Valid values are given for numbers (their declared range), else empty."""
+    valid = {k.name: k.text() for k in numeric_keys()}
     rows = []
     for f in fields(BenchConfig):
         if f.name not in GROUPS:
-            rows.append((f.name, _fmt(f.default), f.metadata["help"]))
+            rows.append((f.name, _fmt(f.default), valid.get(f.name, ""), f.metadata["help"]))
             continue
-        rows.append((f.name, _default_of(f.name), f"{f.metadata['help']}: {', '.join(options(f.name))}"))
+        rows.append((f.name, _default_of(f.name), "", f"{f.metadata['help']}: {', '.join(options(f.name))}"))
         set_by = _set_by_options(f.name)
         for g in fields(GROUPS[f.name]):
             if g.name == "name":
@@ -208,7 +319,8 @@ def key_rows() -> list[tuple[str, str, str]]:
             default = _fmt(g.default) if g.default is not MISSING else f"from {f.name}"
             if set_by.get(g.name):
                 default += " (" + ", ".join(f"{o}: {_fmt(v)}" for o, v in set_by[g.name]) + ")"
-            rows.append((f"{f.name}.{g.name}", default, g.metadata["help"]))
+            name = f"{f.name}.{g.name}"
+            rows.append((name, default, valid.get(name, ""), g.metadata["help"]))
     return rows
 
 
@@ -246,20 +358,23 @@ def _fmt(v: Any) -> str:
 
 def markdown_table() -> str:
     """The README's key table."""
-    lines = ["| key | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{k}` | `{d}` | {m} |" if d else f"| `{k}` | | {m} |" for k, d, m in key_rows()]
+    lines = ["| key | default | valid | meaning |", "|---|---|---|---|"]
+    for k, d, v, m in key_rows():
+        cells = (f"`{k}`", f"`{d}`" if d else "", v, m)
+        lines.append("|" + "|".join(f" {c} " if c else " " for c in cells) + "|")
     return "\n".join(lines)
 
 
 def help_text() -> str:
-    """`python -m bench.run --help`: the keys with their defaults and meanings."""
+    """`python -m bench.run --help`: the keys with their defaults, valid values and meanings."""
     rows = key_rows()
-    width, dwidth = max(len(k) for k, _, _ in rows) + 2, max(len(d) for _, d, _ in rows) + 1
-    body = "\n".join(f"  {k:<{width}}{d:<{dwidth}} {m.replace('`', '')}" for k, d, m in rows)
+    width, dwidth = max(len(k) for k, _, _, _ in rows) + 2, max(len(d) for _, d, _, _ in rows) + 1
+    vwidth = max(len(v) for _, _, v, _ in rows) + 1
+    body = "\n".join(f"  {k:<{width}}{d:<{dwidth}} {v:<{vwidth}} {m.replace('`', '')}" for k, d, v, m in rows)
     return ("scalebench: one benchmark point per job; -m sweeps comma-separated values (a cartesian product).\n\n"
             "  python -m bench.run size=mini strategy=dp devices=2\n"
             "  python -m bench.run -m size=tiny,mini strategy=single,dp,mp devices=1,2\n\n"
-            f"== Keys (key=value) ==\n  {'key':<{width}}{'default':<{dwidth}} meaning\n{body}\n\n"
+            f"== Keys (key=value) ==\n  {'key':<{width}}{'default':<{dwidth}} {'valid':<{vwidth}} meaning\n{body}\n\n"
             "== Config groups ==\n$APP_CONFIG_GROUPS\n\n"
             "python -m bench.run --cfg job prints the composed config; --hydra-help shows Hydra's own flags.\n")
 

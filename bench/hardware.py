@@ -18,18 +18,66 @@ from typing import Any
 
 import psutil
 
+from bench import peaks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cpu_model() -> str:
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's `key: value` fields of /proc/cpuinfo (Linux); {} elsewhere."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        with open(path) as f:
+            return parse_cpuinfo(f.read())
     except OSError:
-        pass
+        return {}
+
+
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """`key: value` fields of the first block (the first processor) of /proc/cpuinfo text."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the next processor's block: one model for all of them
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model(fields: dict[str, str] | None = None) -> str:
+    """The CPU's marketing name, e.g. 'Intel(R) Xeon(R) Platinum 8480C'. A hypervisor may
+    hide it ('Intel(R) Xeon(R) Processor'); ARM Linux prints none (then the machine, e.g.
+    'aarch64'): `cpu_signature` tells those apart."""
+    fields = cpuinfo() if fields is None else fields
+    if fields.get("model name"):
+        return fields["model name"]
+    if sys.platform == "darwin":  # no /proc there: the name ('Apple M2 Pro') is a sysctl
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                 text=True, timeout=5).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
     return platform.processor() or platform.machine()
+
+
+def cpu_signature(fields: dict[str, str] | None = None) -> str | None:
+    """The CPU's identity as the processor itself reports it, which a hypervisor that hides
+    the name passes through: x86 'f{cpu family}m{model}s{stepping}' in /proc/cpuinfo's
+    decimal (e.g. 'f6m143s8', a Sapphire Rapids Xeon), ARM 'i{implementer}p{part}v{variant}
+    r{revision}' in hex (e.g. 'i41pd4fv0r0', a Neoverse V2); None where /proc/cpuinfo has
+    neither (macOS, Windows)."""
+    fields = cpuinfo() if fields is None else fields
+    if all(k in fields for k in ("cpu family", "model", "stepping")):
+        return f"f{fields['cpu family']}m{fields['model']}s{fields['stepping']}"
+    if fields.get("CPU implementer") and fields.get("CPU part"):
+        hexes = [(fields.get(f"CPU {k}") or "0").lower().removeprefix("0x")
+                 for k in ("implementer", "part", "variant", "revision")]
+        return "i{}p{}v{}r{}".format(*hexes)
+    return None
 
 
 def torch_build() -> dict[str, str | None]:
@@ -103,11 +151,15 @@ def gpus(env: dict[str, str] | None = None) -> dict[str, Any]:
         order = cuda_visible(env.get("CUDA_VISIBLE_DEVICES"), uuids)
         if order is None:
             return _gpus_from_torch(info)
-        for i in order:
-            h = handles[i]
-            info["names"].append(_text(pynvml.nvmlDeviceGetName(h)))
-            info["memory_bytes"].append(_usable_memory(pynvml, h))
-            info["compute_capability"].append(list(pynvml.nvmlDeviceGetCudaComputeCapability(h)))
+        try:
+            for i in order:
+                h = handles[i]
+                info["names"].append(_text(pynvml.nvmlDeviceGetName(h)))
+                info["memory_bytes"].append(_usable_memory(pynvml, h))
+                info["compute_capability"].append(list(pynvml.nvmlDeviceGetCudaComputeCapability(h)))
+        except pynvml.NVMLError as e:  # a query this driver lacks: the planner's bf16 needs every capability
+            info.update(names=[], memory_bytes=[], compute_capability=[], nvml=f"ok; per-GPU query failed ({e})")
+            return _gpus_from_torch(info)
         kinds = set(zip(info["names"], info["memory_bytes"], map(tuple, info["compute_capability"])))
         if len(kinds) > 1 and env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
             info.update(names=[], memory_bytes=[], compute_capability=[])
@@ -144,9 +196,12 @@ def _gpus_from_torch(info: dict[str, Any]) -> dict[str, Any]:
 
 def fingerprint() -> dict[str, Any]:
     vm = psutil.virtual_memory()
+    fields = cpuinfo()
     return {
         "hostname": platform.node(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_model(fields),
+        "cpu_signature": cpu_signature(fields),  # tells apart CPUs whose name a hypervisor hides
+        "cpu_vendor": fields.get("vendor_id") or fields.get("CPU implementer"),
         "cpu_cores": psutil.cpu_count(logical=False) or os.cpu_count(),
         "cpu_threads": os.cpu_count(),
         "cpu_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -157,18 +212,67 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
+# Label characters: safe in a file name, a CSV cell and a Hydra override value.
+_UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
+# CPU product families, in the order a name is searched for them ('AMD Ryzen Threadripper
+# PRO 5995WX' is a Threadripper).
+CPU_FAMILIES = ("EPYC", "Xeon", "Threadripper", "Ryzen", "Opteron", "Core", "Celeron", "Pentium", "Atom",
+                "Apple", "Neoverse", "Graviton")
+# words of a CPU name that never tell two models apart (the tier is implied by the number)
+_CPU_NOISE = {"intel", "amd", "genuine", "cpu", "processor", "platinum", "gold", "silver", "bronze"}
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-")
+
+
+def cpu_label(model: str, signature: str | None) -> str:
+    """The CPU part of a label: family and model number, e.g. 'Intel(R) Xeon(R) Platinum
+    8480C' -> 'Xeon-8480C', 'AMD EPYC 9654 96-Core Processor' -> 'EPYC-9654'. Where the
+    name has no model number (a hypervisor's 'Intel(R) Xeon(R) Processor', ARM Linux's
+    'aarch64'), the signature stands in for it: 'Xeon-f6m143s8'."""
+    s = re.sub(r"\([^)]*\)", " ", model)  # (R), (TM), '(with IBPB)'
+    s = re.sub(r"@.*$", " ", s)  # the clock, '@ 2.30GHz'
+    s = re.sub(r"\b\d+(st|nd|rd|th) Gen\b|\b\d+-Cores?\b|\bversion\s+\S+|\bwith\b.*$", " ", s, flags=re.I)
+    words = [w for w in (_safe(w) for w in s.split()) if w and w.lower() not in _CPU_NOISE]
+    fam = next((f for f in CPU_FAMILIES for w in words if w.lower() == f.lower()), None)
+    fam = fam or (words[0] if words else "CPU")
+    rest = [w for w in words if w.lower() != fam.lower()]
+    # the model: the words with a digit ('8480C', 'E5-2686', 'v4'); Apple's tier is a word
+    model_words = rest if fam == "Apple" else [w for w in rest if re.search(r"\d", w)]
+    if not model_words and signature:
+        model_words = [_safe(signature)]
+    return "-".join([fam, *model_words])
+
+
+def gpu_name_label(name: str, memory_bytes: float) -> str:
+    """One GPU kind's part of a label: its name without the vendor word, with its memory
+    (GiB CUDA can use) unless the name gives it: 'NVIDIA H200 NVL' -> 'H200-NVL-140GB',
+    'NVIDIA H100 80GB HBM3' -> 'H100-80GB-HBM3', 'NVIDIA A100-SXM4-40GB' -> 'A100-SXM4-40GB'."""
+    name = re.sub(r"^((NVIDIA|AMD|Tesla|Instinct)\s+)+", "", name.strip())
+    if re.search(r"\d+ ?GB|\d+G\b", name):
+        return _safe(name)
+    return f"{_safe(name)}-{round(memory_bytes / 2**30)}GB"
+
+
 def label(fp: dict[str, Any]) -> str:
-    """Short hardware label, e.g. `8xH100-SXM-80GB` or `Xeon-2c-24GB`."""
+    """Short hardware label that tells machines apart, safe in a file name, a CSV cell and
+    a Hydra override: GPUs by count, name with its variant, and memory (`8xH100-80GB-HBM3`,
+    `8xH200-NVL-140GB`, `1xA100-SXM4-40GB`; mixed GPUs joined by '+'); CPUs by family and
+    model number, cores usable and GiB of RAM (`Xeon-8480C-2c-24GB`), with the processor's
+    family/model/stepping where a hypervisor hides the model (`Xeon-f6m143s8-2c-24GB`)."""
     g = fp["gpu"]
     if g["count"]:
-        name = re.sub(r"^(NVIDIA|AMD)\s+", "", g["names"][0]).replace(" ", "-")
-        if re.search(r"\d+GB", name):  # e.g. 'H100 80GB HBM3' names its memory already
-            return f"{g['count']}x{name}"
-        return f"{g['count']}x{name}-{round(g['memory_bytes'][0] / 2**30)}GB"
-    model = fp["cpu_model"]
-    fam = next((w for w in ("EPYC", "Xeon", "Ryzen", "Core", "Neoverse", "Apple") if w in model),
-               model.split()[0] if model else "CPU")
-    return f"{fam}-{fp['cpu_usable']}c-{round(fp['ram_bytes'] / 2**30)}GB"
+        names, mem = g["names"], g["memory_bytes"]
+        if len(names) != g["count"] or len(mem) != g["count"]:  # a count without per-GPU detail
+            names, mem = names[:1] * g["count"], mem[:1] * g["count"]
+        kinds: dict[str, int] = {}  # in CUDA's device order
+        for name, m in zip(names, mem):
+            part = gpu_name_label(name, m)
+            kinds[part] = kinds.get(part, 0) + 1
+        return "+".join(f"{n}x{part}" for part, n in kinds.items())
+    cpu = cpu_label(fp["cpu_model"], fp.get("cpu_signature"))
+    return f"{cpu}-{fp['cpu_usable']}c-{round(fp['ram_bytes'] / 2**30)}GB"
 
 
 def git_revision() -> str | None:
@@ -202,49 +306,11 @@ def software() -> dict[str, Any]:
             "git": git_revision(), "nccl": nccl}
 
 
-# Dense peak FLOP/s by device and dtype, from the vendors' datasheets (no sparsity), as in
-# shared/REFERENCE.md. Keys are matched against the CUDA device name in order, so the more
-# specific names come first ("H100 NVL" before "H100", "A100" before "A10"). fp32 is the
-# non-tensor-core rate: torch does not use TF32 for fp32 matmuls unless told to.
-TFLOPS = 1e12
-PEAK_FLOPS: list[tuple[str, dict[str, float], str]] = [
-    # (name pattern, {dtype: FLOP/s}, source)
-    ("H100 NVL", {"bf16": 835 * TFLOPS, "fp16": 835 * TFLOPS, "tf32": 418 * TFLOPS, "fp32": 60 * TFLOPS},
-     "NVIDIA H100 datasheet (NVL column)"),
-    ("H100 PCIe", {"bf16": 756 * TFLOPS, "fp16": 756 * TFLOPS, "tf32": 378 * TFLOPS, "fp32": 51 * TFLOPS},
-     "NVIDIA H100 datasheet (PCIe column)"),
-    ("H100", {"bf16": 989 * TFLOPS, "fp16": 989 * TFLOPS, "tf32": 495 * TFLOPS, "fp32": 67 * TFLOPS},
-     "NVIDIA H100 datasheet (SXM column; 'H100 80GB HBM3' is the SXM part)"),
-    ("H200", {"bf16": 989 * TFLOPS, "fp16": 989 * TFLOPS, "tf32": 495 * TFLOPS, "fp32": 67 * TFLOPS},
-     "NVIDIA H200 datasheet (SXM column)"),
-    ("B200", {"bf16": 2250 * TFLOPS, "fp16": 2250 * TFLOPS, "tf32": 1100 * TFLOPS, "fp32": 75 * TFLOPS},
-     "NVIDIA DGX B200 / HGX B200 datasheet, per GPU, dense"),
-    ("A100", {"bf16": 312 * TFLOPS, "fp16": 312 * TFLOPS, "tf32": 156 * TFLOPS, "fp32": 19.5 * TFLOPS},
-     "NVIDIA A100 datasheet (SXM and PCIe share the dense peaks)"),
-    ("L40S", {"bf16": 362 * TFLOPS, "fp16": 362 * TFLOPS, "tf32": 183 * TFLOPS, "fp32": 91.6 * TFLOPS},
-     "NVIDIA L40S datasheet"),
-    ("L40", {}, "the L40 (not L40S): no table entry, measured instead"),
-    ("L4", {"bf16": 121 * TFLOPS, "fp16": 121 * TFLOPS, "tf32": 60 * TFLOPS, "fp32": 30.3 * TFLOPS},
-     "NVIDIA L4 datasheet"),
-    ("A10G", {}, "AWS A10G differs from the A10: no table entry, measured instead"),
-    ("A10", {"bf16": 125 * TFLOPS, "fp16": 125 * TFLOPS, "tf32": 62.5 * TFLOPS, "fp32": 31.2 * TFLOPS},
-     "NVIDIA A10 datasheet"),
-    ("V100", {"fp16": 125 * TFLOPS, "fp32": 15.7 * TFLOPS}, "NVIDIA V100 datasheet (SXM2)"),
-    ("T4", {"fp16": 65 * TFLOPS, "fp32": 8.1 * TFLOPS}, "NVIDIA T4 datasheet"),
-    ("MI300X", {"bf16": 1307 * TFLOPS, "fp16": 1307 * TFLOPS, "tf32": 654 * TFLOPS, "fp32": 163 * TFLOPS},
-     "AMD Instinct MI300X datasheet"),
-]
-
-
-def table_peak(device_name: str, dtype: str) -> tuple[float | None, str]:
-    """(peak FLOP/s, source) for a device name from the table; (None, why) when the device
-    or the dtype is not in it. Never another device's number."""
-    for pattern, peaks, source in PEAK_FLOPS:
-        if pattern in device_name:
-            if dtype in peaks:
-                return peaks[dtype], source
-            return None, f"{device_name}: no {dtype} entry ({source})"
-    return None, f"{device_name}: not in the peak table"
+# The datasheet peaks live in bench.peaks (torch-free, matched on the full device name);
+# re-exported here for the callers that ask hardware (bench.worker, bench.perf).
+PEAK_FLOPS = peaks.TABLE
+TFLOPS = peaks.TFLOPS
+table_peak = peaks.table_peak
 
 
 CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "scalebench", "peaks.json")

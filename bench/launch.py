@@ -73,6 +73,8 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
         os.makedirs(os.path.join(out_dir, ".nccl"), exist_ok=True)
         env.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
                    NCCL_DEBUG_FILE=os.path.join(out_dir, ".nccl", "%h.%p.log"))
+    if spec.accelerator is Accelerator.cpu and MMAP_THRESHOLD_ENV not in os.environ:
+        env[MMAP_THRESHOLD_ENV] = str(CPU_MMAP_THRESHOLD_BYTES)
     n_cores = spec.procs * spec.cpu_threads_per_device if spec.accelerator is Accelerator.cpu else 0
     hosting = False
     claim = None
@@ -141,6 +143,17 @@ def _run_local(spec: RunSpec, out_dir: str, entry: Callable) -> dict[int, Any]:
     finally:
         pc.close()  # the rest of the ranks, when one failed
         shutil.rmtree(store_dir, ignore_errors=True)
+
+
+# glibc malloc serves a large block from its own mmap, returned to the system when freed, but
+# raises that threshold (to up to 32 MiB) each time such a block is freed; from then on blocks
+# of a few MiB come from the heap and per-thread arenas, which keep what they free. A CPU
+# rank's RSS then holds whatever the allocator happened to keep (FSDP's gathered blocks, freed
+# by gloo's and autograd's threads: +1 GiB on `small`, see the issue-14 note) rather than what
+# the step needs. A fixed threshold (which also turns the adjustment off, mallopt(3)) keeps
+# RSS close to the live tensors, as a GPU's allocated bytes are. The user's own value wins.
+MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
+CPU_MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 def loopback_env(spec: RunSpec) -> dict[str, str]:

@@ -8,9 +8,9 @@ that head-wise tensor parallelism can shard each column-wise without splitting a
 A model can be built as one pipeline stage: `layers` picks which blocks it holds (kept under
 their global index, so parameter names match the full model's), `first` adds the
 embeddings, `last` the final LayerNorm and the (tied) output layer. Build on the meta device,
-move with `to_empty`, then `init_weights`: each parameter is drawn from its own generator
-seeded by (seed, name), so every strategy starts from bit-identical weights however the model
-is split.
+shard there (tensor parallel, FSDP), then `materialise`: storage for this rank's shards only,
+and `init_weights`, which draws each parameter from its own generator seeded by (seed, name),
+so every strategy starts from bit-identical weights however the model is split or sharded.
 """
 from __future__ import annotations
 
@@ -107,25 +107,61 @@ def build_model(shape: GPTShape, device: torch.device, seed: int, **stage) -> GP
     """Build on the meta device (no memory, no init cost), materialise on `device`, init."""
     with torch.device("meta"):
         model = GPT(shape, **stage)
+    materialise(model, device, seed)
+    return model
+
+
+def materialise(model: nn.Module, device: torch.device, seed: int) -> None:
+    """Give a model built on the meta device (and possibly sharded there already: tensor
+    parallel, FSDP) real storage on `device`, then its initial weights. Only this rank's
+    shards get storage: the whole model never exists on a sharded rank."""
     model.to_empty(device=device)
     init_weights(model, seed)
-    return model
+
+
+# names wrappers insert between a module and its parameters (checkpoint_wrapper; torch.compile
+# of a whole module); DDP and nn.DataParallel add a leading "module."
+_WRAPPERS = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def plain_name(name: str) -> str:
+    """A parameter's name in the plain (unwrapped) model: `layers.0.attn.q.weight`."""
+    for w in _WRAPPERS:
+        name = name.replace(w, "")
+    return name.removeprefix("module.")
 
 
 @torch.no_grad()
 def init_weights(model: nn.Module, seed: int) -> None:
     """GPT-2 initialisation: N(0, 0.02) for weights and embeddings, zero biases, unit
-    LayerNorm gains, and residual output projections scaled by 1/sqrt(2 * n_layer)."""
+    LayerNorm gains, and residual output projections scaled by 1/sqrt(2 * n_layer).
+
+    Each parameter is drawn whole from a generator seeded by (seed, plain name), so every
+    layout starts from the weights `single` starts from. A sharded parameter (a DTensor of
+    tensor parallel or FSDP) draws its whole tensor, keeps its own shard and frees the rest:
+    at most one parameter is ever whole on a rank (the largest is the token embedding, V x H)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
     n_layer = model.shape.n_layer
     for name, p in model.named_parameters():
+        name = plain_name(name)
         if name.endswith(".bias"):
             p.zero_()
-        elif ".ln_" in name or name.startswith("ln_f"):
+            continue
+        if ".ln_" in name or name.startswith("ln_f"):
             p.fill_(1.0)
+            continue
+        std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+        gen = torch.Generator(device=p.device)
+        gen.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        if isinstance(p, DTensor):
+            whole = torch.empty(p.shape, dtype=p.dtype, device=p.device).normal_(0.0, std, generator=gen)
+            # src_data_rank=None: every rank cuts its own shard from its own copy, no communication
+            mine = distribute_tensor(whole, p.device_mesh, p.placements, src_data_rank=None).to_local()
+            local = p.to_local()
+            assert mine.shape == local.shape, f"{name}: shard {tuple(mine.shape)} vs {tuple(local.shape)}"
+            local.copy_(mine)
+            del whole, mine
         else:
-            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
-            gen = torch.Generator(device=p.device)
-            gen.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             p.normal_(0.0, std, generator=gen)
 
 

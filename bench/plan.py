@@ -6,13 +6,18 @@ process is started for it. No torch: the machine's facts come in as a `Host`.
 
 `make_spec(cfg, host)` runs in four steps, each a list of small named checks that return
 one message or None (the first message stops the point):
-  1. CONFIG_CHECKS: the config alone (counts at least 1, compile needs a warm-up);
+  1. CONFIG_CHECKS: the config alone (every number within the range bench/config.py declares
+     beside its key, width vs heads, text vs vocabulary, compile needs a warm-up);
   2. `resolve_placement`: accelerator, precision, sequence, nodes and devices, then the
      strategy's own checks (bench/parallel/) and PLACEMENT_CHECKS (GPUs and cores there are,
      fp16 on a GPU, context length);
   3. the strategy's layout (degrees dp x tp x pp, parallelisms, sharding), then
-     LAYOUT_CHECKS (heads vs tp, layers vs stages, batches vs replicas and micro-batches);
+     LAYOUT_CHECKS (heads vs tp, layers vs stages, batches vs replicas and micro-batches,
+     micro-batches vs the schedule, the text vs the sequence);
   4. the RunSpec.
+
+A rank is never the first to find a point invalid: whatever a rank, the model, the data or
+torch's schedules would refuse for a reason the config alone decides is one of these checks.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cluster, flops, parallel
-from bench.config import Accelerator, BenchConfig, Checkpointing, Data, Precision, Schedule, bench_hash, to_dict
+from bench import cluster, parallel
+from bench.memory import MemoryEstimate
+from bench.config import Accelerator, BenchConfig, Data, Precision, Schedule, bench_hash, numeric_keys, to_dict
 from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec
 
 # Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
@@ -94,20 +100,29 @@ def _first(messages: Iterable[str | None]) -> None:
 
 # -- 1. the config alone --------------------------------------------------------------------
 
-def devices_at_least_one(cfg: BenchConfig) -> str | None:
-    if cfg.devices < 1:
-        return f"devices={cfg.devices}: need at least 1"
+def numbers_in_range(cfg: BenchConfig) -> str | None:
+    """Every int and float key, groups included, within the range declared beside it in
+    bench/config.py (`key(..., ge=1)`): `seq_len=0: need at least 1, or null`."""
+    for k in numeric_keys():
+        msg = k.refusal(k.value(cfg))
+        if msg:
+            return msg
 
 
-def counts_at_least_one(cfg: BenchConfig) -> str | None:
-    for k in ("batch_size", "grad_accum", "steps", "cpu_threads_per_device", "repeats"):
-        if getattr(cfg, k) < 1:
-            return f"{k}={getattr(cfg, k)}: must be at least 1"
+def width_divides_by_heads(cfg: BenchConfig) -> str | None:
+    # each head is n_embd / n_head wide: the attention reshapes (B, T, n_embd) into heads
+    s = cfg.size
+    if s.n_embd % s.n_head:
+        lower = s.n_embd - s.n_embd % s.n_head
+        return (f"size.n_embd={s.n_embd} does not divide by size.n_head={s.n_head} (each head is n_embd / n_head "
+                f"wide); use a multiple of {s.n_head}, e.g. size.n_embd={lower or s.n_head}")
 
 
-def warmup_not_negative(cfg: BenchConfig) -> str | None:
-    if cfg.warmup_steps < 0:
-        return f"warmup_steps={cfg.warmup_steps}: must be 0 or more"
+def text_needs_byte_vocab(cfg: BenchConfig) -> str | None:
+    # data=text feeds raw bytes: token ids 0..255 must all be rows of the embedding
+    if cfg.data is Data.text and cfg.size.vocab_size < 256:
+        return (f"data=text uses byte tokens (0..255) but size={cfg.size.name} has size.vocab_size="
+                f"{cfg.size.vocab_size}; use size.vocab_size>=256")
 
 
 def compile_needs_warmup(cfg: BenchConfig) -> str | None:
@@ -122,7 +137,7 @@ def strategy_exists(cfg: BenchConfig) -> str | None:
 
 
 CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
-    strategy_exists, devices_at_least_one, counts_at_least_one, warmup_not_negative, compile_needs_warmup]
+    strategy_exists, numbers_in_range, width_divides_by_heads, text_needs_byte_vocab, compile_needs_warmup]
 
 
 # -- 2. where it runs -------------------------------------------------------------------------
@@ -214,9 +229,17 @@ def fp16_without_model_parallel(cfg: BenchConfig, t: Placement, lay: Layout, bat
                 "parallelism (gradient scaling); use precision=bf16")
 
 
+def pipeline_with_fsdp_only(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
+    # a strategy's layout, checked here rather than in the ranks (bench/parallel/parallelize.py):
+    # pipeline stages are sharded over dp by FSDP, never replicated by DDP or nn.DataParallel
+    if lay.pipeline is not None and lay.data_parallel not in (None, DataParallel.fsdp):
+        return (f"strategy={cfg.strategy.name}: a pipeline composes with FSDP only, not "
+                f"{lay.data_parallel.value}")
+
+
 def microbatches_divide_batch(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     m = lay.pipeline.microbatches if lay.pipeline else 1
-    if m < 1 or batch % m:
+    if batch % m:
         return (f"batch_size={batch} does not divide into strategy.microbatches={m}; "
                 f"use a batch_size that is a multiple of {m}")
 
@@ -239,6 +262,14 @@ def interleaved_microbatches(cfg: BenchConfig, t: Placement, lay: Layout, batch:
                 f"{lay.pp} stages; use strategy.microbatches={lay.pp * max(1, p.microbatches // lay.pp)}")
 
 
+def one_f_one_b_microbatches(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
+    # torch.distributed.pipelining's Schedule1F1B refuses fewer micro-batches than stages
+    p = lay.pipeline
+    if p is not None and p.schedule is Schedule["1f1b"] and p.microbatches < lay.pp:
+        return (f"schedule=1f1b needs strategy.microbatches={p.microbatches} to be at least the {lay.pp} "
+                f"stages; use strategy.microbatches>={lay.pp} (and a batch_size that divides by it)")
+
+
 def sequence_parallel_needs_tp(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if cfg.strategy.sequence_parallel and lay.tp == 1:
         return ("strategy.sequence_parallel=true needs tensor parallelism; "
@@ -254,12 +285,32 @@ def sequence_divides_by_tp(cfg: BenchConfig, t: Placement, lay: Layout, batch: i
 def text_file_exists(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if cfg.data is Data.text and cfg.data_path and not os.path.isfile(cfg.data_path):
         return f"data_path={cfg.data_path} is not a file; give a UTF-8 text file"
+    if cfg.data is Data.text and cfg.data_path and not os.access(cfg.data_path, os.R_OK):
+        return f"data_path={cfg.data_path} is not readable; give a UTF-8 text file you can read"
+
+
+# The default text (bench.data.stdlib_text, the docs of a few standard-library modules) is
+# about 240 kB. It lives beside torch (bench/data.py) and takes 0.2 s to render, so the
+# planner goes by this lower bound (tests/test_plan.py checks it) instead of making it.
+DEFAULT_TEXT_MIN_BYTES = 200_000
+
+
+def text_longer_than_sequence(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
+    # each sequence is a window of seq_len + 1 bytes (inputs and next-token targets) at a random start
+    if cfg.data is not Data.text:
+        return None
+    n = os.path.getsize(cfg.data_path) if cfg.data_path else DEFAULT_TEXT_MIN_BYTES
+    if n <= t.seq_len + 1:
+        what = f"data_path={cfg.data_path} has {n} bytes" if cfg.data_path else \
+            f"the default text (data_path=null) has about {n} bytes"
+        return (f"{what}, but seq_len={t.seq_len} needs more than {t.seq_len + 1} bytes (a sequence and its "
+                "next-token targets); give a longer text or a shorter seq_len")
 
 
 LAYOUT_CHECKS: list[Callable[[BenchConfig, Placement, Layout, int], str | None]] = [
-    heads_divide_by_tp, stages_fit_layers, global_batch_divides, fp16_without_model_parallel,
-    microbatches_divide_batch, interleaved_chunks_fit, interleaved_microbatches, sequence_parallel_needs_tp,
-    sequence_divides_by_tp, text_file_exists]
+    heads_divide_by_tp, stages_fit_layers, global_batch_divides, fp16_without_model_parallel, pipeline_with_fsdp_only,
+    microbatches_divide_batch, interleaved_chunks_fit, interleaved_microbatches, one_f_one_b_microbatches,
+    sequence_parallel_needs_tp, sequence_divides_by_tp, text_file_exists, text_longer_than_sequence]
 
 
 # -- the spec ---------------------------------------------------------------------------------
@@ -288,33 +339,6 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
 
 # -- memory -----------------------------------------------------------------------------------
 
-def predict_memory(spec: RunSpec) -> flops.MemoryEstimate:
-    """Predicted peak of the most loaded device (see bench/flops.py for the terms), from the
-    layout: tp splits the blocks' matrices, pp the layers (the largest stage counts), FSDP
-    shards the state over dp, a pipeline keeps its schedule's micro-batches in flight, and a
-    process that drives several devices (nn.DataParallel) holds all their activations."""
-    s, lay = spec.shape, spec.layout
-    pipe = lay.pipeline
-    micro = spec.batch_size // (pipe.microbatches if pipe else 1)
-    # activations alive at once: all micro-batches under GPipe, at most p under 1F1B
-    in_flight = 1
-    if pipe is not None:
-        m, p = pipe.microbatches, lay.pp
-        in_flight = {"naive": 1, "gpipe": m, "1f1b": min(m, p), "interleaved": min(m, p) + 1}[pipe.schedule.value]
-    sharded = lay.data_parallel is DataParallel.fsdp
-    # 2-byte activations under autocast is only true of the matmul outputs; the residual
-    # stream and LayerNorms stay fp32, so fp32 sizes are the safer bound on every precision.
-    ests = [flops.estimate_memory(s.n_layer, s.n_embd, s.vocab_size, s.block_size, s.n_head,
-                                  spec.seq_len, micro * lay.devices_per_process, len(r), first=i == 0,
-                                  last=i == lay.pp - 1, in_flight=in_flight, shard=lay.state_shards, tp=lay.tp,
-                                  checkpointing=spec.activation_checkpointing is Checkpointing.full,
-                                  device=spec.accelerator.value, sequence_parallel=lay.sequence_parallel,
-                                  compute_bytes=4 if spec.precision is Precision.fp32 else 2,
-                                  fsdp_reshard=lay.reshard_after_forward if sharded else None)
-            for i, r in enumerate(flops.stage_layers(s.n_layer, lay.pp))]
-    return max(ests, key=lambda e: e.total_bytes)
-
-
 def available_bytes(spec: RunSpec, host: Host) -> int:
     """What one device may use: the host's RAM on CPU (what is free now; across nodes the
     total, so that every node reaches the same verdict and none waits at the rendezvous for
@@ -324,7 +348,7 @@ def available_bytes(spec: RunSpec, host: Host) -> int:
     return min(host.gpu_memory_bytes[:spec.devices_per_node])
 
 
-def check_memory(spec: RunSpec, predicted: flops.MemoryEstimate, available: int) -> None:
+def check_memory(spec: RunSpec, predicted: MemoryEstimate, available: int) -> None:
     """Raise PredictedOOM when the point will not fit in `available` bytes per device."""
     per_rank = predicted.total_bytes
     if spec.accelerator is Accelerator.cpu:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +45,25 @@ def sweep_exit_code(statuses) -> int:
     return 0 if all(s in BENCHMARK_OUTCOMES for s in statuses) else 1
 
 
+def _new_temp_file(out_dir: str) -> tuple[int, str]:
+    """A new, uniquely named temp file in `out_dir`, open for writing: (fd, path). Made with
+    mode 0666 less the process umask (0644 under the usual 022), as any other output file,
+    so that a result is readable like one; `tempfile.mkstemp` would make it 0600."""
+    for _ in range(100):
+        path = os.path.join(out_dir, f".result.{secrets.token_hex(6)}.tmp")
+        try:  # O_EXCL: never an existing file (nor a link planted under the name)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {out_dir}")
+
+
 def write_result(out_dir: str, result: dict[str, Any]) -> str:
     """Write atomically (temp file, then link into place) and never replace a file that is
-    already there: a second write beside it gets the next free `result.N.json`."""
+    already there: a second write beside it gets the next free `result.N.json`. The file's
+    mode follows the umask (0644 under the default 022), as any file the process writes."""
     os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".result.", suffix=".tmp", dir=out_dir)
+    fd, tmp = _new_temp_file(out_dir)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(result, f, indent=1, default=str)
@@ -142,6 +156,9 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         "config_hash": r.get("config_hash"), "hardware_label": r.get("hardware_label"),
         "finished_at": r.get("finished_at"), "duration_s": r.get("duration_s"),
         "mem_predicted_bytes": pred.get("total_bytes"),
+        # the prediction without its runtime term: compare with mem_peak_bytes - mem_baseline_bytes
+        "mem_predicted_model_bytes": pred.get("model_bytes", pred["total_bytes"] - pred.get("runtime_bytes", 0)
+                                              if pred.get("total_bytes") is not None else None),
     }
     hw = r.get("hardware") or {}
     gpu = hw.get("gpu") or {}

@@ -27,8 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import config, hardware
 from bench.config import BenchConfig, to_dict
-from bench.plan import (Host, InvalidConfig, PredictedOOM, available_bytes, check_memory, config_hash, make_spec,
-                        predict_memory)
+from bench.memory import predict_memory
+from bench.plan import Host, InvalidConfig, PredictedOOM, available_bytes, check_memory, config_hash, make_spec
 from bench.protocol import QUIET_ENV, TOTAL_ENV, node_tag
 from bench.results import SCHEMA_VERSION, SKIPPED_NAME, ok_index, write_result
 
@@ -119,7 +119,8 @@ def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, An
                              "reshard_after_forward": lay.reshard_after_forward,
                              "activation_checkpointing": spec.activation_checkpointing.value}
         pred = predict_memory(spec)
-        result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "source": "bench.flops.estimate_memory"}
+        result["prediction"] = {**vars(pred), "total_bytes": pred.total_bytes, "model_bytes": pred.model_bytes,
+                                "source": "bench.memory.estimate_memory"}
         if not cfg.force:
             check_memory(spec, pred, available_bytes(spec, host))
         if not os.environ.get(QUIET_ENV):

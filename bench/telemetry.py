@@ -7,9 +7,14 @@ total-energy counter (mJ since driver load) read at both ends of the window, not
 integrating power. NVML ignores CUDA_VISIBLE_DEVICES, so the device is matched to CUDA's
 by UUID. Where NVML cannot load (no driver), the GPU figures are None and `nvml` says why;
 nothing fails.
+
+Peaks are per phase (`PeakMeter`): the build, the warm-up and the measured window each get
+their own high-water mark, read and reset at the phase's end, so a figure never carries
+another phase's memory (a sharded strategy's build, compile's workspaces) or the launcher's.
 """
 from __future__ import annotations
 
+import resource
 import statistics
 import threading
 from typing import Any
@@ -38,11 +43,81 @@ def _try(read):
         return None
 
 
+def peak_rss_bytes() -> int:
+    """This process's own RSS high-water mark (bytes). Linux: VmHWM, which counts this
+    process's memory since its exec or the last reset; not getrusage's ru_maxrss, which a
+    spawned process inherits from its parent's high-water mark (so a rank would report its
+    launcher's peak when that was higher). Elsewhere ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    import sys
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: `echo 5 > /proc/self/clear_refs`,
+    proc(5)). False where the kernel does not allow it: the peak then stays the lifetime one."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMeter:
+    """High-water marks of one rank, phase by phase. `end(phase)` reads the peaks since the
+    previous `end` (or the meter's creation) and resets them:
+
+      rss_peak_bytes      the process's RSS peak (VmHWM; CPU and GPU runs);
+      torch_max_allocated_bytes / torch_max_reserved_bytes
+                          on a GPU, the caching allocator's peaks (tensors / segments held).
+
+    `end(phase, empty_cache=True)` also empties a GPU allocator's cache, so that blocks the
+    phase freed (the build's) are not counted in the next one's reserved figure; not at the
+    window's opening, where it would make the first measured step call cudaMalloc. `scope` says whether the RSS peak
+    could be reset ("phase") or is the process's lifetime peak ("lifetime": no clear_refs)."""
+
+    def __init__(self, device=None):
+        self.device = device if device is not None and getattr(device, "type", None) == "cuda" else None
+        self.scope = "phase"
+        self.phases: dict[str, dict[str, Any]] = {}
+        self._reset(empty_cache=False)
+
+    def _reset(self, empty_cache: bool) -> None:
+        if not reset_peak_rss():
+            self.scope = "lifetime"
+        if self.device is not None:
+            import torch
+            torch.cuda.synchronize(self.device)
+            if empty_cache:
+                torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def end(self, phase: str, empty_cache: bool = False) -> dict[str, Any]:
+        """The peaks of `phase` (which just ended), recorded under `phases[phase]`; resets."""
+        out: dict[str, Any] = {"rss_peak_bytes": peak_rss_bytes(), "rss_peak_scope": self.scope}
+        if self.device is not None:
+            import torch
+            torch.cuda.synchronize(self.device)
+            out.update(torch_max_allocated_bytes=torch.cuda.max_memory_allocated(self.device),
+                       torch_max_reserved_bytes=torch.cuda.max_memory_reserved(self.device))
+        self.phases[phase] = out
+        self._reset(empty_cache)
+        return out
+
+
 class Sampler:
     """Start at the window's opening, stop at its close; `summary()` gives the figures."""
 
-    def __init__(self, device=None, interval_s: float = 0.02):
+    def __init__(self, device=None, interval_s: float = 0.02, meter: PeakMeter | None = None):
         self.interval_s = interval_s
+        self.meter = meter  # its phases "warmup" and "window" end at start() and stop()
         self.proc = psutil.Process()
         self.rss: list[int] = []
         self.gpu_mem: list[int] = []
@@ -75,6 +150,14 @@ class Sampler:
         except Exception:  # older GPUs have no energy counter
             return None
 
+    def used_bytes(self) -> int | None:
+        """The device's memory in use now as NVML counts it (None on a CPU or without NVML)."""
+        if self._h is None:
+            return None
+        nv, h = self._nv, self._h
+        used = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2).used)
+        return used if used is not None else _try(lambda: nv.nvmlDeviceGetMemoryInfo(h).used)
+
     def _sample(self) -> None:
         self.rss.append(self.proc.memory_info().rss)
         if self._h is None:
@@ -82,9 +165,7 @@ class Sampler:
         nv, h = self._nv, self._h
         # each read on its own: a device may not support one (NOT_SUPPORTED), and the
         # sampler must outlive that
-        mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2).used)
-        if mem is None:
-            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(h).used)
+        mem = self.used_bytes()
         for out, v in ((self.gpu_mem, mem), (self.util, _try(lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu)),
                        (self.power_w, _try(lambda: mw_to_w(nv.nvmlDeviceGetPowerUsage(h))))):
             if v is not None:
@@ -95,6 +176,8 @@ class Sampler:
             self._sample()
 
     def start(self) -> Sampler:
+        if self.meter is not None:
+            self.meter.end("warmup")
         if self._h is not None:
             self._e0 = self._energy_mj()
         self._sample()
@@ -105,6 +188,8 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        if self.meter is not None:
+            self.meter.end("window")
         if self._h is not None:
             e1 = self._energy_mj()
             if self._e0 is not None and e1 is not None:

@@ -9,7 +9,6 @@ sees an exit code) and re-raised.
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import time
 from typing import Any
@@ -22,37 +21,26 @@ from torch.distributed.device_mesh import init_device_mesh
 from bench import cores, flops, hardware, parallel
 from bench.config import Accelerator, Precision
 from bench.data import make_batches
+from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
 from bench.protocol import DUMP_ENV, INIT_ENV, mark_rank0, write_rank_error
 from bench.spec import RunSpec
-from bench.telemetry import Sampler
+from bench.telemetry import PeakMeter, Sampler
 from bench.trainer import Progress, train
 
 
-def peak_rss_bytes() -> int:
-    """This process's own RSS high-water mark. Linux: VmHWM, of this process's memory since its
-    exec; not getrusage's ru_maxrss, which a spawned process inherits from its parent's high-water
-    mark (so a rank would report its launcher's peak when that was higher)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def memory_stats(device: torch.device, baseline_rss: int, sampler: Sampler) -> dict[str, Any]:
-    """This rank's memory: the process's RSS peak over its whole life (VmHWM, exact),
-    the sampled window figures, and on a GPU torch's allocator peaks."""
-    m: dict[str, Any] = {"rss_peak_bytes": peak_rss_bytes(), "rss_baseline_bytes": baseline_rss,
-                         **sampler.summary()}
+def memory_stats(device: torch.device, baseline_rss: int, meter: PeakMeter, sampler: Sampler) -> dict[str, Any]:
+    """This rank's memory. The headline figures are the measured window's own peaks (the RSS
+    high-water mark, and on a GPU the allocator's), reset when the window opened; the build's
+    and the warm-up's peaks are kept beside them (`build_*`, `warmup_*`), and the sampled
+    window figures (RSS, NVML) from the sampler."""
+    window = meter.phases["window"]
+    m: dict[str, Any] = {**window, "rss_baseline_bytes": baseline_rss, **sampler.summary()}
+    for phase in ("build", "warmup"):
+        m.update({f"{phase}_{k}": v for k, v in meter.phases.get(phase, {}).items() if k.endswith("_bytes")})
     if device.type == "cuda":
         s = torch.cuda.memory_stats(device)
-        m.update(torch_max_allocated_bytes=torch.cuda.max_memory_allocated(device),
-                 torch_max_reserved_bytes=torch.cuda.max_memory_reserved(device),
-                 torch_alloc_retries=s.get("num_alloc_retries", 0), torch_ooms=s.get("num_ooms", 0))
+        m.update(torch_alloc_retries=s.get("num_alloc_retries", 0), torch_ooms=s.get("num_ooms", 0))
     return m
 
 
@@ -67,24 +55,20 @@ def peaks(device: torch.device, precision: Precision) -> dict[str, Any]:
             "peak_flops_measured_per_s": measured, "peak_flops_measured_source": measured_src}
 
 
-_WRAPPERS = ("_checkpoint_wrapped_module.", "_orig_mod.")  # inserted by wrappers; DDP adds a "module." prefix
-
-
-def dump_params(par: Parallel, folder: str, rank: int) -> None:
-    """Save this rank's parameters and the gradients of the last step, whole (DTensors
-    gathered: a collective every rank of the mesh takes part in) and under the plain model's
-    names, so a test can merge the ranks' files and compare them with the reference."""
+def dump_params(par: Parallel, folder: str, rank: int, prefix: str = "") -> None:
+    """Save this rank's parameters and their gradients (those of the last step; None before
+    the first), whole (DTensors gathered: a collective every rank of the mesh takes part in)
+    and under the plain model's names, to `<folder>/<prefix>rank<r>.pt`, so a test can merge
+    the ranks' files and compare them with the reference."""
     def whole(t):
         return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().cpu()
     params, grads = {}, {}
     for m in par.modules:
         for name, p in m.named_parameters():
-            for w in _WRAPPERS:
-                name = name.replace(w, "")
-            name = name.removeprefix("module.")
+            name = plain_name(name)
             params[name] = whole(p)
             grads[name] = whole(p.grad) if p.grad is not None else None
-    torch.save({"params": params, "grads": grads}, os.path.join(folder, f"rank{rank}.pt"))
+    torch.save({"params": params, "grads": grads}, os.path.join(folder, f"{prefix}rank{rank}.pt"))
 
 
 def run_rank(spec: RunSpec, out_dir: str) -> dict[str, Any] | None:
@@ -117,9 +101,13 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     baseline_rss = psutil.Process().memory_info().rss
     peak = peaks(device, spec.precision) if rank == 0 else {}  # before the model takes memory
-    if device.type == "cuda":  # the calibration's matrices must not count as the run's memory
+    if device.type == "cuda":  # the calibration's matrices must not count as the build's memory
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    meter = PeakMeter(device)  # from here on, peaks by phase: build, warm-up, window
+    # NVML every 20 ms; on a CPU the exact peak comes from VmHWM, so the RSS samples
+    # (window peak) can be sparser and keep the GIL free for the training loop
+    sampler = Sampler(device, interval_s=0.02 if device.type == "cuda" else 0.05, meter=meter)
+    nvml_baseline = sampler.used_bytes()
     scaler = torch.amp.GradScaler("cuda") if spec.precision is Precision.fp16 else None
     mesh = None
     if spec.layout.mesh is not None:
@@ -138,15 +126,16 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
     par = parallel.get(spec.strategy).apply(spec, ctx)
     n_local = sum(p.numel() for p in par.parameters())
     t_built = time.perf_counter()
+    meter.end("build", empty_cache=True)
     progress("build", 1, 1, f"{t_built - t0:.1f} s")
 
-    # NVML every 20 ms; on a CPU the exact peak comes from VmHWM, so the RSS samples
-    # (window peak) can be sparser and keep the GIL free for the training loop
-    sampler = Sampler(device, interval_s=0.02 if device.type == "cuda" else 0.05)
+    if os.environ.get(DUMP_ENV):  # the initial weights, for the tests (outside every measured phase)
+        dump_params(par, os.environ[DUMP_ENV], rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler)
     if os.environ.get(DUMP_ENV):
         dump_params(par, os.environ[DUMP_ENV], rank)
-    mem = memory_stats(device, baseline_rss, sampler)
+    mem = memory_stats(device, baseline_rss, meter, sampler)
+    mem["nvml_used_baseline_bytes"] = nvml_baseline
     mem["params_local"] = n_local
     mem["host"] = socket.gethostname()
     per_rank = [None] * world
@@ -177,19 +166,29 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
                                      f"{lay.devices_per_process} GPUs)")
     elif all(e is not None for e in energy) and sum(energy) > 0:
         metrics.update(energy_j=sum(energy), tokens_per_j=metrics["tokens_per_step"] * spec.steps / sum(energy))
+    # headline: the measured window's peak on the most loaded rank (reset when it opened); the
+    # runtime baseline (what a rank held before the model existed) and the build's own peak beside it
     if device.type == "cuda":
         nvml_peaks = [m["nvml_used_peak_bytes"] for m in per_rank]
         if all(p is not None for p in nvml_peaks):
-            metrics.update(mem_peak_bytes=max(nvml_peaks), mem_source="nvml (used, peak over the window)")
+            metrics.update(mem_peak_bytes=max(nvml_peaks), mem_source="nvml (used, peak over the window)",
+                           mem_baseline_bytes=max(m["nvml_used_baseline_bytes"] or 0 for m in per_rank),
+                           mem_baseline_source="nvml (used before the build: CUDA context, NCCL)")
         else:
             metrics.update(mem_peak_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank),
-                           mem_source=f"torch (max reserved); nvml {per_rank[0]['nvml']}")
+                           mem_source=f"torch (max reserved over the window); nvml {per_rank[0]['nvml']}",
+                           mem_baseline_bytes=0, mem_baseline_source="none (the allocator starts empty)")
         metrics.update(mem_torch_max_allocated_bytes=max(m["torch_max_allocated_bytes"] for m in per_rank),
-                       mem_torch_max_reserved_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank))
+                       mem_torch_max_reserved_bytes=max(m["torch_max_reserved_bytes"] for m in per_rank),
+                       mem_build_peak_bytes=max(m["build_torch_max_reserved_bytes"] for m in per_rank),
+                       mem_build_source="torch (max reserved during the build)")
     else:
         metrics.update(mem_peak_bytes=max(m["rss_peak_bytes"] for m in per_rank),
                        mem_peak_bytes_sum=sum(m["rss_peak_bytes"] for m in per_rank),
                        mem_rss_window_peak_bytes=max(m["rss_window_peak_bytes"] for m in per_rank),
                        mem_baseline_bytes=max(m["rss_baseline_bytes"] for m in per_rank),
-                       mem_source="rss (peak, per process)")
+                       mem_baseline_source="rss after the process group existed (python, torch, gloo)",
+                       mem_build_peak_bytes=max(m["build_rss_peak_bytes"] for m in per_rank),
+                       mem_build_source="rss (peak during the build)",
+                       mem_source=f"rss (peak over the {'window' if per_rank[0]['rss_peak_scope'] == 'phase' else 'process lifetime: VmHWM could not be reset'}, per process)")
     return metrics

@@ -131,7 +131,8 @@ def test_the_front_door_imports_neither_torch_nor_pandas():
 import sys
 from bench import hardware
 from bench.run import compose_points
-from bench.plan import Host, make_spec, predict_memory, check_memory, available_bytes
+from bench.memory import predict_memory
+from bench.plan import Host, make_spec, check_memory, available_bytes
 host = Host.from_fingerprint(hardware.fingerprint())
 for _, cfg in compose_points(["size=tiny,small", "strategy=dp,mp,tp,fsdp", "devices=2", "accelerator=cpu"], True)[0]:
     spec = make_spec(cfg, host)

@@ -1,6 +1,9 @@
-"""Bad input, in one table: each row is a command a user might type, and the one line it
+"""Bad input, in tables: each row is a command a user might type, and the one line it
 must answer with (exit code 2, `error: ...` on stderr, no traceback) before any job starts.
-The README's troubleshooting section lists the same messages (checked below).
+The README's troubleshooting section lists the messages of BAD_INPUT (checked below).
+Every numeric key is also tried out of its range, the keys found from the config
+dataclasses (a key added later is covered as it comes), and every rule between keys that a
+rank would otherwise be the first to break has its row in CROSS_KEY_RULES.
 
 The commands run in this process (`main(argv)`, exactly what `python -m ...` calls) so the
 table stays fast; tests/test_cli.py runs the real command line end to end.
@@ -14,6 +17,7 @@ import pytest
 
 from bench import compare, report
 from bench import run as bench_run
+from bench.config import numeric_keys, show_number
 from conftest import ROOT, fake_set
 
 NO_CUDA = not __import__("torch").cuda.is_available()
@@ -72,6 +76,38 @@ BAD_INPUT = [
     ("compare with nothing in common", "compare", ["{ok}", "{other}"], "the result sets have no configuration in common"),
 ]
 
+# Rules between keys, each refused by bench/plan.py before launch (without them a rank would
+# fail in the model, the data or torch's pipeline schedule). {file} is a 12-byte text file.
+CROSS_KEY_RULES = [
+    ("width not divisible by heads", "run", ["size.n_embd=130"],
+     ("size.n_embd=130 does not divide by size.n_head=4 (each head is n_embd / n_head wide); use a multiple of 4, "
+      "e.g. size.n_embd=128")),
+    ("byte text with a small vocabulary", "run", ["data=text", "size.vocab_size=128"],
+     "data=text uses byte tokens (0..255) but size=mini has size.vocab_size=128; use size.vocab_size>=256"),
+    ("a text shorter than a sequence", "run", ["data=text", "data_path={file}", "seq_len=64"],
+     "has 12 bytes, but seq_len=64 needs more than 65 bytes (a sequence and its next-token targets)"),
+    ("the default text shorter than a sequence", "run", ["data=text", "seq_len=null", "size.block_size=200000"],
+     "the default text (data_path=null) has about 200000 bytes, but seq_len=200000 needs more than"),
+    ("1f1b with fewer micro-batches than stages", "run",
+     ["strategy=mp", "devices=2", "strategy.schedule=1f1b", "strategy.microbatches=1", "oversubscribe=true",
+      "accelerator=cpu"],
+     "schedule=1f1b needs strategy.microbatches=1 to be at least the 2 stages; use strategy.microbatches>=2"),
+]
+
+
+def _out_of_range(k):
+    """Values just outside a numeric key's declared range (and nan, inf for a float)."""
+    r = k.valid
+    if r is None:  # the test refuses it with a message that says to declare one
+        return [0]
+    bad = [r.ge - 1 if r.ge is not None else None, r.gt, r.le + 1 if r.le is not None else None, r.lt]
+    bad = [b for b in bad if b is not None]
+    return bad + (["nan", "inf"] if k.kind is float else [])
+
+
+# (key, value): every int and float key of the config dataclasses, groups included
+OUT_OF_RANGE = [(k, show_number(v)) for k in numeric_keys() for v in _out_of_range(k)]
+
 
 def _call(command, argv, capsys):
     """Run one command as `python -m bench.<command> argv` would; (exit code, stdout, stderr)."""
@@ -93,12 +129,9 @@ def _call(command, argv, capsys):
     return e.value.code, out.out, out.err
 
 
-@pytest.mark.parametrize("what,command,argv,message", BAD_INPUT, ids=[r[0] for r in BAD_INPUT])
-def test_bad_input_is_one_line_and_starts_nothing(what, command, argv, message, tmp_path, monkeypatch, capsys):
-    if what == "a GPU run without a GPU" and not NO_CUDA:
-        pytest.skip("this machine has a GPU")
-    if "/proc/" in " ".join(argv) and not os.path.isdir("/proc"):
-        pytest.skip("no /proc here")
+def _refused(command, argv, tmp_path, monkeypatch, capsys):
+    """Run a command that must be refused: exit code 2, one `error: ` line and no traceback,
+    nothing started and nothing written. Returns the line."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "empty").mkdir()
@@ -107,12 +140,39 @@ def test_bad_input_is_one_line_and_starts_nothing(what, command, argv, message, 
     argv = [a.format(**paths) for a in argv]
     before = set(os.listdir(tmp_path))
     code, out, err = _call(command, argv, capsys)
-    assert code == 2
-    assert err.startswith("error: ") and message in err, err
+    assert code == 2, (code, out, err)
+    assert err.startswith("error: "), err
     assert err.count("\n") == 1 and "Traceback" not in err
     # nothing started, nothing written: no results, reports or job folders appeared
     assert set(os.listdir(tmp_path)) == before
     assert not any(n.endswith(".pdf") for _, _, names in os.walk(tmp_path) for n in names)
+    return err
+
+
+@pytest.mark.parametrize("what,command,argv,message", BAD_INPUT + CROSS_KEY_RULES,
+                         ids=[r[0] for r in BAD_INPUT + CROSS_KEY_RULES])
+def test_bad_input_is_one_line_and_starts_nothing(what, command, argv, message, tmp_path, monkeypatch, capsys):
+    if what == "a GPU run without a GPU" and not NO_CUDA:
+        pytest.skip("this machine has a GPU")
+    if "/proc/" in " ".join(argv) and not os.path.isdir("/proc"):
+        pytest.skip("no /proc here")
+    err = _refused(command, argv, tmp_path, monkeypatch, capsys)
+    assert message in err, err
+
+
+@pytest.mark.parametrize("k,value", OUT_OF_RANGE, ids=[f"{k.name}={v}" for k, v in OUT_OF_RANGE])
+def test_every_numeric_key_out_of_range_is_refused(k, value, tmp_path, monkeypatch, capsys):
+    """`seq_len=0` -> `error: seq_len=0: need at least 1, or null`: the key, the value as typed
+    and the range declared beside the key in bench/config.py."""
+    assert k.valid is not None, f"{k.name} declares no range in bench/config.py"
+    err = _refused("run", [f"{k.name}={value}"], tmp_path, monkeypatch, capsys)
+    assert err == f"error: {k.name}={value}: need {k.text()}\n", err
+
+
+def test_every_numeric_key_is_tried():
+    tried = {k.name for k, _ in OUT_OF_RANGE}
+    assert tried == {k.name for k in numeric_keys()}
+    assert {"size.n_embd", "strategy.stages_per_rank", "launcher.node_rank", "seq_len", "lr", "timeout_s"} <= tried
 
 
 def test_readme_troubleshooting_lists_every_message():

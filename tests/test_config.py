@@ -5,8 +5,9 @@ import os
 import re
 
 from bench import config, parallel
-from bench.config import BenchConfig, Schedule, key_rows, markdown_table, options
-from bench.plan import InvalidConfig, config_hash, make_spec, predict_memory
+from bench.config import BenchConfig, Range, Schedule, key_rows, markdown_table, numeric_keys, options
+from bench.memory import predict_memory
+from bench.plan import InvalidConfig, config_hash, make_spec
 from bench.run import compose_points
 from conftest import GPU_HOST, HOST, ROOT, compose_cfg, plan
 
@@ -52,11 +53,43 @@ def test_sweep_points_follow_hydras_product():
 
 def test_help_lists_every_key_with_its_default():
     text = config.help_text()
-    keys = [k for k, _, _ in key_rows()]
+    keys = [k for k, _, _, _ in key_rows()]
     assert "devices" in keys and "strategy.schedule" in keys and "launcher.rdzv_endpoint" in keys
-    for k, default, _ in key_rows():
-        assert re.search(rf"^  {re.escape(k)}\s+{re.escape(default)}\s", text, re.M), k
+    for k, default, valid, _ in key_rows():
+        assert re.search(rf"^  {re.escape(k)}\s+{re.escape(default)}\s+{re.escape(valid)}\s", text, re.M), k
     assert "$" not in text.replace("$APP_CONFIG_GROUPS", "")  # Hydra's template substitutes $NAMES
+
+
+def test_every_numeric_key_declares_its_range():
+    """Found from the dataclasses (groups included), so a key added later without a range fails
+    here; the range shows in the key table and in --help."""
+    keys = {k.name: k for k in numeric_keys()}
+    assert {"size.n_embd", "strategy.microbatches", "launcher.join_timeout_s", "seq_len", "lr"} <= set(keys)
+    assert not {"compile", "strategy.sequence_parallel", "data_path"} & set(keys)  # bools and strings are no numbers
+    assert not [k for k in keys.values() if k.valid is None], "declare a range: key(default, help, ge=...)"
+    rows = {k: v for k, _, v, _ in key_rows()}
+    assert all(rows[name] == k.text() and rows[name] for name, k in keys.items())
+    assert keys["seq_len"].text() == "at least 1, or null" and keys["lr"].text() == "a finite number more than 0"
+
+
+def test_ranges_refuse_what_lies_outside():
+    r = Range(ge=1)
+    assert r.admits(1) and r.admits(10**9) and not r.admits(0) and not r.admits(-1)
+    f = Range(gt=0)
+    assert f.admits(1e-9) and not f.admits(0.0) and not f.admits(float("nan")) and not f.admits(float("inf"))
+    both = Range(ge=0, le=9)
+    assert both.admits(0) and both.admits(9) and not both.admits(10)
+    assert Range(lt=5).text() == "less than 5" and both.text() == "at least 0 and at most 9"
+    seq = {k.name: k for k in numeric_keys()}["seq_len"]
+    assert seq.refusal(None) is None and seq.refusal(1) is None
+    assert seq.refusal(0) == "seq_len=0: need at least 1, or null"
+    assert {k.name: k for k in numeric_keys()}["lr"].refusal(-1.0) == "lr=-1: need a finite number more than 0"
+
+
+def test_ranges_leave_the_defaults_alone():
+    """A range is field metadata: the dataclass defaults (and so the config hashes) are as before."""
+    cfg = compose_cfg()
+    assert (cfg.devices, cfg.seq_len, cfg.lr, cfg.timeout_s, cfg.launcher.node_rank) == (1, 256, 3e-4, 1800.0, None)
 
 
 def test_readme_key_table_is_the_generated_one():

@@ -4,8 +4,9 @@ import dataclasses
 import pytest
 
 from bench.config import Accelerator, Precision, Schedule
+from bench.memory import predict_memory
 from bench.plan import (CONFIG_CHECKS, LAYOUT_CHECKS, PLACEMENT_CHECKS, InvalidConfig, PredictedOOM, available_bytes,
-                        check_memory, config_hash, predict_memory)
+                        check_memory, config_hash)
 from bench.spec import DataParallel
 from conftest import GPU_HOST, HOST, compose_cfg, plan
 
@@ -82,8 +83,13 @@ def test_global_batch_derives_per_replica_batch():
     (["strategy=mp", "devices=2", "strategy.schedule=gpipe", "batch_size=6"], "multiple of 4"),
     (["seq_len=4096"], "use seq_len<=256"),
     (["precision=fp16"], "use precision=bf16 or fp32"),
-    (["batch_size=0"], "batch_size=0: must be at least 1"),
+    (["batch_size=0"], "batch_size=0: need at least 1"),
     (["data=text", "data_path=/nonexistent.txt"], "is not a file"),
+    (["size.n_embd=130"], "size.n_embd=130 does not divide by size.n_head=4"),
+    (["data=text", "size=mini", "size.vocab_size=128"], "use size.vocab_size>=256"),
+    (["strategy=mp", "devices=2", "strategy.schedule=1f1b", "strategy.microbatches=1"],
+     "use strategy.microbatches>=2"),
+    (["data=text", "seq_len=null", "size.block_size=200000"], "the default text (data_path=null) has about"),
 ])
 def test_invalid_points_name_the_fix(overrides, needle):
     with pytest.raises(InvalidConfig) as e:
@@ -110,6 +116,48 @@ def test_cuda_requested_without_gpu_is_invalid():
     cpu_only = dataclasses.replace(HOST, gpus=0, gpu_memory_bytes=())
     with pytest.raises(InvalidConfig, match="use accelerator=cpu"):
         plan("accelerator=cuda", host=cpu_only)
+
+
+def test_every_numeric_key_is_refused_out_of_range():
+    """The range check walks every int and float key of the typed config, groups included
+    (found from the dataclasses: a key added later is covered as it comes)."""
+    from bench.config import numeric_keys
+    from bench.plan import numbers_in_range
+    cfg = compose_cfg(*CPU)
+    assert numbers_in_range(cfg) is None
+    for k in numeric_keys():
+        bad = k.valid.ge - 1 if k.valid.ge is not None else k.valid.gt
+        *groups, name = k.name.split(".")
+        if groups:  # size.n_embd: a copy of the group with the bad value
+            group = dataclasses.replace(getattr(cfg, groups[0]), **{name: bad})
+            broken = dataclasses.replace(cfg, **{groups[0]: group})
+        else:
+            broken = dataclasses.replace(cfg, **{name: bad})
+        assert numbers_in_range(broken) == k.refusal(bad) and k.refusal(bad).startswith(f"{k.name}="), k.name
+
+
+def test_text_rules_come_before_a_rank_reads_the_text(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("x" * 100)
+    with pytest.raises(InvalidConfig, match="has 100 bytes, but seq_len=99 needs more than 100 bytes"):
+        spec("data=text", f"data_path={short}", "seq_len=99")
+    assert spec("data=text", f"data_path={short}", "seq_len=98").seq_len == 98  # 100 bytes > 98 + 1
+    assert spec("data=text", "size=tiny").data.value == "text"  # vocab_size=256: every byte a token
+
+
+def test_the_default_text_is_longer_than_the_planner_assumes():
+    from bench.data import stdlib_text
+    from bench.plan import DEFAULT_TEXT_MIN_BYTES
+    assert len(stdlib_text()) > DEFAULT_TEXT_MIN_BYTES
+
+
+def test_a_pipeline_with_ddp_is_refused_before_the_ranks():
+    from bench.plan import pipeline_with_fsdp_only
+    from bench.spec import Layout, Pipeline
+    cfg = compose_cfg(*CPU, "strategy=mp", "devices=2")
+    lay = Layout(dp=2, tp=1, pp=2, data_parallel=DataParallel.ddp, pipeline=Pipeline(Schedule.naive))
+    assert "a pipeline composes with FSDP only, not ddp" in pipeline_with_fsdp_only(cfg, None, lay, 8)
+    assert pipeline_with_fsdp_only(cfg, None, dataclasses.replace(lay, data_parallel=DataParallel.fsdp), 8) is None
 
 
 def test_every_check_is_a_named_function():

@@ -19,6 +19,23 @@ def test_write_never_overwrites(tmp_path):
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
+def test_result_files_are_readable_like_any_other_output(tmp_path):
+    """0666 less the umask, as open() makes a file: 0644 under the usual 022 (mkstemp's 0600
+    kept results from the others who read reports from a shared folder)."""
+    import stat
+    old = os.umask(0o022)
+    try:
+        p = write_result(str(tmp_path / "a"), _result(tokens_per_s=1.0))
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o644
+        os.umask(0o077)  # a stricter umask is respected, not widened
+        p = write_result(str(tmp_path / "b"), _result(tokens_per_s=1.0))
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert json.load(open(p))["metrics"]["tokens_per_s"] == 1.0
+    assert not [f for f in os.listdir(tmp_path / "a") if f.endswith(".tmp")]
+
+
 def test_load_is_tidy_and_skips_corrupt_files(tmp_path):
     write_result(str(tmp_path / "a"), _result(tokens_per_s=10.0, loss=[1.0, 0.5]))
     write_result(str(tmp_path / "b"), _result("failed"))

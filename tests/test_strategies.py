@@ -4,7 +4,8 @@ Byte-level text (the loss falls, so a wrong gradient shows), same seed, same tok
 ranks split the reference batch, pipeline stages split its layers, tp ranks split its
 heads. fp32 throughout. Checked, after two optimizer steps: the loss of each step, the
 gradient of every parameter in the last step, and every parameter (all gathered whole from
-the ranks). Gradients are what catch a wrong scale (a sum for a mean): AdamW's update is
+the ranks); before training, every initial weight, bit for bit (sharded strategies build on
+the meta device and draw only their shards). Gradients are what catch a wrong scale (a sum for a mean): AdamW's update is
 invariant to it. Tolerances, room only for a different summation order (all-reduce,
 reduce-scatter, micro-batches): losses 2e-5 absolute (values near 5.5); gradients 1e-5
 absolute + 1e-4 relative (typical gradients are 1e-3..1e-1; tensor parallel splits the
@@ -33,12 +34,14 @@ def run(tmp_path, name, *overrides, monkeypatch=None):
     monkeypatch.setenv(DUMP_ENV, str(out))
     res = launch_job(spec, out)
     assert res.status == "ok", res.error
-    params, grads = {}, {}
+    params, grads, init = {}, {}, {}
     for f in sorted(glob.glob(str(out / "rank*.pt"))):
         d = torch.load(f)
         params.update(d["params"])
         grads.update(d["grads"])
-    return res.metrics, params, grads
+    for f in sorted(glob.glob(str(out / "init.rank*.pt"))):
+        init.update(torch.load(f)["params"])
+    return res.metrics, params, grads, init
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def reference(tmp_path_factory):
 
 
 def test_reference_trains(reference):
-    m, params, grads = reference
+    m, params, grads, init = reference
     assert len(m["loss"]) == 2 and m["tokens_per_s"] > 0
     assert m["loss"][-1] < m["loss"][0]  # byte text at lr=1e-3: it learns at once
     assert m["mem_source"].startswith("rss") and m["mem_peak_bytes"] > 0
@@ -98,8 +101,11 @@ def test_every_strategy_has_a_case():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_single(tmp_path, monkeypatch, reference, name):
-    ref_m, ref_p, ref_g = reference
-    m, params, grads = run(tmp_path, name, *CASES[name], monkeypatch=monkeypatch)
+    ref_m, ref_p, ref_g, ref_init = reference
+    m, params, grads, init = run(tmp_path, name, *CASES[name], monkeypatch=monkeypatch)
+    assert init.keys() == ref_init.keys()
+    for k in ref_init:  # built sharded on the meta device, each shard drawn: bit-identical to single
+        assert torch.equal(init[k], ref_init[k]), f"initial {k} differs from single's"
     torch.testing.assert_close(torch.tensor(m["loss"]), torch.tensor(ref_m["loss"]), atol=LOSS_TOL, rtol=0)
     assert m["tokens_per_step"] == ref_m["tokens_per_step"]
     assert params.keys() == ref_p.keys()

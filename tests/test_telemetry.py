@@ -32,11 +32,12 @@ def test_peak_table_never_borrows_another_devices_number():
     assert hardware.table_peak("NVIDIA H100 NVL", "fp32")[0] == 60e12
     assert hardware.table_peak("NVIDIA H200", "bf16")[0] == 989e12
     assert hardware.table_peak("NVIDIA A100-SXM4-80GB", "fp32")[0] == 19.5e12
-    for unknown in ("NVIDIA A10G", "NVIDIA L40", "NVIDIA GeForce RTX 4090", "AMD EPYC 7B13"):
+    for unknown in ("NVIDIA A10G", "NVIDIA GeForce RTX 4090", "AMD EPYC 7B13"):
         peak, why = hardware.table_peak(unknown, "bf16")
         assert peak is None and why
     assert hardware.table_peak("Tesla T4", "bf16")[0] is None  # no bf16 on a T4
     assert hardware.table_peak("NVIDIA L40S", "bf16")[0] == 362e12
+    assert hardware.table_peak("NVIDIA L40", "bf16")[0] == pytest.approx(181.05e12)
 
 
 def test_measured_matmul_peak_is_cached(tmp_path, monkeypatch):
@@ -76,7 +77,7 @@ def test_hardware_labels():
     assert hardware.label({"gpu": gpu}) == "8xH100-80GB-HBM3"
     assert hardware.label({"gpu": {"count": 1, "names": ["NVIDIA H200"], "memory_bytes": [150e9]}}) == "1xH200-140GB"
     cpu = {"gpu": {"count": 0}, "cpu_model": "Intel(R) Xeon(R) Platinum 8480+", "cpu_usable": 2, "ram_bytes": 24 * 2**30}
-    assert hardware.label(cpu) == "Xeon-2c-24GB"
+    assert hardware.label(cpu) == "Xeon-8480+-2c-24GB"
 
 
 def test_cuda_visible_devices_as_cuda_reads_them():
@@ -105,3 +106,34 @@ def test_gpus_are_read_without_importing_torch():
 def test_torch_build_is_the_installed_one():
     import torch
     assert hardware.torch_build() == {"version": torch.__version__, "cuda": torch.version.cuda}
+
+
+def test_peak_meter_gives_each_phase_its_own_peak():
+    from bench.telemetry import PeakMeter
+    meter = PeakMeter(torch.device("cpu"))
+    if meter.scope != "phase":
+        pytest.skip("this kernel does not allow resetting VmHWM (/proc/self/clear_refs)")
+    big = torch.ones(256 * 2**20 // 4)  # 256 MiB, touched
+    del big
+    build = meter.end("build")
+    small = torch.ones(16 * 2**20 // 4)
+    window = meter.end("window")
+    del small
+    assert build["rss_peak_bytes"] >= window["rss_peak_bytes"] + 200 * 2**20  # the build's peak stayed behind
+    assert set(meter.phases) == {"build", "window"}
+
+
+def test_a_spawned_process_reports_its_own_peak_not_its_parents(tmp_path):
+    """A rank started by a launcher that once held far more memory reports its own high-water mark
+    (getrusage's ru_maxrss would report the parent's: Linux copies it into the child at fork)."""
+    import subprocess
+    import sys
+    code = ("import os, subprocess, sys\n"
+            "big = bytearray(600 * 2**20); big[::4096] = b'x' * len(big[::4096]); del big\n"
+            "child = 'from bench.telemetry import peak_rss_bytes; print(peak_rss_bytes())'\n"
+            "out = subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True)\n"
+            "print(out.stdout.strip())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(tmp_path), env={**__import__("os").environ, "PYTHONPATH": hardware.ROOT})
+    child_peak = int(out.stdout.strip())
+    assert child_peak < 300 * 2**20, f"the child reported {child_peak / 2**20:.0f} MiB"

@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from bench.config import Checkpointing, Precision
-from bench.model import GPT, build_model, loss_fn
+from bench.model import GPT, loss_fn, materialise
 from bench.parallel import pipeline
 from bench.parallel.rank import AMP_DTYPES, Ctx, Parallel
 from bench.spec import DataParallel, RunSpec
@@ -28,40 +28,46 @@ from bench.spec import DataParallel, RunSpec
 def parallelize(spec: RunSpec, ctx: Ctx) -> Parallel:
     """This rank's part of the model, in the fixed apply order (torchtitan's):
 
-      1. pipeline split: build only the blocks this rank's stage(s) hold (never the whole
-         model on a stage: it would cost the whole model's memory and init time);
+      1. build on the meta device (no storage yet): the whole model, or under a pipeline only
+         the blocks this rank's stage(s) hold;
       2. tensor parallel: shard each block's Linear layers over the "tp" mesh dimension;
       3. activation checkpointing, then torch.compile, of each block (compile sees the
          checkpointed, sharded blocks, so one compilation serves them all);
       4. data parallel last (FSDP2 or DDP over "dp", or nn.DataParallel), so that it wraps
          the final, already sharded parameters;
       5. the step: the pipeline schedule, or plain micro-steps with gradient accumulation.
+
+    Storage and initial weights come after the sharding steps (`model.materialise`), so no
+    rank ever holds more than its own shards (and one whole parameter while it is drawn):
+    after FSDP when FSDP shards, else before DDP / nn.DataParallel, which need real tensors
+    (DDP broadcasts rank 0's).
     """
     lay = spec.layout
     if lay.pipeline is not None:
         chunks = pipeline.build_stages(spec, ctx)  # 1
     else:
-        chunks = [build_model(spec.shape, ctx.device, spec.seed)]  # same seed: replicas start equal
+        with torch.device("meta"):
+            chunks = [GPT(spec.shape)]  # 1
     for m in chunks:
         if lay.tensor_parallel:
             apply_tp(m, ctx.mesh["tp"], lay.sequence_parallel)  # 2
         prepare_blocks(m, spec)  # 3
+    fsdp = lay.data_parallel is DataParallel.fsdp
+    for m in chunks:
+        if fsdp:
+            apply_fsdp(m, ctx.mesh["dp"], spec.precision, lay.reshard_after_forward)  # 4
+        materialise(m, ctx.device, spec.seed)  # same seed: replicas start equal
     if lay.pipeline is not None:
         if lay.data_parallel not in (None, DataParallel.fsdp):
             raise ValueError(f"a pipeline composes with FSDP only, not {lay.data_parallel.value}")
-        for m in chunks:
-            if lay.data_parallel is DataParallel.fsdp:
-                apply_fsdp(m, ctx.mesh["dp"], spec.precision, lay.reshard_after_forward)  # 4
         return pipeline.schedule(chunks, spec, ctx)  # 5
     model = chunks[0]
     if lay.data_parallel is DataParallel.ddp:
         ddp = apply_ddp(model, ctx.mesh["dp"], ctx.device)  # 4
         return Parallel([ddp], partial(micro_steps, ddp, ctx=ctx, no_sync=ddp.no_sync), has_loss=True)  # 5
-    if lay.data_parallel is DataParallel.fsdp:
-        apply_fsdp(model, ctx.mesh["dp"], spec.precision, lay.reshard_after_forward)
-    elif lay.data_parallel is DataParallel.dataparallel:
-        model = apply_dataparallel(model, spec.devices_per_node, ctx)
-    return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)
+    if lay.data_parallel is DataParallel.dataparallel:
+        model = apply_dataparallel(model, spec.devices_per_node, ctx)  # 4
+    return Parallel([model], partial(micro_steps, model, ctx=ctx), has_loss=True)  # 5
 
 
 def micro_steps(model: nn.Module, batch: torch.Tensor, ctx: Ctx,

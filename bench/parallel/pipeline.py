@@ -24,19 +24,20 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from bench.config import Schedule
 from bench.flops import stage_layers
-from bench.model import GPT, build_model, loss_fn
+from bench.model import GPT, loss_fn
 from bench.parallel.rank import Ctx, Parallel
 from bench.spec import RunSpec
 
 
 def build_stages(spec: RunSpec, ctx: Ctx) -> list[GPT]:
-    """The model chunks this pipeline rank holds: one, or `stages_per_rank` interleaved."""
+    """The model chunks this pipeline rank holds (one, or `stages_per_rank` interleaved), on
+    the meta device: parallelize.py shards them, then gives them storage and weights."""
     pp, chunks = spec.layout.pp, spec.layout.pipeline.stages_per_rank
     n = pp * chunks
     ids = range(ctx.mesh["pp"].get_local_rank(), n, pp)  # rank r holds chunks r, r + p, r + 2p, ...
     layers = stage_layers(spec.shape.n_layer, n)
-    return [build_model(spec.shape, ctx.device, spec.seed, layers=layers[i], first=i == 0, last=i == n - 1)
-            for i in ids]
+    with torch.device("meta"):
+        return [GPT(spec.shape, layers=layers[i], first=i == 0, last=i == n - 1) for i in ids]
 
 
 def _tie_group(pp_mesh: DeviceMesh, full_mesh: DeviceMesh) -> dist.ProcessGroup | None:

@@ -1,0 +1,197 @@
+"""The memory model: predicted peak bytes of the most loaded device, by part.
+
+Pure arithmetic from the spec (no torch), so each term can be checked by hand
+(tests/test_flops.py) and against a measured run (tests/test_memory.py). Formulas and sources
+are in shared/REFERENCE.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench import flops
+from bench.config import Checkpointing, Precision, Schedule
+from bench.flops import FP32_BYTES
+from bench.spec import DataParallel, RunSpec
+
+# What a device holds outside the model's tensors. On a GPU the CUDA context, cuBLAS and NCCL
+# workspaces take 0.3-0.6 GB outside torch's allocator (REFERENCE.md; not measurable here, no
+# GPU); NVML counts them. On a CPU the rank's runtime (Python, torch, gloo) is measured by every
+# run as its RSS before the build (`mem_baseline_bytes`, about 240 MiB on this project's CPU
+# machine); the planner reserves CPU_RANK_BASELINE_BYTES (bench/plan.py) per rank for it, so
+# the model's CPU runtime term is 0.
+RUNTIME_BYTES = {"cpu": 0, "cuda": 512 * 2**20}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak bytes on the most loaded device, by part. `model_bytes` is what the
+    model, its state and its step hold (compare it with a measured peak minus the measured
+    runtime baseline); `total_bytes` adds the runtime term."""
+    params_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    logits_bytes: int
+    runtime_bytes: int = 0
+    buffers_bytes: int = 0  # FSDP's gathered parameters/gradients, autocast's weight copies, the tied embedding's second gradient
+
+    @property
+    def model_bytes(self) -> int:
+        """Every part at once. Live tensors never all coexist (activations are freed as
+        backward makes gradients), but allocators keep what a step freed for the next one
+        (glibc's heap and arenas for blocks under its mmap threshold, bench/launch.py; on a
+        GPU the caching allocator's reserved blocks, which NVML counts), so the memory the
+        system sees approaches the sum: measured on small, seq 128, batch 2, 2 CPU devices,
+        within 15% for every strategy (tests/test_memory.py), and 20% over at batch 8."""
+        return (self.params_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
+                + self.logits_bytes + self.buffers_bytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.runtime_bytes
+
+
+# Bytes per (token x hidden unit) that one Block of bench/model.py keeps for its backward, from
+# what autograd saves there (Korthikanti et al. 2022 count the same tensors for Megatron's block
+# as 34 two-byte units with dropout; this model has no dropout and fused attention, SDPA, so no
+# a*s^2 scores). "whole": the residual stream's LayerNorm inputs x and x2 (fp32 under autocast
+# too) and the LayerNorm outputs the next matmuls keep (fp32: h1 once, shared by q, k and v, and
+# h2; autocast: three bf16 casts of h1, one per projection, and one of h2: autocast caches casts
+# of weights, not of activations). "split" by tensor parallel: q, k, v, the attention output and
+# its contiguous copy for W^O, the MLP's 4H pre- and post-GELU (fp32 4+4+4+4+4+16+16 = 52 minus the
+# LN terms; autocast halves them). Sequence parallel also splits the LayerNorm inputs; the
+# LayerNorm outputs are gathered whole before the projections that keep them.
+ACT_LN_IN = 8                              # x, x2: fp32 in both precisions
+ACT_LN_OUT = {4: 8, 2: 3 * 2 + 2}          # compute bytes -> h1 (+casts) and h2
+ACT_INNER = {4: 12 + 4 + 4 + 16 + 16, 2: 6 + 2 + 2 + 8 + 8}
+# checkpointing keeps a block's input only (fp32 residual stream)
+ACT_CHECKPOINT = 4
+
+
+def activation_bytes_per_layer(seq: int, micro_batch: int, hidden: int, compute_bytes: int = FP32_BYTES,
+                               tp: int = 1, sequence_parallel: bool = False) -> int:
+    """Bytes one block keeps for backward for one micro-batch (seq x micro_batch tokens):
+    seq*b*h*(whole + split/tp), with whole = LayerNorm outputs (+ inputs unless sequence
+    parallel splits them) and split = the attention and MLP tensors (see ACT_* above).
+    `compute_bytes` 4 for fp32, 2 under bf16/fp16 autocast."""
+    whole = ACT_LN_OUT[compute_bytes] + (0 if sequence_parallel else ACT_LN_IN)
+    split = ACT_INNER[compute_bytes] + (ACT_LN_IN if sequence_parallel else 0)
+    return seq * micro_batch * hidden * whole + seq * micro_batch * hidden * split // tp
+
+
+def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: int,
+                    layers_on_device: int, first: bool, last: bool, shard: int = 1, tp: int = 1,
+                    in_flight: float = 1, logits_in_flight: int = 1, checkpointing: bool = False,
+                    device: str = "cpu", sequence_parallel: bool = False, compute_bytes: int = FP32_BYTES,
+                    fsdp_reshard: bool | None = None, fsdp_mixed: bool = False, microsteps: int = 1,
+                    keeps_outputs: bool = False) -> MemoryEstimate:
+    """Peak bytes of one device holding `layers_on_device` blocks (plus the embeddings if
+    `first`, the final LayerNorm and tied output layer if `last`), by part (how they add up:
+    `MemoryEstimate.model_bytes`):
+
+    - state: fp32 weights, fp32 gradients and AdamW's two fp32 moments (16 bytes/parameter,
+      REFERENCE.md); the blocks' matrices divided by tensor parallel `tp`; everything divided
+      by `shard` under FSDP's full sharding;
+    - activations: `in_flight` micro-batches' worth of this device's blocks
+      (`activation_bytes_per_layer`); with checkpointing each block keeps its fp32 input and
+      one block at a time is recomputed whole;
+    - logits (last stage): per micro-batch in flight, the fp32 log-softmax the loss keeps, plus
+      two fp32 (tokens x V) tensors while its backward runs (the log-softmax's gradient and the
+      logits'); under autocast also the 2-byte logits; where a pipeline schedule keeps each
+      micro-batch's stage output until its backward (`keeps_outputs`,
+      torch.distributed.pipelining's forward cache), the logits of every one in flight;
+    - buffers: FSDP's gathered units (root kept gathered; the running block and the prefetched
+      next, or every block without resharding; in compute precision with FSDP's mixed precision
+      `fsdp_mixed`, else fp32) and one block's unsharded fp32 gradient before its
+      reduce-scatter (FSDP2 gathers into its own buffers at dp = 1 too); autocast's cached
+      2-byte copies of the weights (not under FSDP's mixed precision: its gathered weights
+      already are 2-byte); and a second copy of the largest gradient while it is accumulated
+      into the first: where one module holds the tied embedding for input and output
+      (`first and last`: its dense V x H gradient from the input side is added to the output
+      side's), or where several micro-steps (`microsteps`: micro-batches x grad_accum) each
+      produce a gradient to add (the embedding's when this device holds it, else a 4H x H/tp
+      MLP matrix's).
+    """
+    block = 12 * H * H // tp + 13 * H
+    p = layers_on_device * block
+    if first or last:
+        p += V * H
+    if first:
+        p += T_max * H
+    if last:
+        p += 2 * H
+    params = p * FP32_BYTES // shard
+    per_layer = activation_bytes_per_layer(seq, micro_batch, H, compute_bytes, tp, sequence_parallel)
+    if checkpointing:
+        tokens_h = seq * micro_batch * H
+        acts = int(in_flight * layers_on_device * tokens_h * ACT_CHECKPOINT) + per_layer
+    else:
+        acts = int(in_flight * layers_on_device * per_layer)
+    tokens_v = micro_batch * seq * V
+    logits = 0
+    if last:
+        logits = (logits_in_flight + 2) * tokens_v * FP32_BYTES
+        if keeps_outputs:
+            logits += logits_in_flight * tokens_v * compute_bytes
+        elif compute_bytes < FP32_BYTES:
+            logits += tokens_v * compute_bytes
+    root = (V * H if (first or last) else 0) + (T_max * H if first else 0)
+    gathered = compute_bytes if fsdp_mixed else FP32_BYTES
+    buffers = 0
+    if fsdp_reshard is not None:
+        blocks_gathered = 2 if fsdp_reshard else layers_on_device
+        buffers += root * gathered + min(blocks_gathered, layers_on_device) * block * gathered + block * FP32_BYTES
+    if compute_bytes < FP32_BYTES and not fsdp_mixed:
+        buffers += (layers_on_device * block + root) * compute_bytes
+    grad_bytes = gathered if fsdp_reshard is not None else FP32_BYTES
+    if (first and last) or microsteps > 1:
+        buffers += (V * H if (first or last) else 4 * H * H // tp) * grad_bytes
+    return MemoryEstimate(params, params, 2 * params, acts, logits, RUNTIME_BYTES[device], buffers)
+
+
+def pipeline_in_flight(schedule: str, microbatches: int, stages: int, stage: int, chunks: int = 1) -> float:
+    """Micro-batches whose activations a pipeline stage holds at once, in units of one
+    micro-batch through all of this rank's layers:
+
+    - naive: 1 (the whole batch, one pass); GPipe: every micro-batch (all forwards first);
+    - 1F1B: stage i starts p - i forwards before its first backward, min(m, p - i);
+    - interleaved 1F1B (v chunks per rank): rank r runs (v-1)*p + 2*(p-1-r) warm-up forwards
+      of chunks before its first backward (torch.distributed.pipelining.schedules
+      `_get_warmup_ops`, with p micro-batches per round), so (that + 1) chunk-micro-batches of
+      L/(p*v) layers each, at most m*v: divided by v in this unit.
+    """
+    m, p = microbatches, stages
+    if schedule == "naive":
+        return 1
+    if schedule == "gpipe":
+        return m
+    if schedule == "1f1b":
+        return min(m, p - stage)
+    warmup = (chunks - 1) * p + 2 * (p - 1 - stage)
+    return min(warmup + 1, m * chunks) / chunks
+
+
+def predict_memory(spec: RunSpec) -> MemoryEstimate:
+    """Predicted peak of the most loaded device (see estimate_memory for the terms), from the
+    layout: tp splits the blocks' matrices, pp the layers (the largest stage counts), FSDP
+    shards the state over dp, a pipeline keeps its schedule's micro-batches in flight (`pipeline_in_flight`;
+    the last stage the logits of as many: all of them under GPipe), and a process that drives
+    several devices (nn.DataParallel) holds all their activations."""
+    s, lay = spec.shape, spec.layout
+    pipe = lay.pipeline
+    micro = spec.batch_size // (pipe.microbatches if pipe else 1)
+    sharded = lay.data_parallel is DataParallel.fsdp
+    compute = FP32_BYTES if spec.precision is Precision.fp32 else 2
+    ests = []
+    for i, r in enumerate(flops.stage_layers(s.n_layer, lay.pp)):
+        held = pipeline_in_flight(pipe.schedule.value, pipe.microbatches, lay.pp, i, pipe.stages_per_rank) if pipe else 1
+        ests.append(estimate_memory(
+            s.n_layer, s.n_embd, s.vocab_size, s.block_size, spec.seq_len, micro * lay.devices_per_process, len(r),
+            first=i == 0, last=i == lay.pp - 1, shard=lay.state_shards, tp=lay.tp, in_flight=held,
+            logits_in_flight=pipe.microbatches if pipe is not None and pipe.schedule is Schedule.gpipe else 1,
+            checkpointing=spec.activation_checkpointing is Checkpointing.full, device=spec.accelerator.value,
+            sequence_parallel=lay.sequence_parallel, compute_bytes=compute,
+            fsdp_reshard=lay.reshard_after_forward if sharded else None, fsdp_mixed=sharded and compute < FP32_BYTES,
+            microsteps=(pipe.microbatches if pipe else 1) * spec.grad_accum,
+            keeps_outputs=pipe is not None and pipe.schedule is not Schedule.naive))
+    return max(ests, key=lambda e: e.total_bytes)
