@@ -64,12 +64,17 @@ class CoreClaim:
             self.waited_s = time.perf_counter() - t0
             if self.waited_s > patience_s:
                 self.cores, self.shared = cores[:n], True
+                print(f"  [launch] waited {self.waited_s:.0f} s; running on shared cores (marked in the result)",
+                      flush=True)
                 return
             if not told:
-                print(f"  [launch] waiting: another scalebench job holds the cores this one needs ({n})", flush=True)
+                print(f"  [launch] waiting: another scalebench job holds the {n} core(s) this one needs "
+                      f"(at most {patience_s:.0f} s, the point's timeout_s)", flush=True)
                 told = True
             time.sleep(0.5)
         self.waited_s = time.perf_counter() - t0
+        if told:
+            print(f"  [launch] waited {self.waited_s:.0f} s for the cores; the point runs now", flush=True)
 
     def _try(self, cores: list[int], n: int) -> bool:
         import fcntl

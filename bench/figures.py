@@ -141,8 +141,16 @@ def _ctx(r) -> dict:
     return {k: _get(r, k) for k in CONTEXT}
 
 
-def _cols(df: pd.DataFrame, cols: list[str]) -> list[str]:
-    return cols + [k for k in CONTEXT if k in df and k not in cols]
+def _cols(cols: list[str]) -> list[str]:
+    """A page's columns: its own, then every CONTEXT column it does not have among them."""
+    return cols + [k for k in CONTEXT if k not in cols]
+
+
+def _finish(out: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """`out`'s `cols` followed by every CONTEXT column (empty where the rows do not say): every
+    page's CSV carries the same context columns, so a row always says where it was measured."""
+    out = out.assign(**{k: None for k in CONTEXT if k not in out})
+    return out[_cols(cols)]
 
 
 def held_fixed(data: pd.DataFrame) -> str:
@@ -155,15 +163,17 @@ def held_fixed(data: pd.DataFrame) -> str:
 def _reference(ok: pd.DataFrame, value: str = "tokens_per_s") -> dict[tuple, float]:
     """The reference strategy on one device (bench.parallel.REFERENCE), by what must match it:
     the machine, the work without the strategy, and its batch, per micro-step ('b') or per
-    optimizer step ('g'): {(match key, 'b'|'g', batch): the median of `value` over all its
-    runs}. Runs whose options differ in what the reference does not use pool: the same work."""
+    optimizer step ('g'): {(match key, 'b'|'g', batch): the median of `value` over the runs of
+    ONE identity}. Reference runs whose options differ in what the reference does not use (a
+    schedule, say) all match, but they are different identities and never pooled: the one
+    with the most runs is the reference (the first found among equals)."""
     from bench.parallel import REFERENCE
     ref = ok[(ok["strategy"] == REFERENCE) & (ok["devices"] == 1)]
-    runs: dict[tuple, list[float]] = {}
+    runs: dict[tuple, dict[str, list[float]]] = {}
     for r in ref.to_dict("records"):
         for kind, batch in (("b", r["batch_size"]), ("g", r["global_batch_size"])):
-            runs.setdefault((_match(r), kind, _int(batch)), []).append(float(r[value]))
-    return {k: float(np.median(v)) for k, v in runs.items()}
+            runs.setdefault((_match(r), kind, _int(batch)), {}).setdefault(r["identity"], []).append(float(r[value]))
+    return {k: float(np.median(max(ids.values(), key=len))) for k, ids in runs.items()}
 
 
 def _match(r) -> str:
@@ -188,7 +198,7 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok_runs(df)
     pts = per_identity(ok)
     if pts.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     ref = _reference(ok)
     # a series is the set of identities any of its runs measured (one point, e.g. dp on 2
     # devices with b=8, belongs to the weak series b=8/replica and to the strong one of global
@@ -231,11 +241,29 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
                 added = True
             if not added:
                 rows.append({**base, "baseline": None, "efficiency": np.nan})
-    out = pd.DataFrame(rows, columns=cols + list(CONTEXT))
+    out = pd.DataFrame(rows, columns=_cols(cols))
     heads = pts.drop_duplicates("series").set_index("series")  # one row per series: its context
     base = out.drop_duplicates("series_key").set_index("series_key")["series"].reindex(heads.index)
     out["series"] = out["series_key"].map(_labels(heads, base, within="size"))
     return out.sort_values(["n_params", "series", "devices"], kind="stable").reset_index(drop=True)
+
+
+def scaling_note(data: pd.DataFrame) -> str:
+    """Why a size's panel shows no efficiency ('' where it shows some): what is missing, said
+    as it is. (A series with two or more device counts always has its own baseline, so a
+    panel without efficiency holds only series of one device count each.)"""
+    from bench.parallel import REFERENCE
+    if data.empty or data["efficiency"].notna().any():
+        return ""
+    counts = data.groupby("series_key")["devices"].nunique()
+    n = len(counts)
+    note = ("efficiency needs 2+ device counts in a series; "
+            + ("the one series here has 1" if n == 1 else f"each of the {n} series here has 1"))
+    above = sorted({int(v) for v in data.groupby("series_key")["devices"].min() if v > 1})
+    if above:
+        note += (f";\na series on {' or '.join(map(str, above))} devices can also be judged against {REFERENCE} "
+                 "on 1 device\nwith the same settings on this hardware, which is not in these results")
+    return note
 
 
 def fig_scaling(data: pd.DataFrame) -> plt.Figure:
@@ -256,9 +284,9 @@ def fig_scaling(data: pd.DataFrame) -> plt.Figure:
         for (label, baseline), g in eff.groupby(["series", "baseline"], sort=False):
             bot.plot(g["devices"], g["efficiency"], marker="o", color=colors[label],
                      ls="-" if baseline.startswith("own") else "--")
-        if eff.empty:
-            bot.text(0.5, 0.5, "no baseline: each series has one device count\nand no reference run on 1 device",
-                     ha="center", va="center", transform=bot.transAxes, fontsize=8)
+        note = scaling_note(d)
+        if note:
+            bot.text(0.5, 0.5, note, ha="center", va="center", transform=bot.transAxes, fontsize=8, wrap=True)
         top.set_yscale("log")
         for ax in (top, bot):
             _log2_devices(ax, d["devices"])
@@ -292,7 +320,7 @@ def size_data(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["line", "variant", "devices", "size", "n_params", "tokens_per_s", "mfu", "mfu_source", "runs"]
     ok = ok_runs(df)
     if ok.empty or ok["size"].nunique() < 2:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     datasheet = ok["mfu"] if "mfu" in ok else pd.Series(np.nan, index=ok.index)
     ok = ok.assign(mfu_source=np.where(datasheet.notna(), "datasheet peak", "measured matmul peak"),
                    mfu=datasheet.fillna(ok.get("mfu_measured_peak", np.nan)))
@@ -301,11 +329,11 @@ def size_data(df: pd.DataFrame) -> pd.DataFrame:
     pts["line_key"] = _line_key(pts, ("size", "shape"))
     pts = pts[pts.groupby("line_key")["shape"].transform("nunique") > 1]
     if pts.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     base = pd.Series([f"{r['variant']}, {_int(r['devices'])} dev, b={_int(r['batch_size'])}"
                       for r in pts.to_dict("records")], index=pts.index)
     pts["line"] = _labels(pts, base, line=pts["line_key"])
-    return pts.sort_values(["line", "n_params"])[_cols(pts, cols)].reset_index(drop=True)
+    return _finish(pts.sort_values(["line", "n_params"]), cols).reset_index(drop=True)
 
 
 def fig_size(data: pd.DataFrame) -> plt.Figure:
@@ -331,51 +359,87 @@ def fig_size(data: pd.DataFrame) -> plt.Figure:
 # -- memory --------------------------------------------------------------------------------
 
 def memory_data(df: pd.DataFrame) -> pd.DataFrame:
-    """Per run (nothing pooled): measured peak per device, predicted, capacity, status; the
-    `line` joins runs that differ only in the model."""
-    cols = ["line", "size", "n_params", "variant", "devices", "status", "measured_gib", "predicted_gib",
-            "capacity_gib"]
+    """Per run (nothing pooled), like with like: the measured peak per device above the
+    runtime baseline (`mem_peak_bytes - mem_baseline_bytes`: Python, torch and the process
+    group's own memory, measured before the model, about 240 MiB per CPU rank) beside the
+    prediction's model part (`mem_predicted_model_bytes`, the prediction without its runtime
+    term; `mem_predicted_bytes` where results lack it), with `error` = predicted / measured - 1.
+    Where the baseline is unknown (results that did not record it) the totals are compared
+    instead, and `compared` says so. The totals, the baseline and the capacity (which bounds
+    the total) are kept beside; the `line` joins runs that differ only in the model."""
+    cols = ["line", "size", "n_params", "variant", "devices", "status", "compared", "measured_gib", "baseline_gib",
+            "measured_total_gib", "predicted_gib", "predicted_total_gib", "error", "capacity_gib"]
     if df.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     d = with_variant(df)
     d = d[d["status"].isin(["ok", "oom", "predicted_oom"])]
     if d.empty:
-        return pd.DataFrame(columns=cols)
-    measured = d["mem_peak_bytes"] if "mem_peak_bytes" in d else pd.Series(np.nan, index=d.index)
-    out = d.assign(measured_gib=measured / GIB, predicted_gib=d["mem_predicted_bytes"] / GIB,
-                   capacity_gib=d["capacity_bytes"] / GIB)
-    out = out[out["measured_gib"].notna() | out["predicted_gib"].notna()]
+        return pd.DataFrame(columns=_cols(cols))
+
+    def col(name):
+        return d[name].astype(float) if name in d else pd.Series(np.nan, index=d.index)
+
+    total, baseline = col("mem_peak_bytes"), col("mem_baseline_bytes")
+    pred_total = col("mem_predicted_bytes")
+    pred_model = col("mem_predicted_model_bytes").fillna(pred_total)
+    known = baseline.notna()
+    measured = (total - baseline).where(known)
+    # compared: above the baseline where it is known, else the totals (older results)
+    cmp_measured, cmp_pred = measured.where(known, total), pred_model.where(known, pred_total)
+    compared = np.where(known, "above baseline",
+                        np.where(total.notna(), "totals (baseline unknown)", "prediction only (not measured)"))
+    out = d.assign(compared=compared, measured_gib=measured / GIB, baseline_gib=baseline / GIB,
+                   measured_total_gib=total / GIB, predicted_gib=pred_model / GIB, predicted_total_gib=pred_total / GIB,
+                   error=cmp_pred / cmp_measured - 1, capacity_gib=col("capacity_bytes") / GIB)
+    out = out[out["measured_total_gib"].notna() | out["predicted_total_gib"].notna()]
     if out.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     base = pd.Series([f"{r['variant']}, {_int(r['devices'])} dev, b={_int(r['batch_size'])}"
                       for r in out.to_dict("records")], index=out.index)
     out = out.assign(line=_labels(out, base, line=_line_key(out, ("size", "shape"))))
-    return out.sort_values(["line", "n_params"])[_cols(out, cols)].reset_index(drop=True)
+    return _finish(out.sort_values(["line", "n_params"], kind="stable"), cols).reset_index(drop=True)
 
 
 def fig_memory(data: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=A4)
+    above = data["compared"] == "above baseline"
     for line, g in data.groupby("line", sort=False):
-        ok = g[g["status"] == "ok"]
-        ln, = ax.plot(ok["n_params"], ok["measured_gib"], marker="o", label=f"{line}: measured")
-        ax.plot(g["n_params"], g["predicted_gib"], ls="--", marker=".", color=ln.get_color(), alpha=0.7,
-                label=f"{line}: predicted")
+        ok = g[(g["status"] == "ok") & above[g.index]]
+        ln, = ax.plot(ok["n_params"], ok["measured_gib"], marker="o", label=f"{line}: measured above baseline")
+        color = ln.get_color()
+        ax.plot(ok["n_params"], ok["predicted_gib"], ls="--", marker=".", color=color, alpha=0.7,
+                label=f"{line}: predicted, model part")
+        old = g[(g["status"] == "ok") & (g["compared"] == "totals (baseline unknown)")]
+        if not old.empty:  # the baseline unknown: totals, marked apart
+            ax.plot(old["n_params"], old["measured_total_gib"], marker="s", mfc="none", ls="-", color=color,
+                    alpha=0.6, label=f"{line}: measured total (baseline unknown)")
+            ax.plot(old["n_params"], old["predicted_total_gib"], ls=":", marker=".", color=color, alpha=0.6,
+                    label=f"{line}: predicted total (baseline unknown)")
         bad = g[g["status"] != "ok"]
-        ax.scatter(bad["n_params"], bad["predicted_gib"], marker="x", s=80, color=ln.get_color())
+        ax.scatter(bad["n_params"], bad["predicted_total_gib"], marker="x", s=80, color=color)
     cap = data["capacity_gib"].dropna()
     for c in sorted(set(cap.round(1))):
         ax.axhline(c, color="red", lw=1)
-        ax.annotate(f"capacity {c:.0f} GiB", (0.01, c), xycoords=("axes fraction", "data"), va="bottom",
-                    color="red", fontsize=8)
+        ax.annotate(f"capacity {c:.0f} GiB (bounds the total)", (0.01, c), xycoords=("axes fraction", "data"),
+                    va="bottom", color="red", fontsize=8)
+    base = data["baseline_gib"].dropna()
+    if not base.empty:
+        ax.annotate(f"runtime baseline (left out above): {base.min() * 1024:,.0f}"
+                    + (f"-{base.max() * 1024:,.0f}" if base.max() - base.min() > 1 / 1024 else "") + " MiB per device",
+                    (0.01, 0.01), xycoords="axes fraction", fontsize=8, color="grey")
+    n_old = int((data["compared"] == "totals (baseline unknown)").sum())
+    if n_old:
+        ax.annotate(f"{n_old} run(s) without a recorded baseline (older results): their totals are plotted "
+                    "(squares, dotted)", (0.01, 0.05), xycoords="axes fraction", fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _thousands(ax)
     ax.set_xlabel("parameters")
-    ax.set_ylabel("peak memory per device (GiB)")
+    ax.set_ylabel("peak memory per device above the runtime baseline (GiB)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    ax.set_title("Memory per run: measured (solid) beside predicted (dashed); x = OOM or predicted OOM, "
-                 "at the prediction")
+    ax.set_title("Memory per run above the runtime baseline: measured peak - baseline (solid) beside the prediction's "
+                 "model part (dashed);\nx = OOM or predicted OOM, at the total prediction", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -387,18 +451,18 @@ def batch_data(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["line", "size", "variant", "devices", "batch_size", "tokens_per_s", "mem_gib", "runs"]
     ok = ok_runs(df)
     if ok.empty or ok["batch_size"].nunique() < 2:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     ok = ok.assign(mem_gib=ok["mem_peak_bytes"] / GIB)
     pts = per_identity(ok)
     pts["mem_gib"] = ok.groupby("identity")["mem_gib"].median().reindex(pts["identity"]).values
     pts["line_key"] = _line_key(pts, ("batch_size", "global_batch_size"))
     pts = pts[pts.groupby("line_key")["batch_size"].transform("nunique") > 1]
     if pts.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     base = pd.Series([f"{r['size']} {r['variant']} {_int(r['devices'])} dev" for r in pts.to_dict("records")],
                      index=pts.index)
     pts["line"] = _labels(pts, base, line=pts["line_key"])
-    return pts.sort_values(["line", "batch_size"])[_cols(pts, cols)].reset_index(drop=True)
+    return _finish(pts.sort_values(["line", "batch_size"]), cols).reset_index(drop=True)
 
 
 def fig_batch(data: pd.DataFrame) -> plt.Figure:
@@ -420,63 +484,121 @@ def fig_batch(data: pd.DataFrame) -> plt.Figure:
 
 # -- best strategy -------------------------------------------------------------------------
 
+def _versus_best(best: np.ndarray, other: np.ndarray, alpha: float, min_ratio: float,
+                 margin: float) -> tuple[bool, str, float]:
+    """Can the best identity's runs be told apart from another's? (tied, why, p): with 3+ runs
+    a side, Welch's t-test on log tokens/s at `alpha` and a ratio of medians of at least
+    1 + `min_ratio`; with fewer, a ratio above 1 + `margin` (this machine's drift between
+    processes)."""
+    ratio = float(np.median(best) / np.median(other))
+    n = min(len(best), len(other))
+    if n >= MIN_RUNS:
+        _, p = stats.welch_log(other, best)
+        if p >= alpha:
+            return True, f"the runs cannot separate them (p={p:.2g})", p
+        if ratio < 1 + min_ratio:
+            return True, f"less than {min_ratio:.0%} apart", p
+        return False, f"slower: x{1 / ratio:.2f} (p={p:.2g})", p
+    if ratio <= 1 + margin:
+        return True, f"{n} run(s), within the {margin:.0%} drift", math.nan
+    return False, f"slower: x{1 / ratio:.2f} ({n} run(s), beyond the {margin:.0%} drift)", math.nan
+
+
+def _candidate_names(firsts: pd.DataFrame) -> list[str]:
+    """Names for the identities of one setting (one first run each): the layout, and where two
+    share it the options and then the per-replica batch that tell them apart."""
+    names = [str(v) for v in firsts["variant"]]
+    for extra in (lambda r, grp: _options_apart(r, grp), lambda r, grp: f" b={_int(r['batch_size'])}"):
+        dup = pd.Series(names, index=firsts.index)
+        for _, same in firsts.groupby(dup.values):
+            if len(same) > 1:
+                for i in same.index:
+                    names[firsts.index.get_loc(i)] += extra(firsts.loc[i], same)
+    return names
+
+
+def _cell_text(listed: list[dict], firsts: pd.DataFrame) -> str:
+    """The layouts a cell names (the best and those tied with it, best first), those that
+    compute the same together: 'single (≈ dp: same computation) ~ tp', 'dp ~ mp/naive (same
+    computation)' (both listed), where '≈' names the layouts of that computation not listed."""
+    parts = []
+    for comp in dict.fromkeys(r["computation"] for r in listed):
+        names = [r["layout"] for r in listed if r["computation"] == comp]
+        others = [o for o, c in zip(firsts["layout"], firsts["computation"]) if c == comp and o not in names]
+        text = " ~ ".join(names)
+        if others:
+            text += f" (≈ {', '.join(others)}: same computation)"
+        elif len(names) > 1:
+            text += " (same computation)"
+        parts.append(text)
+    return " ~ ".join(parts)
+
+
 def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
               margin: float = TIE_MARGIN) -> pd.DataFrame:
     """Per setting (bench.identity.setting: one machine, model, precision, sequence, device
-    count and global tokens per step, all other settings equal): the layouts ranked by the
-    median tokens/s of their runs. Layouts with one computation (bench.identity.computation:
-    e.g. single and mp/naive on one device) are one candidate, named together; two
-    candidates are separated only when the runs say so: with 3+ runs a side, Welch's t-test
-    on log tokens/s at `alpha` and a ratio of at least 1 + `min_ratio`; with fewer, a ratio
-    above 1 + `margin` (this machine's drift between processes). Otherwise: a tie."""
-    cols = ["size", "n_params", "devices", "cell", "winner", "tokens_per_s", "runs", "runner_up", "ratio", "verdict",
-            "setting"]
+    count and global tokens per step, all other settings equal): every identity measured
+    there (a layout with its options) is a candidate of its own, with the median tokens/s of
+    its own runs; only the runs of one identity are ever aggregated. Layouts that compute the
+    same (bench.identity.computation: single, dp and mp/naive on one device) are still
+    measured apart (a wrapper's cost shows), and are named as equivalent in the cell:
+    'single (≈ dp, mp/naive: same computation)'. The best identity is tested against every
+    other (`_versus_best`: with 3+ runs a side Welch's t-test on log tokens/s at `alpha` and
+    at least `min_ratio` apart; with fewer, more than `margin` apart); those it cannot beat
+    share the cell ('~', a tie).
+
+    One row per (setting, identity), the best first: `layout`, `rank`, its `tokens_per_s`
+    (median of its runs) and `runs`, `ratio` (the best's median over its own), `p` (Welch's,
+    where both sides have 3+ runs), `versus_best` ('best', 'tie: ...', 'slower: ...'),
+    `same_computation` (the setting's other layouts that compute the same); and, the same on
+    every row of a setting, `cell` (the map's row label), `winner` (the cell's text) and
+    `verdict` ('winner', 'tie: ...', 'one layout measured')."""
+    cols = ["size", "n_params", "devices", "cell", "winner", "verdict", "rank", "layout", "tokens_per_s", "runs",
+            "ratio", "p", "versus_best", "same_computation", "setting", "identity"]
     ok = ok_runs(df)
     if ok.empty:
-        return pd.DataFrame(columns=cols)
-    cells = []
+        return pd.DataFrame(columns=_cols(cols))
+    rows = []
     for key, g in ok.groupby("setting", sort=False):
-        cands = []
-        for _, c in g.groupby("computation", sort=False):
-            names = " = ".join(sorted(set(c["variant"])))
-            runs = c["tokens_per_s"].to_numpy(dtype=float)
-            cands.append((float(np.median(runs)), names, runs))
-        cands.sort(key=lambda c: -c[0])
-        best, runs = cands[0], cands[0][2]
-        row = {"size": g["size"].iloc[0], "n_params": g["n_params"].iloc[0], "devices": int(g["devices"].iloc[0]),
-               "setting": key, "winner": best[1], "tokens_per_s": best[0], "runs": len(runs), "runner_up": None,
-               "ratio": np.nan, "verdict": "only one computation measured", **_ctx(g.iloc[0])}
-        if len(cands) > 1:  # every other candidate against the best: those it cannot beat share the cell
-            row.update(runner_up=cands[1][1], ratio=best[0] / cands[1][0], verdict="winner")
-            tied, why = [], []
-            for other in cands[1:]:
-                ratio = best[0] / other[0]
-                if min(len(runs), len(other[2])) >= MIN_RUNS:
-                    _, p = stats.welch_log(other[2], runs)
-                    if p >= alpha:
-                        tied.append(other[1])
-                        why.append(f"the runs cannot separate them (p={p:.2g})")
-                    elif ratio < 1 + min_ratio:
-                        tied.append(other[1])
-                        why.append(f"less than {min_ratio:.0%} apart")
-                elif ratio <= 1 + margin:
-                    tied.append(other[1])
-                    why.append(f"{min(len(runs), len(other[2]))} run(s), within the {margin:.0%} drift")
-            if tied:
-                row["winner"] = " ~ ".join([best[1], *tied])
-                row["verdict"] = "tie: " + "; ".join(dict.fromkeys(why))
-        cells.append(row)
-    out = pd.DataFrame(cells)
+        firsts = g.drop_duplicates("identity").reset_index(drop=True)
+        firsts["layout"] = _candidate_names(firsts)
+        runs = {i: g.loc[g["identity"] == i, "tokens_per_s"].to_numpy(dtype=float) for i in firsts["identity"]}
+        firsts["tokens_per_s"] = [float(np.median(runs[i])) for i in firsts["identity"]]
+        firsts = firsts.sort_values(["tokens_per_s", "layout"], ascending=[False, True], kind="stable")
+        firsts = firsts.reset_index(drop=True)
+        best = firsts.iloc[0]
+        same = {r["identity"]: [o["layout"] for o in firsts.to_dict("records")
+                                if o["computation"] == r["computation"] and o["identity"] != r["identity"]]
+                for r in firsts.to_dict("records")}
+        cands, tied, why = [], [], []
+        for rank, r in enumerate(firsts.to_dict("records"), 1):
+            c = {"size": r["size"], "n_params": r["n_params"], "devices": int(r["devices"]), "setting": key,
+                 "identity": r["identity"], "layout": r["layout"], "rank": rank, "tokens_per_s": r["tokens_per_s"],
+                 "runs": len(runs[r["identity"]]), "ratio": best["tokens_per_s"] / r["tokens_per_s"], "p": math.nan,
+                 "versus_best": "best", "same_computation": ", ".join(same[r["identity"]]), **_ctx(r)}
+            if rank > 1:
+                is_tie, reason, c["p"] = _versus_best(runs[best["identity"]], runs[r["identity"]], alpha, min_ratio,
+                                                      margin)
+                c["versus_best"] = ("tie: " if is_tie else "") + reason
+                if is_tie:
+                    tied.append(r)
+                    why.append(reason)
+            cands.append(c)
+        verdict = ("one layout measured" if len(cands) == 1 else
+                   "tie: " + "; ".join(dict.fromkeys(why)) if tied else "winner")
+        rows += [{**c, "winner": _cell_text([best.to_dict(), *tied], firsts), "verdict": verdict} for c in cands]
+    out = pd.DataFrame(rows)
     ctx = ok.groupby("setting").head(1).set_index("setting").loc[out["setting"]].reset_index()
     base = pd.Series([f"{r['size']}, global batch {_int(r['global_batch_size'])}" for r in ctx.to_dict("records")],
                      index=ctx.index)
     # a row of the map is a setting less its device count: the same label across devices
     row_key = _line_key(ctx, ("devices", "batch_size", "strategy", "strategy_options"))
     out["cell"] = _labels(ctx, base, line=row_key).values
-    return out.sort_values(["n_params", "cell", "devices"])[_cols(out, cols)].reset_index(drop=True)
+    return _finish(out.sort_values(["n_params", "cell", "devices", "rank"], kind="stable"), cols).reset_index(drop=True)
 
 
 def fig_best(data: pd.DataFrame) -> plt.Figure:
+    data = data[data["rank"] == 1]
     rows = list(dict.fromkeys(data["cell"]))[::-1]
     devs = sorted(data["devices"].unique())
     colors = {"winner": "#b7e1b0", "tie": "#f6eba0", "one": "#e3e3e3"}
@@ -485,36 +607,65 @@ def fig_best(data: pd.DataFrame) -> plt.Figure:
         i, j = rows.index(r.cell), devs.index(r.devices)
         kind = "winner" if r.verdict == "winner" else "tie" if r.verdict.startswith("tie") else "one"
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, color=colors[kind]))
-        text = r.winner.replace(" ~ ", "\n~ ").replace(" = ", " =\n")
-        ax.text(j, i, f"{text}\n{r.tokens_per_s:,.0f} tok/s, {r.runs} run(s)", ha="center", va="center", fontsize=6)
+        text = r.winner.replace(" ~ ", "\n~ ").replace(" (≈ ", "\n(≈ ")
+        ax.text(j, i, f"{text}\nbest: {r.tokens_per_s:,.0f} tok/s, {r.runs} run(s)", ha="center", va="center",
+                fontsize=6)
     ax.set_xlim(-0.5, len(devs) - 0.5)
     ax.set_ylim(-0.5, len(rows) - 0.5)
     ax.set_xticks(range(len(devs)), [str(d) for d in devs])
     ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("devices")
-    ax.set_title("Best layout at equal global tokens per step and equal settings\n"
-                 "green: a winner beyond noise; yellow: a tie ('~': layouts the runs cannot separate);\n"
-                 "grey: one computation measured ('=': layouts that compute the same)", fontsize=9)
+    ax.set_title("Best layout at equal global tokens per step and equal settings; each layout is ranked by the median "
+                 "of its own runs\ngreen: a winner beyond noise; yellow: a tie ('~': layouts the runs cannot "
+                 "separate); grey: one layout measured;\n'(≈ ...: same computation)': layouts that compute the "
+                 "same, measured apart (each one's median and runs in the CSV)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 # -- step-time spread ----------------------------------------------------------------------
 
+def _run_numbers(ok: pd.DataFrame) -> pd.Series:
+    """Each run's number among the runs of its identity, 1-based ('' for an identity measured
+    once): its repeat index where those tell the runs apart, else its order in the set."""
+    out = pd.Series("", index=ok.index, dtype=object)
+    for _, g in ok.groupby("identity", sort=False):
+        if len(g) < 2:
+            continue
+        rep = g["repeat"] if "repeat" in g else pd.Series(np.nan, index=g.index)
+        if rep.notna().all() and rep.nunique() == len(g):
+            out[g.index] = [str(int(v) + 1) for v in rep]
+        else:
+            out[g.index] = [str(i + 1) for i in range(len(g))]
+    return out
+
+
 def spread_data(df: pd.DataFrame, limit: int = 24) -> pd.DataFrame:
-    """Per run: its measured step times (within-run spread; runs are never pooled here)."""
+    """Per run: its measured step times (within-run spread; runs are never pooled here), their
+    coefficient of variation (`cv`), and the run's context; the `limit` noisiest runs. A label
+    names the run's layout and, where the runs shown differ in them, its context fields
+    (machine, precision, ...), so two runs from two machines never share one."""
+    cols = ["label", "size", "variant", "devices", "batch_size", "run", "steps", "step_time_ms_median", "cv",
+            "step_times_ms"]
     ok = ok_runs(df)
     if ok.empty or "step_times_s" not in ok:
-        return pd.DataFrame(columns=["label", "step_times_ms", "cv"])
+        return pd.DataFrame(columns=_cols(cols))
+    ok = ok[[isinstance(t, (list, tuple, np.ndarray)) and len(t) > 0 for t in ok["step_times_s"]]]
+    if ok.empty:
+        return pd.DataFrame(columns=_cols(cols))
+    ok = ok.assign(run=_run_numbers(ok))
+    base = pd.Series([f"{r['size']} {r['variant']} {_int(r['devices'])}d b{_int(r['batch_size'])}"
+                      for r in ok.to_dict("records")], index=ok.index)
+    labels = _labels(ok, base, line=ok["identity"])
     rows = []
-    for r in ok.to_dict("records"):
-        t = np.asarray(r["step_times_s"] or [], dtype=float) * 1e3
-        if len(t):
-            rows.append({"label": f"{r['size']} {r['variant']} {r['devices']}d b{r['batch_size']}"
-                                  + (f" run {int(r['repeat']) + 1}" if _get(r, "repeats") and r["repeats"] > 1 else ""),
-                         "step_times_ms": t.tolist(), "cv": float(t.std() / t.mean()) if t.mean() else 0.0})
+    for i, r in zip(ok.index, ok.to_dict("records")):
+        t = np.asarray(r["step_times_s"], dtype=float) * 1e3
+        rows.append({"label": labels[i] + (f" run {r['run']}" if r["run"] else ""), "size": r["size"],
+                     "variant": r["variant"], "devices": r["devices"], "batch_size": r["batch_size"], "run": r["run"],
+                     "steps": len(t), "step_time_ms_median": float(np.median(t)),
+                     "cv": float(t.std() / t.mean()) if t.mean() else 0.0, "step_times_ms": t.tolist(), **_ctx(r)})
     out = pd.DataFrame(rows)
-    return out.sort_values("cv", ascending=False).head(limit) if not out.empty else out
+    return _finish(out.sort_values("cv", ascending=False, kind="stable").head(limit), cols).reset_index(drop=True)
 
 
 def fig_spread(data: pd.DataFrame) -> plt.Figure:
@@ -522,6 +673,7 @@ def fig_spread(data: pd.DataFrame) -> plt.Figure:
     ax.boxplot(data["step_times_ms"].tolist(), orientation="horizontal", tick_labels=data["label"].tolist())
     ax.invert_yaxis()  # the first row (the noisiest) on top
     ax.set_xscale("log")
+    _thousands(ax, "x")
     ax.set_xlabel("step time (ms), measured steps of one run")
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title("Step-time spread within each run (noisiest first, by coefficient of variation)")
@@ -542,7 +694,7 @@ def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok_runs(df)
     pts = per_identity(ok)
     if pts.empty or "degree_pp" not in pts:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     t1 = _reference(ok, "step_time_s")
     pure = (pts["degree_pp"] > 1) & (pts["degree_dp"] == 1) & (pts["degree_tp"] == 1)
     if "degree_data_parallel" in pts:  # (results before it was recorded: dp == 1 says enough)
@@ -555,7 +707,7 @@ def bubble_data(df: pd.DataFrame) -> pd.DataFrame:
         p = int(r["degree_pp"])
         rows.append({"size": r["size"], "variant": r["variant"], "pp": p, "ideal": r.get("degree_bubble_ideal"),
                      "measured": 1 - one / (p * r["step_time_s"]), "runs": int(r["runs"]), **_ctx(r)})
-    return pd.DataFrame(rows, columns=cols + list(CONTEXT))
+    return pd.DataFrame(rows, columns=_cols(cols))
 
 
 def fig_bubble(data: pd.DataFrame) -> plt.Figure:
@@ -584,7 +736,7 @@ def loss_data(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["group", "variant", "devices", "hardware_label", "run", "step", "loss"]
     ok = ok_runs(df)
     if ok.empty or "loss" not in ok:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     rows, n = [], 0
     keys = [k for k in LOSS_KEYS if k in ok]
     for key, g in ok.groupby(keys, dropna=False, sort=False):
@@ -596,9 +748,9 @@ def loss_data(df: pd.DataFrame) -> pd.DataFrame:
                  f"seed {k['seed']}, "
                  f"{k['data']}, {k['precision']}")
         for run, r in enumerate(g.to_dict("records")):
-            rows += [{"group": label, "variant": r["variant"], "devices": r["devices"], "hardware_label":
-                      r["hardware_label"], "run": run, "step": i, "loss": v} for i, v in enumerate(r["loss"] or [])]
-    return pd.DataFrame(rows, columns=cols)
+            rows += [{**_ctx(r), "group": label, "variant": r["variant"], "devices": r["devices"], "run": run,
+                      "step": i, "loss": v} for i, v in enumerate(r["loss"] or [])]
+    return pd.DataFrame(rows, columns=_cols(cols))
 
 
 def fig_loss(data: pd.DataFrame) -> plt.Figure:
@@ -636,7 +788,7 @@ def hardware_data(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["point", "hardware_label", "tokens_per_s", "runs", "ratio"]
     pts = per_identity(ok_runs(df))
     if pts.empty or pts["hardware_label"].nunique() < 2:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     labels = sorted(pts["hardware_label"].unique())
     common = pts.groupby("work")["hardware_label"].nunique()
     pts = pts[pts["work"].isin(common[common == len(labels)].index)]
@@ -647,7 +799,7 @@ def hardware_data(df: pd.DataFrame) -> pd.DataFrame:
     first = pts[pts["hardware_label"] == labels[0]]  # the configurations' own differences, not the machines'
     names = _labels(first, first["point"], keys=tuple(k for k in CONTEXT if k not in MACHINE))
     pts["point"] = pts["work"].map(dict(zip(first["work"], names)))
-    return pts[_cols(pts, cols)].sort_values(["point", "hardware_label"]).reset_index(drop=True)
+    return _finish(pts, cols).sort_values(["point", "hardware_label"]).reset_index(drop=True)
 
 
 def fig_hardware(data: pd.DataFrame) -> plt.Figure:
@@ -673,26 +825,53 @@ def fig_hardware(data: pd.DataFrame) -> plt.Figure:
 
 # -- repeats -------------------------------------------------------------------------------
 
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def interval_text(values, low: float, high: float, coverage: float) -> str:
+    """What an order-statistic interval of a median is, in words: 'min-max of 3 runs: 75%
+    interval', '2nd lowest-2nd highest of 9 runs: 96% interval'."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = len(x)
+    k = int(np.searchsorted(x, low, side="left")) + 1  # (ties: the lowest rank holding that value)
+    which = "min-max" if k == 1 else f"{_ordinal(k)} lowest-{_ordinal(k)} highest"
+    return f"{which} of {n} runs: {coverage:.0%} interval"
+
+
+def _range(v) -> float:
+    """max / min - 1: the spread of a sample as a ratio (the same for a throughput and its
+    step time, as tokens/s = tokens per step / step time)."""
+    v = np.asarray(v, dtype=float)
+    return float(v.max() / v.min() - 1) if len(v) and v.min() > 0 else math.nan
+
+
 def repeats_data(df: pd.DataFrame, level: float = stats.CI_LEVEL) -> pd.DataFrame:
-    """Identities measured in two or more runs: the median of the runs' tokens/s with a
-    bootstrap interval of that median over runs (the run is the unit), the runs' spread
-    (max/min - 1), and for contrast the median within-run spread of steps (IQR / median)."""
+    """Identities measured in two or more runs (the run is the unit): the median of the runs'
+    tokens/s with a distribution-free interval of that median (stats.median_ci: order
+    statistics of the runs; `ci_coverage` its exact coverage, e.g. min..max of 3 runs holds
+    the median 75% of the time, never a claimed 95%), and one statistic of spread on both
+    scales, named for what it is: `between_runs_range`, max/min - 1 of the runs' tokens/s,
+    and `within_run_range`, max/min - 1 of a run's step times (the median over the runs).
+    (A range grows with the number of values: `runs` against `steps_per_run`.)"""
     cols = ["size", "variant", "devices", "batch_size", "hardware_label", "runs", "tokens_per_s_median",
-            "ci_low", "ci_high", "between_runs_spread", "within_run_spread"]
+            "ci_low", "ci_high", "ci_coverage", "interval", "between_runs_range", "within_run_range", "steps_per_run"]
     ok = ok_runs(df)
     if ok.empty:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_cols(cols))
     rows = []
     for _, g in ok.groupby("identity", sort=False):
         if len(g) < 2:
             continue
         tps = g["tokens_per_s"].to_numpy(dtype=float)
-        lo, hi = stats.bootstrap_ci(tps, level=level)
-        within = [float(np.subtract(*np.percentile(s, [75, 25])) / np.median(s)) for s in g["step_times_s"] if s]
+        lo, hi, cov = stats.median_ci(tps, level=level)
+        steps = [s for s in g["step_times_s"] if isinstance(s, (list, tuple, np.ndarray)) and len(s)] \
+            if "step_times_s" in g else []
         r = g.iloc[0]
         rows.append({"size": r["size"], "variant": r["variant"], "devices": r["devices"], "batch_size": r["batch_size"],
                      "hardware_label": r["hardware_label"], "runs": len(g),
-                     "tokens_per_s_median": float(np.median(tps)),
-                     "ci_low": lo, "ci_high": hi, "between_runs_spread": float(tps.max() / tps.min() - 1),
-                     "within_run_spread": float(np.median(within)) if within else np.nan, **_ctx(r)})
-    return pd.DataFrame(rows, columns=cols + [k for k in CONTEXT if k not in cols])
+                     "tokens_per_s_median": float(np.median(tps)), "ci_low": lo, "ci_high": hi, "ci_coverage": cov,
+                     "interval": interval_text(tps, lo, hi, cov), "between_runs_range": _range(tps),
+                     "within_run_range": float(np.median([_range(s) for s in steps])) if steps else np.nan,
+                     "steps_per_run": int(np.median([len(s) for s in steps])) if steps else np.nan, **_ctx(r)})
+    return pd.DataFrame(rows, columns=_cols(cols))

@@ -16,8 +16,9 @@ Keys derived from it (each a short hash; `describe` gives the readable fields):
   * `setting`: what the best-strategy map holds fixed: the machine, the work without the
     strategy, the devices and the global tokens per step;
   * `computation`: what the ranks compute and communicate, with the parallelisms that do
-    nothing at degree 1 left out: layouts with one computation (single, mp/naive on one
-    device, dp on one device) are never ranked against each other.
+    nothing at degree 1 left out: the best-strategy map names layouts with one computation
+    (single, mp/naive on one device, dp on one device) as equivalent; each is still a
+    candidate of its own, with its own runs.
 
 Pure functions of the tidy rows of bench.results.load (missing fields count as None).
 """

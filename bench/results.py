@@ -11,8 +11,9 @@ One `result.json` per job, written whatever happened to the job:
     degrees         {dp, tp, pp, nodes, devices_per_node, procs, schedule, microbatches,
                     stages_per_rank, bubble_ideal, sequence_parallel, activation_checkpointing}
     metrics         measured figures (units in the names), or null
-    prediction      the memory model's figures, or null
+    prediction      the memory model's figures (bench/memory.py: parts, model_bytes, total_bytes), or null
     hardware, hardware_label, software, started_at, finished_at, duration_s, output_dir
+    fault           only when SCALEBENCH_FAULT planted one (tests, demonstrations): its value
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         "accelerator": spec.get("accelerator", cfg.get("accelerator")),
         "seed": cfg.get("seed"), "steps": cfg.get("steps"),
         "config_hash": r.get("config_hash"), "hardware_label": r.get("hardware_label"),
-        "finished_at": r.get("finished_at"), "duration_s": r.get("duration_s"),
+        "started_at": r.get("started_at"), "finished_at": r.get("finished_at"), "duration_s": r.get("duration_s"),
         "mem_predicted_bytes": pred.get("total_bytes"),
         # the prediction without its runtime term: compare with mem_peak_bytes - mem_baseline_bytes
         "mem_predicted_model_bytes": pred.get("model_bytes", pred["total_bytes"] - pred.get("runtime_bytes", 0)

@@ -26,6 +26,8 @@ NO_CUDA = not __import__("torch").cuda.is_available()
 # {missing} are paths made for each row: a plain file, an ok result set, a result set with
 # other configurations, an empty folder, a path that does not exist.
 BAD_INPUT = [
+    ("a bare word", "run", ["tiny"],
+     "tiny: expected key=value (python -m bench.run --help lists every key)"),
     ("unknown size", "run", ["size=huge"], "size=huge does not exist; choose one of: 13b, 2.7b"),
     ("unknown size in a sweep", "run", ["-m", "size=tiny,huge"], "size=huge does not exist"),
     ("unknown strategy", "run", ["strategy=nope"], "strategy=nope does not exist; choose one of"),
@@ -179,6 +181,6 @@ def test_readme_troubleshooting_lists_every_message():
     text = open(os.path.join(ROOT, "README.md")).read()
     section = text[text.index("## Troubleshooting"):]
     section = section[:section.index("\n## ", 4)] if "\n## " in section[4:] else section
-    missing = [(what, msg) for what, _, _, msg in BAD_INPUT
+    missing = [(what, msg) for what, _, _, msg in BAD_INPUT + CROSS_KEY_RULES
                if re.sub(r"\s+", " ", msg) not in re.sub(r"\s+", " ", section.replace("`", ""))]
     assert not missing, f"README troubleshooting lacks: {missing}"

@@ -102,10 +102,13 @@ def test_best_map_compares_equal_tokens_and_equal_settings_only():
     rows = [row(strategy="dp", devices=2, tokens_per_s=2000.0),  # global batch 16
             row(strategy="tp", devices=2, degree_tp=2, tokens_per_s=1500.0),  # global batch 8: another cell
             row(strategy="mp", schedule="naive", devices=2, degree_pp=2, tokens_per_s=1000.0)]
-    b = figures.best_data(pd.DataFrame(rows)).set_index("cell")
-    assert len(b) == 2
-    cell8 = b[b.index.str.contains("global batch 8")].iloc[0]
+    b = figures.best_data(pd.DataFrame(rows))
+    best = b[b["rank"] == 1].set_index("cell")
+    assert len(best) == 2 and len(b) == 3  # one row per layout of each cell
+    cell8 = best[best.index.str.contains("global batch 8")].iloc[0]
     assert cell8["winner"] == "tp" and cell8["verdict"] == "winner"  # 1.5x: beyond the drift margin
+    mp = b[b["layout"] == "mp/naive"].iloc[0]
+    assert mp["tokens_per_s"] == 1000 and mp["rank"] == 2 and mp["versus_best"].startswith("slower: x0.67")
 
 
 def test_best_map_ties_what_the_runs_cannot_separate():
@@ -127,11 +130,34 @@ def test_best_map_ties_what_the_runs_cannot_separate():
     assert figures.best_data(pd.DataFrame(noisy)).iloc[0]["verdict"].startswith("tie: the runs cannot separate")
 
 
-def test_best_map_never_prefers_between_identical_computations():
-    same = [row(strategy="single", devices=1, tokens_per_s=1000.0),
-            row(strategy="mp", schedule="naive", devices=1, degree_pp=1, tokens_per_s=1280.0)]
-    b = figures.best_data(pd.DataFrame(same)).iloc[0]
-    assert b["winner"] == "mp/naive = single" and b["verdict"] == "only one computation measured"
+def test_best_map_never_pools_identities_that_compute_the_same():
+    """single and dp on one device compute the same, but each is an identity of its own: its own
+    median over its own runs, tested against the other like any layout; the cell names them as
+    equivalent."""
+    same = [row(strategy="single", devices=1, tokens_per_s=t, seed=s) for s, t in enumerate((51000, 56000, 53000))]
+    same += [row(strategy="dp", devices=1, tokens_per_s=t, seed=s) for s, t in enumerate((32000, 42000, 34500))]
+    b = figures.best_data(pd.DataFrame(same))
+    assert len(b) == 2 and b["cell"].nunique() == 1
+    single, dp = b.set_index("layout").loc["single"], b.set_index("layout").loc["dp"]
+    assert single["tokens_per_s"] == 53000 and single["runs"] == 3 and single["rank"] == 1  # never a pooled 46,000
+    assert dp["tokens_per_s"] == 34500 and dp["runs"] == 3 and dp["versus_best"].startswith("slower")
+    assert single["same_computation"] == "dp" and dp["same_computation"] == "single"
+    assert single["winner"] == "single (≈ dp: same computation)" and single["verdict"] == "winner"
+    assert dp["p"] < 0.05
+    # one run a side and within the drift: a tie, still two candidates with their own medians
+    close = [row(strategy="single", devices=1, tokens_per_s=1000.0),
+             row(strategy="mp", schedule="naive", devices=1, degree_pp=1, tokens_per_s=1280.0)]
+    b = figures.best_data(pd.DataFrame(close))
+    assert list(b["layout"]) == ["mp/naive", "single"] and list(b["tokens_per_s"]) == [1280, 1000]
+    assert b["winner"].iloc[0] == "mp/naive ~ single (same computation)"
+    assert b["verdict"].iloc[0].startswith("tie: 1 run(s)")
+    three = close + [row(strategy="dp", devices=1, tokens_per_s=500.0),
+                     row(strategy="tp", devices=1, tokens_per_s=1100.0, strategy_options='{"sequence_parallel": true}')]
+    b = figures.best_data(pd.DataFrame(three))  # dp: half as fast, not tied, still named as computing the same
+    assert b["winner"].iloc[0] == "mp/naive ~ tp ~ single (≈ dp: same computation)"
+    assert b["layout"].nunique() == 4 and b.set_index("layout").loc["dp", "tokens_per_s"] == 500
+    alone = figures.best_data(pd.DataFrame([row(strategy="single")]))
+    assert alone["verdict"].iloc[0] == "one layout measured" and alone["winner"].iloc[0] == "single"
 
 
 def test_memory_data_marks_what_did_not_fit():
@@ -185,11 +211,20 @@ def test_hardware_comparison_matches_configurations_not_machines():
 
 
 def test_repeats_take_the_run_as_the_unit():
-    reps = [row(seed=s, tokens_per_s=t, step_times_s=[2.0, 2.01, 2.02]) for s, t in enumerate((900, 1000, 1100))]
+    reps = [row(seed=s, tokens_per_s=t, step_times_s=[2.0, 2.01, 2.02], repeat=s, repeats=3)
+            for s, t in enumerate((900, 1000, 1100))]
     r = figures.repeats_data(pd.DataFrame(reps)).iloc[0]
     assert r["runs"] == 3 and r["tokens_per_s_median"] == 1000
-    assert r["ci_low"] >= 900 and r["ci_high"] <= 1100 and r["between_runs_spread"] == pytest.approx(1100 / 900 - 1)
-    assert r["within_run_spread"] == pytest.approx(0.01 / 2.01)  # steps: within-run spread only
+    # 3 runs: the order-statistic interval is min..max, and it says it holds the median 75% of the time
+    assert (r["ci_low"], r["ci_high"], r["ci_coverage"]) == (900, 1100, 0.75)
+    assert r["interval"] == "min-max of 3 runs: 75% interval"
+    # one statistic on both scales: max/min - 1 of the runs' tokens/s, and of a run's step times
+    assert r["between_runs_range"] == pytest.approx(1100 / 900 - 1)
+    assert r["within_run_range"] == pytest.approx(2.02 / 2.0 - 1) and r["steps_per_run"] == 3
+    nine = [row(seed=s, tokens_per_s=1000.0 + 10 * s) for s in range(9)]
+    r = figures.repeats_data(pd.DataFrame(nine)).iloc[0]
+    assert (r["ci_low"], r["ci_high"]) == (1010, 1070) and r["ci_coverage"] == pytest.approx(1 - 2 * 10 / 512)
+    assert r["interval"] == "2nd lowest-2nd highest of 9 runs: 96% interval"
 
 
 def test_variant_names_the_layout():
@@ -218,13 +253,18 @@ def test_pdf_pages_csvs_and_determinism(tmp_path):
     assert "best layout per setting" in text[0]
     assert "Scaling with devices" in text[1] and "Appendix" in text[-1]
     assert "held fixed on this page: X-2c-24GB, cpu, fp32, seq 256" in text[1]
+    # every page's footer names the CSV its data is in, by its real name, and that file is there
+    slugs = ("scaling", "size", "memory", "best", "spread", "loss")
+    for page, slug in zip(text[1:7], slugs):
+        assert f"data: r.{slug}.csv" in page.replace("\n", "")
+    assert not any("<report>" in p for p in text)
     scaling = pd.read_csv(tmp_path / "r.scaling.csv")
     assert {"series", "devices", "tokens_per_s", "efficiency", "baseline", "hardware_label"} <= set(scaling.columns)
     for page in ("size", "memory", "best", "spread", "loss"):
         assert (tmp_path / f"r.{page}.csv").exists()
     assert not (tmp_path / "r.batch.csv").exists()  # a page with no data has no CSV
     assert (tmp_path / "r.csv").exists() and "| size |" in (tmp_path / "r.md").read_text()
-    again = report.write_report(frame(), str(tmp_path / "r2.pdf"), title="unit report")
+    again = report.write_report(frame(), str(tmp_path / "again" / "r.pdf"), title="unit report")  # (footers name r)
     assert open(out, "rb").read() == open(again, "rb").read()
 
 
@@ -261,8 +301,11 @@ def test_fsdp_resharding_is_a_computation_of_its_own():
     rows = [row(strategy="fsdp", devices=2, degree_reshard_after_forward=r, tokens_per_s=t, seed=s,
                 strategy_options='{"reshard_after_forward": %s}' % str(r).lower())
             for r, t in ((True, 1000.0), (False, 1500.0)) for s in range(3)]
-    b = figures.best_data(pd.DataFrame(rows)).iloc[0]
-    assert b["winner"] == "fsdp" and b["runs"] == 3 and b["tokens_per_s"] == 1500  # not one pooled candidate
+    b = figures.best_data(pd.DataFrame(rows))
+    assert len(b) == 2 and list(b["runs"]) == [3, 3]  # not one pooled candidate
+    best = b.iloc[0]
+    assert best["winner"] == "fsdp [reshard_after_forward=False]" and best["tokens_per_s"] == 1500
+    assert b.iloc[1]["layout"] == "fsdp [reshard_after_forward=True]" and b.iloc[1]["tokens_per_s"] == 1000
 
 
 def test_every_layout_the_best_cannot_beat_shares_the_cell():
@@ -279,3 +322,113 @@ def test_result_sets_of_a_comparison_never_pool():
     d = figures.scaling_data(pd.concat([a, b], ignore_index=True))
     dp = d[(d["variant"] == "dp") & (d["devices"] == 1) & (d["size"] == "mini")]
     assert sorted(dp["tokens_per_s"]) == [800, 1000] and set(dp["runs"]) == {1}
+
+
+def test_the_scaling_reference_is_one_identity_never_a_pool():
+    """Reference runs that differ in options the reference does not use are different
+    identities: the one with the most runs is the reference, its runs alone."""
+    rows = [row(devices=d, tokens_per_s=900.0 * d) for d in (2, 4)]
+    rows += [row(strategy="single", tokens_per_s=t, seed=s) for s, t in enumerate((1000.0, 1100.0, 1200.0))]
+    rows += [row(strategy="single", tokens_per_s=1400.0, seed=s, strategy_options='{"schedule": "gpipe"}')
+             for s in range(2)]
+    d = figures.scaling_data(pd.DataFrame(rows))
+    ref = d[(d["variant"] == "dp") & (d["baseline"] == "reference, 1 device")].set_index("devices")
+    assert ref.loc[2, "efficiency"] == pytest.approx(1800 / (2 * 1100))  # not the pooled median, 1200
+
+
+def test_scaling_note_says_what_is_missing():
+    # the newcomer's set: dp and single on one device only; the reference IS there
+    rows = [row(strategy=s, tokens_per_s=t) for s, t in (("dp", 35000.0), ("single", 52000.0))]
+    d = figures.scaling_data(pd.DataFrame(rows))
+    note = figures.scaling_note(d)
+    assert note == "efficiency needs 2+ device counts in a series; each of the 2 series here has 1"
+    tp2 = figures.scaling_data(pd.DataFrame([row(strategy="tp", devices=2, degree_tp=2)]))
+    note = figures.scaling_note(tp2)
+    assert "the one series here has 1" in note and "single" in note and "2 devices" in note
+    mini = figures.scaling_data(frame())
+    assert figures.scaling_note(mini[mini["size"] == "mini"]) == ""  # it has efficiency
+    figures.fig_scaling(d)  # draws
+
+
+def test_memory_compares_like_with_like_above_the_runtime_baseline():
+    rows = [row(mem_peak_bytes=GIB, mem_baseline_bytes=0.25 * GIB, mem_predicted_bytes=0.9 * GIB,
+                mem_predicted_model_bytes=0.6 * GIB),
+            row(devices=2, mem_peak_bytes=GIB, mem_predicted_bytes=0.9 * GIB, mem_predicted_model_bytes=0.6 * GIB)]
+    m = figures.memory_data(pd.DataFrame(rows)).set_index("devices")
+    new, old = m.loc[1], m.loc[2]
+    assert new["compared"] == "above baseline"
+    assert (new["measured_gib"], new["baseline_gib"], new["measured_total_gib"]) == (0.75, 0.25, 1.0)
+    assert (new["predicted_gib"], new["predicted_total_gib"]) == (0.6, 0.9)
+    assert new["error"] == pytest.approx(0.6 / 0.75 - 1)
+    # a result without a recorded baseline: said so, and the totals are compared
+    assert old["compared"] == "totals (baseline unknown)" and np.isnan(old["measured_gib"])
+    assert old["error"] == pytest.approx(0.9 - 1) and old["measured_total_gib"] == 1.0
+    assert {"measured_gib", "baseline_gib", "measured_total_gib", "predicted_gib", "predicted_total_gib", "error",
+            "capacity_gib", "status"} <= set(m.columns)
+    fig = figures.fig_memory(m.reset_index())
+    ax = fig.axes[0]
+    assert "above the runtime baseline" in ax.get_ylabel() and "above the runtime baseline" in ax.get_title()
+    assert any("without a recorded baseline" in t.get_text() for t in ax.texts)
+    # the prediction's model part falls back to the whole prediction for results without it
+    m = figures.memory_data(pd.DataFrame([row(mem_baseline_bytes=0.25 * GIB)]))
+    assert m["predicted_gib"].iloc[0] == pytest.approx(0.9)
+
+
+def test_every_page_csv_carries_the_same_context_columns():
+    df = pd.concat([frame(), pd.DataFrame([row(strategy="single", step_time_s=2.048, seed=s) for s in range(2)]),
+                    frame().assign(hardware_label="Y-8c-64GB")], ignore_index=True)
+    data = report.page_data(df)
+    shown = {slug: d for slug, d in data.items() if not d.empty}
+    assert {"scaling", "size", "memory", "best", "spread", "bubble", "loss", "hardware", "repeats"} <= set(shown)
+    for slug, d in shown.items():
+        assert set(figures.CONTEXT) <= set(d.columns), slug
+    assert "result_set" in data["size"] and "result_set" in data["memory"]
+
+
+def test_spread_page_holds_its_context_and_labels_never_collide():
+    rows = [row(), row(hardware_label="Y-8c-64GB"), row(repeat=0, repeats=2, seed=0, strategy="single"),
+            row(repeat=1, repeats=2, seed=1, strategy="single")]
+    sp = figures.spread_data(pd.DataFrame(rows))
+    assert sp["label"].is_unique and len(sp) == 4
+    assert any("Y-8c-64GB" in label for label in sp["label"])
+    assert {"single 1d b8, X-2c-24GB run 1", "single 1d b8, X-2c-24GB run 2"} <= {lab.split(" ", 1)[1]
+                                                                                    for lab in sp["label"]}
+    assert set(figures.CONTEXT) <= set(sp.columns)
+    same = figures.spread_data(pd.DataFrame(rows[2:]))
+    assert report.footer(same, "spread", "x").startswith("held fixed on this page: X-2c-24GB, cpu, fp32, seq 256")
+    assert report.footer(same, "spread", "x").endswith("; data: x.spread.csv")
+
+
+def test_appendix_wraps_errors_and_shows_repeats():
+    oom = ("rank 1 killed by signal 9 (SIGKILL) (out of memory, or killed from outside); "
+           "the last lines of its log follow for context")
+    huge = "x " * 400
+    rows = [row(status="failed", error=oom, tokens_per_s=np.nan), row(status="failed", error=huge),
+            *[row(repeat=k, repeats=3, seed=k) for k in range(3)]]
+    t = report.table_frame(pd.DataFrame(rows))
+    assert oom in list(t["error"])  # whole, not cut at 48 characters
+    cut = next(e for e in t["error"] if e.startswith("x x"))
+    assert len(cut) == report.ERROR_CHARS and cut.endswith("…")
+    assert sorted(t["repeat"]) == ["", "", "1/3", "2/3", "3/3"]
+    cells = report._wrapped(t, {"error": report.ERROR_WIDTH})
+    err = list(t.columns).index("error")
+    assert all(len(line) <= report.ERROR_WIDTH for c in cells for line in c[err].split("\n"))
+    assert any(c[err].replace("\n", " ") == oom for c in cells)
+    # pages by lines: a wrapped error counts its lines, and a run is never split
+    many = pd.DataFrame({"error": [""] * 40})
+    assert [len(c) for c in report.appendix_chunks(many)] == [28, 12]
+    tall = pd.DataFrame({"error": ["word " * 60] * 10})  # 300 characters: 5 lines each, 3.6 rows of one line
+    assert [len(c) for c in report.appendix_chunks(tall)] == [7, 3]
+
+
+def test_an_all_failed_sweep_says_why_each_page_is_left_out(tmp_path):
+    assert all("(needs" in name for _, name, _, _ in report.PAGES)
+    rows = [row(status="failed", error="rank 0 exited with code 1", tokens_per_s=np.nan, step_times_s=None,
+                mem_peak_bytes=np.nan, mem_predicted_bytes=None),
+            row(status="invalid", error="too many stages", tokens_per_s=np.nan, mem_predicted_bytes=None)]
+    out = report.write_report(pd.DataFrame(rows), str(tmp_path / "failed.pdf"))
+    text = PdfReader(out).pages[0].extract_text()
+    for _, name, _, _ in report.PAGES:
+        assert name.split(" (")[0] in text
+    for what in ("scaling with devices (needs", "memory (needs", "best strategy map (needs", "step-time spread (needs"):
+        assert what in text
