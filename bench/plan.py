@@ -60,7 +60,8 @@ class Host:
     def from_fingerprint(cls, fp: dict[str, Any]) -> Host:
         g = fp["gpu"]
         return cls(cores=fp["cpu_usable"], gpus=g["count"],
-                   gpu_bf16=bool(g["count"]) and all(cc[0] >= 8 for cc in g.get("compute_capability", [])),
+                   gpu_bf16=(bool(g["count"]) and len(g.get("compute_capability") or []) == g["count"]
+                             and all(cc[0] >= 8 for cc in g["compute_capability"])),  # unknown: not native
                    gpu_memory_bytes=tuple(g["memory_bytes"]), ram_bytes=fp["ram_bytes"],
                    ram_available_bytes=fp["ram_available_bytes"])
 

@@ -110,6 +110,10 @@ def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, An
                 spec.rendezvous, run_id=f"{spec.rendezvous.run_id}-r{repeat}"))
         lay = spec.layout
         result["spec"] = spec.to_dict()
+        # the stored config says what ran (precision=auto resolved: bf16 only where the GPU computes
+        # it natively); config_hash stays the hash of what was asked, so resume finds the point
+        if cfg.precision.value == "auto":
+            result["config"].update(precision=spec.precision.value, precision_requested="auto")
         pipe = lay.pipeline
         result["degrees"] = {"dp": lay.dp, "tp": lay.tp, "pp": lay.pp, "nodes": spec.nodes,
                              "data_parallel": lay.data_parallel.value if lay.data_parallel else None,

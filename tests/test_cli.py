@@ -162,13 +162,17 @@ def test_users_sweep_shape_on_cpu_sizes(cli, tmp_path):
     assert len(df) == 4 and set(df["status"]) == {"ok"}
     assert set(zip(df["size"], df["strategy"])) == {(s, t) for s in ("tiny", "mini") for t in ("dp", "mp")}
     assert (df["tokens_per_s"] > 0).all() and (df["mem_peak_bytes"] > 0).all()
-    assert set(df["mem_source"]) == {"rss (peak, per process)"}
+    assert set(df["mem_source"]) == {"rss (peak over the window, per process)"}
     assert set(df[df.strategy == "dp"]["degree_dp"]) == {2} and set(df[df.strategy == "mp"]["degree_pp"]) == {2}
     for f in glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json")):
         d = json.load(open(f))
         assert len(d["metrics"]["step_times_s"]) == 3 and len(d["metrics"]["loss"]) == 5
         assert d["software"]["torch"] and d["config_hash"] and d["started_at"] and d["finished_at"]
         assert d["spec"]["layout"]["dp"] * d["spec"]["layout"]["pp"] == 2
+        # precision=auto (the default) is stored as what ran
+        assert d["config"]["precision"] == d["spec"]["precision"] == "fp32"
+        assert d["config"]["precision_requested"] == "auto"
+        assert d["metrics"]["mem_build_peak_bytes"] > 0 and d["metrics"]["mem_baseline_bytes"] > 0
     # the end-of-sweep callback wrote the report into reports/
     [pdf] = glob.glob(str(tmp_path / "reports" / "*.pdf"))
     assert os.path.getsize(pdf) > 10_000
