@@ -383,7 +383,8 @@ def memory_data(df: pd.DataFrame) -> pd.DataFrame:
     pred_total = col("mem_predicted_bytes")
     pred_model = col("mem_predicted_model_bytes").fillna(pred_total)
     known = baseline.notna()
-    measured = (total - baseline).where(known)
+    # the most loaded rank's own peak less its own baseline where the run recorded it
+    measured = col("mem_peak_above_baseline_bytes").fillna(total - baseline).where(known)
     # compared: above the baseline where it is known, else the totals (older results)
     cmp_measured, cmp_pred = measured.where(known, total), pred_model.where(known, pred_total)
     compared = np.where(known, "above baseline",

@@ -1,7 +1,7 @@
 """The memory model: predicted peak bytes of the most loaded device, by part.
 
 Pure arithmetic from the spec (no torch), so each term can be checked by hand
-(tests/test_flops.py) and against a measured run (tests/test_memory.py). Formulas and sources
+(tests/test_memory_model.py) and against a measured run (tests/test_memory.py). Formulas and sources
 are in shared/REFERENCE.md.
 """
 from __future__ import annotations
@@ -57,25 +57,38 @@ class MemoryEstimate:
 # a*s^2 scores). "whole": the residual stream's LayerNorm inputs x and x2 (fp32 under autocast
 # too) and the LayerNorm outputs the next matmuls keep (fp32: h1 once, shared by q, k and v, and
 # h2; autocast: three bf16 casts of h1, one per projection, and one of h2: autocast caches casts
-# of weights, not of activations). "split" by tensor parallel: q, k, v, the attention output and
-# its contiguous copy for W^O, the MLP's 4H pre- and post-GELU (fp32 4+4+4+4+4+16+16 = 52 minus the
-# LN terms; autocast halves them). Sequence parallel also splits the LayerNorm inputs; the
-# LayerNorm outputs are gathered whole before the projections that keep them.
-ACT_LN_IN = 8                              # x, x2: fp32 in both precisions
+# of weights, not of activations). "split" by tensor parallel: q, k, v, the attention output
+# (SDPA returns it in the query's (B, T, heads, d) layout, so the reshape for W^O is a view, no
+# copy), the MLP's 4H pre- and post-GELU: fp32 12 + 4 + 16 + 16 = 48, autocast half. Sequence
+# parallel also splits the LayerNorm inputs; the LayerNorm outputs are gathered whole before the
+# projections that keep them. Measured with autograd's saved-tensor hooks on one Block (CPU):
+# 64.5 and 40.5 bytes, the 0.5 being LayerNorm statistics and SDPA's logsumexp.
+ACT_LN_IN = 8                              # x, x2: fp32
 ACT_LN_OUT = {4: 8, 2: 3 * 2 + 2}          # compute bytes -> h1 (+casts) and h2
-ACT_INNER = {4: 12 + 4 + 4 + 16 + 16, 2: 6 + 2 + 2 + 8 + 8}
-# checkpointing keeps a block's input only (fp32 residual stream)
+ACT_INNER = {4: 12 + 4 + 16 + 16, 2: 6 + 2 + 8 + 8}
+# Under FSDP's mixed precision the weights, so the embeddings' output and the whole residual
+# stream, are 2-byte. On a CPU autocast leaves LayerNorm in the input's dtype: x, x2, h1 (one
+# tensor for q, k, v: their casts are no-ops) and h2 are 2-byte, 8 in all. On CUDA LayerNorm is
+# on autocast's fp32 list: it keeps fp32 casts of x and x2, and h1, h2 as under autocast.
+ACT_WHOLE_2BYTE_STREAM = {"cpu": 2 + 2 + 2 + 2, "cuda": 8 + 8}
+# checkpointing keeps a block's input only (the residual stream's dtype)
 ACT_CHECKPOINT = 4
 
 
 def activation_bytes_per_layer(seq: int, micro_batch: int, hidden: int, compute_bytes: int = FP32_BYTES,
-                               tp: int = 1, sequence_parallel: bool = False) -> int:
+                               tp: int = 1, sequence_parallel: bool = False, stream_bytes: int = FP32_BYTES,
+                               device: str = "cpu") -> int:
     """Bytes one block keeps for backward for one micro-batch (seq x micro_batch tokens):
     seq*b*h*(whole + split/tp), with whole = LayerNorm outputs (+ inputs unless sequence
     parallel splits them) and split = the attention and MLP tensors (see ACT_* above).
-    `compute_bytes` 4 for fp32, 2 under bf16/fp16 autocast."""
-    whole = ACT_LN_OUT[compute_bytes] + (0 if sequence_parallel else ACT_LN_IN)
-    split = ACT_INNER[compute_bytes] + (ACT_LN_IN if sequence_parallel else 0)
+    `compute_bytes` 4 for fp32, 2 under bf16/fp16 autocast; `stream_bytes` 2 where the
+    residual stream itself is 2-byte (FSDP's mixed precision)."""
+    ln_in, ln_out = ACT_LN_IN, ACT_LN_OUT[compute_bytes]
+    if stream_bytes < FP32_BYTES:
+        both = ACT_WHOLE_2BYTE_STREAM[device]
+        ln_in = ln_out = both // 2
+    whole = ln_out + (0 if sequence_parallel else ln_in)
+    split = ACT_INNER[compute_bytes] + (ln_in if sequence_parallel else 0)
     return seq * micro_batch * hidden * whole + seq * micro_batch * hidden * split // tp
 
 
@@ -103,8 +116,9 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     - buffers: FSDP's gathered units (root kept gathered; the running block and the prefetched
       next, or every block without resharding; in compute precision with FSDP's mixed precision
       `fsdp_mixed`, else fp32) and one block's unsharded fp32 gradient before its
-      reduce-scatter (FSDP2 gathers into its own buffers at dp = 1 too); autocast's cached
-      2-byte copies of the weights (not under FSDP's mixed precision: its gathered weights
+      reduce-scatter (and its 2-byte original under mixed precision; FSDP2 gathers into its
+      own buffers at dp = 1 too); autocast's cached 2-byte copies of the matrices it
+      multiplies (not under FSDP's mixed precision: its gathered weights
       already are 2-byte); and a second copy of the largest gradient while it is accumulated
       into the first: where one module holds the tied embedding for input and output
       (`first and last`: its dense V x H gradient from the input side is added to the output
@@ -121,10 +135,12 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     if last:
         p += 2 * H
     params = p * FP32_BYTES // shard
-    per_layer = activation_bytes_per_layer(seq, micro_batch, H, compute_bytes, tp, sequence_parallel)
+    stream = compute_bytes if fsdp_mixed else FP32_BYTES
+    per_layer = activation_bytes_per_layer(seq, micro_batch, H, compute_bytes, tp, sequence_parallel, stream,
+                                           "cuda" if device == "cuda" else "cpu")
     if checkpointing:
         tokens_h = seq * micro_batch * H
-        acts = int(in_flight * layers_on_device * tokens_h * ACT_CHECKPOINT) + per_layer
+        acts = int(in_flight * layers_on_device * tokens_h * ACT_CHECKPOINT * stream // FP32_BYTES) + per_layer
     else:
         acts = int(in_flight * layers_on_device * per_layer)
     tokens_v = micro_batch * seq * V
@@ -140,9 +156,13 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     buffers = 0
     if fsdp_reshard is not None:
         blocks_gathered = 2 if fsdp_reshard else layers_on_device
-        buffers += root * gathered + min(blocks_gathered, layers_on_device) * block * gathered + block * FP32_BYTES
+        # one block's unsharded gradient (in the gather dtype) and its fp32 copy for the reduce-scatter
+        grad_buffer = block * (FP32_BYTES + (gathered if fsdp_mixed else 0))
+        buffers += root * gathered + min(blocks_gathered, layers_on_device) * block * gathered + grad_buffer
     if compute_bytes < FP32_BYTES and not fsdp_mixed:
-        buffers += (layers_on_device * block + root) * compute_bytes
+        # autocast casts what F.linear multiplies: the blocks' matrices, and the tied embedding
+        # on the last stage (the output layer); embeddings (wte as input, wpe) are never cast
+        buffers += (layers_on_device * block + (V * H if last else 0)) * compute_bytes
     grad_bytes = gathered if fsdp_reshard is not None else FP32_BYTES
     if (first and last) or microsteps > 1:
         buffers += (V * H if (first or last) else 4 * H * H // tp) * grad_bytes

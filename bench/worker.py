@@ -172,6 +172,8 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
         nvml_peaks = [m["nvml_used_peak_bytes"] for m in per_rank]
         if all(p is not None for p in nvml_peaks):
             metrics.update(mem_peak_bytes=max(nvml_peaks), mem_source="nvml (used, peak over the window)",
+                           mem_peak_above_baseline_bytes=max(m["nvml_used_peak_bytes"] - (m["nvml_used_baseline_bytes"] or 0)
+                                                             for m in per_rank),
                            mem_baseline_bytes=max(m["nvml_used_baseline_bytes"] or 0 for m in per_rank),
                            mem_baseline_source="nvml (used before the build: CUDA context, NCCL)")
         else:
@@ -184,6 +186,9 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
                        mem_build_source="torch (max reserved during the build)")
     else:
         metrics.update(mem_peak_bytes=max(m["rss_peak_bytes"] for m in per_rank),
+                       # per rank, then the most loaded: never one rank's peak less another's baseline
+                       mem_peak_above_baseline_bytes=max(m["rss_peak_bytes"] - m["rss_baseline_bytes"]
+                                                         for m in per_rank),
                        mem_peak_bytes_sum=sum(m["rss_peak_bytes"] for m in per_rank),
                        mem_rss_window_peak_bytes=max(m["rss_window_peak_bytes"] for m in per_rank),
                        mem_baseline_bytes=max(m["rss_baseline_bytes"] for m in per_rank),

@@ -6,7 +6,7 @@ gloo; about 240 MiB here, which the model leaves to the measurement). Predicted 
 part of the prediction (`MemoryEstimate.model_bytes`). Target (issue 14): within 15% at
 size=small, seq 128, batch 2, on 2 devices, for every strategy and schedule, fp32 and bf16,
 with and without checkpointing. One warm-up step first: the window is a steady step (in the
-first, the allocator has nothing freed yet to reuse, and the peak reads lower). The whole table (30 jobs, about 8 minutes here) runs with
+first, the allocator has nothing freed yet to reuse, and the peak reads lower). The whole table (28 jobs, about 8 minutes here) runs with
 SCALEBENCH_MEMORY_TABLE=all; by default a sample of it that touches every term of the model.
 """
 import os

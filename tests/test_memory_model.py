@@ -14,19 +14,24 @@ SBH = 128 * 8 * 128
 
 
 def test_activations_per_layer_by_hand():
-    # fp32: x, x2 (8) + h1, h2 (8) + q, k, v (12) + attention out and its copy (8) + MLP 4H twice (32) = 68
-    assert act(128, 8, 128) == SBH * 68
-    # autocast: x, x2 fp32 (8) + three casts of h1 and one of h2 (8) + half of the rest (26) = 42
-    assert act(128, 8, 128, compute_bytes=2) == SBH * 42
+    # fp32: x, x2 (8) + h1, h2 (8) + q, k, v (12) + attention out (4; W^O's reshape is a view)
+    # + MLP 4H twice (32) = 64
+    assert act(128, 8, 128) == SBH * 64
+    # autocast: x, x2 fp32 (8) + three casts of h1 and one of h2 (8) + half of the rest (24) = 40
+    assert act(128, 8, 128, compute_bytes=2) == SBH * 40
+    # FSDP's mixed precision makes the stream 2-byte: on a CPU x, x2, h1, h2 at 2 bytes (8) + 24
+    assert act(128, 8, 128, compute_bytes=2, stream_bytes=2) == SBH * 32
+    # on CUDA LayerNorm keeps fp32 casts of its inputs (8) and its outputs are cast as under autocast (8)
+    assert act(128, 8, 128, compute_bytes=2, stream_bytes=2, device="cuda") == SBH * 40
     # tensor parallel splits the attention and MLP tensors only; sequence parallel also x, x2
-    assert act(128, 8, 128, tp=2) == SBH * (16 + 52 // 2)
-    assert act(128, 8, 128, tp=2, sequence_parallel=True) == SBH * (8 + (52 + 8) // 2)
+    assert act(128, 8, 128, tp=2) == SBH * (16 + 48 // 2)
+    assert act(128, 8, 128, tp=2, sequence_parallel=True) == SBH * (8 + (48 + 8) // 2)
 
 
 def test_full_model_by_hand():
     e = estimate_memory(**MINI)
     assert e.params_bytes + e.grads_bytes + e.optimizer_bytes == N * 16  # AdamW fp32: 16 bytes/parameter
-    assert e.activations_bytes == 4 * SBH * 68
+    assert e.activations_bytes == 4 * SBH * 64
     assert e.logits_bytes == 3 * 8 * 128 * 512 * 4  # log-softmax + its gradient + the logits' gradient
     assert e.buffers_bytes == 512 * 128 * 4  # one module holds the tied embedding: its 2nd gradient
     assert e.runtime_bytes == 0  # a CPU rank's runtime is measured (mem_baseline_bytes), not modelled
@@ -41,16 +46,19 @@ def test_fsdp_buffers_by_hand():
     assert e.buffers_bytes == ROOT * 4 + 2 * BLOCK * 4 + BLOCK * 4 + 512 * 128 * 4
     keep = estimate_memory(**MINI, shard=2, fsdp_reshard=False)
     assert keep.buffers_bytes == ROOT * 4 + 4 * BLOCK * 4 + BLOCK * 4 + 512 * 128 * 4
-    # FSDP's mixed precision gathers 2-byte weights and adds no autocast copies
+    # FSDP's mixed precision gathers 2-byte weights and adds no autocast copies; a block's
+    # gradient is 2-byte, with its fp32 copy for the reduce-scatter
     mixed = estimate_memory(**MINI, shard=2, fsdp_reshard=True, compute_bytes=2, fsdp_mixed=True)
-    assert mixed.buffers_bytes == ROOT * 2 + 2 * BLOCK * 2 + BLOCK * 4 + 512 * 128 * 2
+    assert mixed.buffers_bytes == ROOT * 2 + 2 * BLOCK * 2 + BLOCK * (4 + 2) + 512 * 128 * 2
+    assert mixed.activations_bytes == 4 * SBH * 32  # the residual stream is 2-byte too
     # FSDP2 gathers into its own buffers at dp = 1 too
     assert estimate_memory(**MINI, shard=1, fsdp_reshard=True).buffers_bytes == e.buffers_bytes
 
 
 def test_autocast_weight_copies_and_logits():
     bf = estimate_memory(**MINI, compute_bytes=2)
-    assert bf.buffers_bytes == (4 * BLOCK + ROOT) * 2 + 512 * 128 * 4
+    # copies of what F.linear multiplies: the blocks' matrices and the tied output layer (not wpe)
+    assert bf.buffers_bytes == (4 * BLOCK + 512 * 128) * 2 + 512 * 128 * 4
     assert bf.logits_bytes == 3 * 8 * 128 * 512 * 4 + 8 * 128 * 512 * 2  # and the 2-byte logits
 
 
@@ -62,7 +70,7 @@ def test_pipeline_stages_and_schedules():
     # schedule's copy of its output) until backward
     last = estimate_memory(**{**MINI, "first": False}, in_flight=4, logits_in_flight=4, keeps_outputs=True)
     assert last.logits_bytes == (4 + 2) * 8 * 128 * 512 * 4 + 4 * 8 * 128 * 512 * 4
-    assert last.activations_bytes == 4 * 4 * SBH * 68
+    assert last.activations_bytes == 4 * 4 * SBH * 64
     # several micro-steps: a second copy of the largest gradient while it is accumulated
     assert estimate_memory(**{**MINI, "first": False, "last": False}, microsteps=2).buffers_bytes == 4 * 128 * 128 * 4
 
@@ -79,7 +87,7 @@ def test_in_flight_by_schedule(schedule, m, p, stage, v, expected):
 
 def test_checkpointing_keeps_block_inputs():
     e = estimate_memory(**MINI, checkpointing=True)
-    assert e.activations_bytes == 4 * SBH * 4 + SBH * 68  # each block's fp32 input + one block recomputed
+    assert e.activations_bytes == 4 * SBH * 4 + SBH * 64  # each block's fp32 input + one block recomputed
 
 
 def test_predict_memory_reads_the_layout():
