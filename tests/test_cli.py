@@ -196,6 +196,7 @@ def test_two_sweeps_at_once_do_not_collide(tmp_path):
     assert len(sweeps) == 2 and len(glob.glob(str(tmp_path / "reports" / "*.pdf"))) == 2
     results = [json.load(open(f)) for f in glob.glob(str(tmp_path / "results" / "*" / "*" / "result.json"))]
     assert [r["status"] for r in results] == ["ok", "ok"]
-    assert any("waiting: another scalebench job holds the cores" in o for o in outs)
+    assert any("waiting: another scalebench job holds the 2 core(s) this one needs" in o for o in outs)
+    assert any("s for the cores; the point runs now" in o for o in outs)  # and says how long it waited
     waits = sorted(r["cores"]["waited_for_cores_s"] for r in results)
     assert waits[0] < 1 and waits[1] > 1 and not any(r["cores"]["shared_with_other_jobs"] for r in results)
