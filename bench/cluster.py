@@ -51,6 +51,9 @@ def resolve(launcher: LauncherConfig, env: Mapping[str, str] = os.environ,
     if launcher.name is LauncherKind.local:
         if launcher.nodes != 1:
             raise RendezvousError(f"launcher.nodes={launcher.nodes} needs launcher=multinode")
+        for name in ("node_rank", "rdzv_endpoint"):  # meaningless on one machine: say so, do not ignore
+            if getattr(launcher, name) is not None:
+                raise RendezvousError(f"launcher.{name}={getattr(launcher, name)} needs launcher=multinode")
         return Rendezvous()
     nodes, rank, endpoint = launcher.nodes, launcher.node_rank, launcher.rdzv_endpoint
     source = "config"

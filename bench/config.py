@@ -180,8 +180,10 @@ class BenchConfig:
     seq_len: Optional[int] = key(256, "tokens per sequence; null: the size's full context", ge=1)
     precision: Precision = key(Precision.auto, "`fp32`, `bf16` (autocast), `fp16` (CUDA only, gradient "
                                                "scaling), `auto` (bf16 on a CUDA GPU that has it, else fp32)")
-    warmup_steps: int = key(2, "optimizer steps run before timing starts", ge=0)
-    steps: int = key(8, "timed optimizer steps", ge=1)
+    # every step's batch is made before the window (8 bytes a token): a million steps of mini's
+    # 8 x 257 tokens is 16 GB already
+    warmup_steps: int = key(2, "optimizer steps run before timing starts", ge=0, le=100_000)
+    steps: int = key(8, "timed optimizer steps", ge=1, le=1_000_000)
     # a 32-bit seed, as most tools take one: the ranks seed their generators with
     # seed x 1_000_003 plus a 32-bit offset, which must stay inside torch's 64-bit seed range
     seed: int = key(0, "weights and data are a function of the seed alone", ge=0, le=2**32 - 1)

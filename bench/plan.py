@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -137,8 +138,16 @@ def strategy_exists(cfg: BenchConfig) -> str | None:
         return f"strategy={cfg.strategy.name} is not implemented; use one of {', '.join(parallel.STRATEGIES)}"
 
 
+def label_is_a_plain_name(cfg: BenchConfig) -> str | None:
+    # the label names folders and CSV cells: a '/' or '..' would nest or escape the results folder
+    if cfg.hardware_label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+_-]*", cfg.hardware_label):
+        return (f"hardware_label={cfg.hardware_label}: use letters, digits and . + _ - only "
+                "(e.g. hardware_label=EPYC-9654-2c-24GB)")
+
+
 CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
-    strategy_exists, numbers_in_range, width_divides_by_heads, text_needs_byte_vocab, compile_needs_warmup]
+    strategy_exists, numbers_in_range, width_divides_by_heads, text_needs_byte_vocab, compile_needs_warmup,
+    label_is_a_plain_name]
 
 
 # -- 2. where it runs -------------------------------------------------------------------------
@@ -180,8 +189,11 @@ def gpus_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
 def cores_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
     need = t.devices_per_node * cfg.cpu_threads_per_device
     if t.accelerator is Accelerator.cpu and need > host.cores and not cfg.oversubscribe:
+        fit = host.cores // cfg.cpu_threads_per_device
+        advice = (f"use devices<={fit}" if fit else
+                  f"use cpu_threads_per_device<={host.cores // t.devices_per_node or 1}")
         return (f"devices={t.devices_per_node} x cpu_threads_per_device={cfg.cpu_threads_per_device} needs "
-                f"{need} cores but {host.cores} are usable; use devices<={host.cores // cfg.cpu_threads_per_device}")
+                f"{need} cores but {host.cores} are usable; {advice}")
 
 
 def fp16_needs_cuda(cfg: BenchConfig, t: Placement, host: Host) -> str | None:

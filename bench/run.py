@@ -276,6 +276,8 @@ def check_writable(folder: str, key: str) -> None:
     """`folder` exists as a writable folder or can be made: tried for real (a temporary
     folder in its nearest existing ancestor), since permission bits do not tell root."""
     import tempfile
+    if not str(folder or "").strip():
+        raise ValueError(f"{key} is empty; give a folder (e.g. {key}={'results' if key == 'results_root' else 'reports'})")
     path = os.path.abspath(folder)
     probe = path
     while not os.path.exists(probe):
@@ -297,6 +299,11 @@ def preflight(overrides: list[str], multirun: bool) -> int:
     for a in overrides:  # Hydra's own message ("Error parsing override") does not say what it wants
         if "=" not in a and not a.startswith(("~", "+")):
             raise ValueError(f"{a}: expected key=value (python -m bench.run --help lists every key)")
+        key, _, value = a.partition("=")
+        # a point's folder is named after its overrides: '..' in a value would put it outside results_root
+        if ".." in value.replace(",", "/").split("/"):
+            raise ValueError(f"{a}: a '..' in a value would put the point's folder outside results_root; "
+                             "use an absolute path")
     points, target = compose_points(overrides, multirun)
     for key in ("results_root", "report_dir"):
         for folder in sorted({getattr(c, key) for _, c in points}):
@@ -319,7 +326,9 @@ def preflight(overrides: list[str], multirun: bool) -> int:
             invalid.append((what, str(e)))
     if invalid and (not multirun or len(invalid) == len(points)):
         what, msg = invalid[0]
-        raise ValueError(msg if not multirun else f"no point of this sweep can run; {what}: {msg}")
+        # the message names its key already when the point is that one override ("seq_len=0: ...")
+        where = "" if msg.startswith(f"{what}:") else f"{what}: "
+        raise ValueError(msg if not multirun else f"no point of this sweep can run; {where}{msg}")
     if invalid:
         print(f"note: {len(invalid)} of {len(points)} points cannot run and will be recorded as invalid, "
               f"e.g. {invalid[0][0]}: {invalid[0][1]}", flush=True)

@@ -124,7 +124,8 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
                            spec.grad_accum, lay.dp // lay.devices_per_process, rank // (lay.tp * lay.pp),
                            spec.batch_size * lay.devices_per_process, spec.seq_len, spec.shape.vocab_size)
     par = parallel.get(spec.strategy).apply(spec, ctx)
-    n_local = sum(p.numel() for p in par.parameters())
+    # this rank's own elements: a DTensor's numel() is the whole tensor's
+    n_local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in par.parameters())
     t_built = time.perf_counter()
     meter.end("build", empty_cache=True)
     progress("build", 1, 1, f"{t_built - t0:.1f} s")

@@ -81,6 +81,14 @@ BAD_INPUT = [
 # Rules between keys, each refused by bench/plan.py before launch (without them a rank would
 # fail in the model, the data or torch's pipeline schedule). {file} is a 12-byte text file.
 CROSS_KEY_RULES = [
+    ("a label with a slash", "run", ["hardware_label=lab/gpu"],
+     "hardware_label=lab/gpu: use letters, digits and . + _ - only"),
+    ("'..' in a value", "run", ["data_path=../../x.txt"],
+     "data_path=../../x.txt: a '..' in a value would put the point's folder outside results_root"),
+    ("an empty results_root", "run", ["results_root="], "results_root is empty; give a folder"),
+    ("a node rank on one machine", "run", ["launcher.node_rank=1"], "launcher.node_rank=1 needs launcher=multinode"),
+    ("more threads than cores", "run", ["cpu_threads_per_device=4096", "accelerator=cpu"],
+     "needs 4096 cores but"),
     ("width not divisible by heads", "run", ["size.n_embd=130"],
      ("size.n_embd=130 does not divide by size.n_head=4 (each head is n_embd / n_head wide); use a multiple of 4, "
       "e.g. size.n_embd=128")),

@@ -35,7 +35,8 @@ def test_every_option_of_every_group_composes_and_plans():
         s = plan("strategy=mp", "devices=2", f"strategy.schedule={schedule.value}", "accelerator=cpu")
         assert s.layout.pipeline.schedule is schedule and s.layout.bubble_ideal is not None
     for launcher in options("launcher"):
-        s = plan(f"launcher={launcher}", "strategy=dp", "accelerator=cpu", "launcher.rdzv_endpoint=node0:29500")
+        endpoint = ["launcher.rdzv_endpoint=node0:29500"] if launcher == "multinode" else []
+        s = plan(f"launcher={launcher}", "strategy=dp", "accelerator=cpu", *endpoint)
         assert s.rendezvous.backend == {"local": "local", "multinode": "c10d"}[launcher]
     for experiment in options("experiment"):
         points, target = compose_points([f"experiment={experiment}"], multirun=True)
