@@ -1,0 +1,57 @@
+"""The GPU acceptance command's plan (bench/acceptance.py): the steps the issue asks for, and
+every sweep in it composes and plans, on an 8-GPU node (planned, never run) and on this CPU."""
+import pytest
+
+from bench.acceptance import figures, plan_steps
+from bench.plan import InvalidConfig
+from bench.run import compose_points
+from bench.plan import make_spec
+from conftest import GPU_HOST, HOST
+
+
+def _runs(steps):
+    return [s for s in steps if s.argv[0] == "bench.run"]
+
+
+def test_gpu_plan_has_every_step_of_the_issue(tmp_path):
+    one = plan_steps(str(tmp_path), gpus=1, rehearsal=False)
+    names = [s.name for s in one]
+    assert names[0] == "gpu tests" and names[-2:] == ["perf, bf16", "report"]
+    assert "2 devices, bf16" not in names  # one GPU: no 2-device step
+    joined = [" ".join(s.argv) for s in one]
+    assert any("strategy=single,dp,fsdp,tp,mp,dataparallel" in j and "precision=bf16" in j and "size=small" in j
+               for j in joined)
+    assert any("precision=fp32,fp16" in j for j in joined) and any("compile=true" in j for j in joined)
+    perf = next(s for s in one if s.name == "perf, bf16")
+    assert "small,medium,large,xl" in perf.argv and "bf16" in perf.argv
+    two = plan_steps(str(tmp_path), gpus=2, rehearsal=False)
+    assert any("strategy=dp,fsdp,tp" in " ".join(s.argv) and "devices=2" in s.argv for s in two)
+
+
+@pytest.mark.parametrize("rehearsal,host", [(False, GPU_HOST), (True, HOST)])
+def test_every_sweep_of_the_plan_composes_and_plans(tmp_path, rehearsal, host):
+    """On the GPU host every point plans; on this CPU only the CUDA-only ones (fp16,
+    nn.DataParallel) are invalid, and they say why."""
+    for step in _runs(plan_steps(str(tmp_path), gpus=2, rehearsal=rehearsal)):
+        overrides = [a for a in step.argv[1:] if a != "-m"]
+        points, _ = compose_points(overrides, True)
+        assert points
+        for what, cfg in points:
+            try:
+                make_spec(cfg, host)
+            except InvalidConfig as e:
+                assert rehearsal and ("fp16" in what or "dataparallel" in what), f"{what}: {e}"
+
+
+def test_figures_reads_results(tmp_path):
+    import json
+    d = tmp_path / "results" / "s" / "p"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({
+        "status": "ok", "config": {"size": {"name": "small"}, "strategy": {"name": "dp"}, "devices": 1},
+        "spec": {"precision": "bf16"}, "prediction": {"total_bytes": 5},
+        "metrics": {"tokens_per_s": 10.0, "mfu": 0.4, "mem_peak_bytes": 7, "mem_source": "nvml (used, peak over the window)",
+                    "mem_torch_max_reserved_bytes": 6, "energy_j": 2.0, "tokens_per_j": 5.0}}))
+    [row] = figures(str(tmp_path / "results"))
+    assert row["precision"] == "bf16" and row["mem_nvml_used_peak_bytes"] == 7 and row["mfu_datasheet"] == 0.4
+    assert row["mem_torch_max_reserved_bytes"] == 6 and row["mem_predicted_bytes"] == 5 and row["point"] == "s/p"
