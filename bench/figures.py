@@ -313,6 +313,16 @@ def _line_key(pts: pd.DataFrame, drop: tuple[str, ...]) -> pd.Series:
     return pd.Series([identity._hash(identity.fields(r, keys)) for r in pts.to_dict("records")], index=pts.index)
 
 
+def _lines_over(ok: pd.DataFrame, median_col: str, vary: tuple[str, ...], along: str) -> pd.DataFrame:
+    """One point per identity (per_identity's medians, and the median of `median_col` over its
+    runs), keyed into lines (`line_key`) that hold everything in the identity but `vary`
+    fixed; only the lines with two or more values of `along` are kept."""
+    pts = per_identity(ok)
+    pts[median_col] = ok.groupby("identity")[median_col].median().reindex(pts["identity"]).values
+    pts["line_key"] = _line_key(pts, vary)
+    return pts[pts.groupby("line_key")[along].transform("nunique") > 1]
+
+
 def size_data(df: pd.DataFrame) -> pd.DataFrame:
     """Lines over model size: everything in the identity but the model fixed along a line;
     the median tokens/s and MFU over runs (MFU against the datasheet peak where known, else
@@ -324,10 +334,7 @@ def size_data(df: pd.DataFrame) -> pd.DataFrame:
     datasheet = ok["mfu"] if "mfu" in ok else pd.Series(np.nan, index=ok.index)
     ok = ok.assign(mfu_source=np.where(datasheet.notna(), "datasheet peak", "measured matmul peak"),
                    mfu=datasheet.fillna(ok.get("mfu_measured_peak", np.nan)))
-    pts = per_identity(ok)
-    pts["mfu"] = ok.groupby("identity")["mfu"].median().reindex(pts["identity"]).values
-    pts["line_key"] = _line_key(pts, ("size", "shape"))
-    pts = pts[pts.groupby("line_key")["shape"].transform("nunique") > 1]
+    pts = _lines_over(ok, "mfu", vary=("size", "shape"), along="shape")
     if pts.empty:
         return pd.DataFrame(columns=_cols(cols))
     base = pd.Series([f"{r['variant']}, {_int(r['devices'])} dev, b={_int(r['batch_size'])}"
@@ -454,10 +461,7 @@ def batch_data(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty or ok["batch_size"].nunique() < 2:
         return pd.DataFrame(columns=_cols(cols))
     ok = ok.assign(mem_gib=ok["mem_peak_bytes"] / GIB)
-    pts = per_identity(ok)
-    pts["mem_gib"] = ok.groupby("identity")["mem_gib"].median().reindex(pts["identity"]).values
-    pts["line_key"] = _line_key(pts, ("batch_size", "global_batch_size"))
-    pts = pts[pts.groupby("line_key")["batch_size"].transform("nunique") > 1]
+    pts = _lines_over(ok, "mem_gib", vary=("batch_size", "global_batch_size"), along="batch_size")
     if pts.empty:
         return pd.DataFrame(columns=_cols(cols))
     base = pd.Series([f"{r['size']} {r['variant']} {_int(r['devices'])} dev" for r in pts.to_dict("records")],
