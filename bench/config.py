@@ -212,6 +212,29 @@ class BenchConfig:
                               "label under results_root; the rest run (the missing runs) again")
 
 
+@dataclass
+class AdviseConfig(BenchConfig):
+    """`python -m bench.advise`: a point's keys (size, devices, global_batch_size, seq_len,
+    precision, ...: what every candidate shares; `strategy` is what it chooses) and these."""
+    budget_s: Optional[float] = key(None, "advise: seconds of measuring after which the advisor answers with what "
+                                          "it has; null: until the leader is beyond noise or the repeats end",
+                                    gt=0, le=MAX_TIMEOUT_S)
+    first_steps: int = key(2, "advise: measured steps of the first halving rung (doubled each rung, up to `steps`)",
+                           ge=1, le=1_000_000)
+    finalists: int = key(2, "advise: halve until at most this many remain; they are measured `repeats` times "
+                            "at `steps` (more, up to twice, while the leader is within noise)", ge=1)
+    strategies: Optional[list[str]] = key(None, "advise: the strategies to try, e.g. [dp,fsdp,tp]; null: every "
+                                                "one in the registry")
+    try_checkpointing: bool = key(True, "advise: try each layout with and without activation checkpointing "
+                                        "(false: only `activation_checkpointing`)")
+    memory_limit_gib: Optional[float] = key(None, "advise: GiB the job may use (the capacity pruning uses, held "
+                                                  "by a cgroup where one can be made); null: what is free", gt=0)
+    verify_pruned: int = key(0, "advise: run this many memory-pruned layouts anyway (force=true) under the "
+                                "limit, to show they do not fit", ge=0)
+    exhaustive: bool = key(False, "advise: no halving: every survivor `repeats` times at `steps` (the "
+                                  "comparison the halving saves)")
+
+
 # Keys that change what is measured; everything else (paths, timeouts, labels) does not
 # enter the config hash.
 BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global_batch_size",
@@ -402,6 +425,7 @@ def register() -> None:
     from omegaconf import OmegaConf
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=BenchConfig)
+    cs.store(name="advise_config", node=AdviseConfig)
     cs.store(group="hydra/help", name="scalebench",
              node={"app_name": "bench.run", "header": "", "footer": "", "template": help_text()})
     # `${uniq:}` in the sweep folder's name: two sweeps started in the same second get two

@@ -56,16 +56,25 @@ class Outcome:
     writes_result: bool = True  # multinode: False on the nodes that do not hold rank 0
 
 
-def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str, Any] | None]) -> Outcome:
-    """Run `entry` in every rank of this node; the job's outcome (rank 0's metrics if ok)."""
+def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str, Any] | None],
+           watch: Callable[[], str | None] | None = None) -> Outcome:
+    """Run `entry` in every rank of this node; the job's outcome (rank 0's metrics if ok).
+    `watch`, polled every 0.2 s while the job runs, may end it early: a text it returns ends
+    every rank and becomes the `timeout` outcome's error (a standing job's per-point timeout)."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.makedirs(out_dir, exist_ok=True)
     timed_out, done = threading.Event(), threading.Event()
+    why: list[str] = []
 
     def watchdog() -> None:
-        if not done.wait(spec.timeout_s):
-            timed_out.set()
-            _kill_tree()
+        deadline = time.monotonic() + spec.timeout_s
+        while not done.wait(min(0.2, spec.timeout_s) if watch else spec.timeout_s):
+            reason = watch() if watch else None
+            if reason or time.monotonic() >= deadline:
+                why.append(reason or "")
+                timed_out.set()
+                _kill_tree()
+                return
 
     env = {"OMP_NUM_THREADS": str(spec.cpu_threads_per_device), NODE_TAG_ENV: node_tag()}  # inherited by the ranks
     if spec.accelerator is Accelerator.cuda and "NCCL_DEBUG" not in os.environ:
@@ -101,6 +110,8 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
             raise KeyboardInterrupt(f"interrupted ({e})") from e
         failures = getattr(e, "failures", None) or {}
         out = _failed_outcome(spec, e, failures, out_dir, timed_out.is_set())
+        if why and why[0]:
+            out.error = why[0]
         started = bool(failures or out.rank_errors)
         # across nodes the node of rank 0 records the job; when no worker ever started (the
         # rendezvous failed), node 0 or the node the endpoint names (or that hosted the store) does

@@ -20,7 +20,8 @@ INIT_ENV = "SCALEBENCH_INIT_METHOD"  # the process group's init method (file:// 
 NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # the launcher's tag (host-pid): nodes may share the job folder
 # user / tests -> everything
 QUIET_ENV = "SCALEBENCH_QUIET"  # set: no progress lines (bench.perf runs many points and prints its own)
-FAULT_ENV = "SCALEBENCH_FAULT"  # tests only: "kill|hang|nan:RANK:STEP", "slow:RANK:FRACTION"
+FAULT_ENV = "SCALEBENCH_FAULT"  # tests only: "kill|hang|nan:RANK:STEP", "slow:RANK:FRACTION", [@k=v,...]
+CGROUP_ENV = "SCALEBENCH_CGROUP"  # bench.advise: a cgroup folder each rank joins first (bench/cgroup.py)
 DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
 LOCK_DIR_ENV = "SCALEBENCH_LOCK_DIR"  # the core locks' folder (default: in the temp folder, per user)
 # the sweep process -> its jobs
@@ -72,9 +73,20 @@ def parse_fault(text: str) -> tuple[str, int, float] | None:
     at step s (SIGKILL), hang it there (sleep past any timeout), make the loss NaN at step s,
     or slow rank r down: `slow:r:0.2` sleeps 20% of each step's time inside the step (a
     planted slowdown that a comparison must find)."""
+    text = (text or "").partition("@")[0]  # the points it is planted in: fault_for
     if not text:
         return None
     kind, rank, arg = text.split(":")
     if kind not in ("kill", "hang", "nan", "slow"):
         raise ValueError(f"{FAULT_ENV}={text}: kind must be kill, hang, nan or slow")
     return kind, int(rank), float(arg) if kind == "slow" else int(arg)
+
+
+def fault_for(text: str, point: str) -> str:
+    """FAULT_ENV's fault for one point of a standing job (bench/session.py): a fault may name
+    the points it is planted in, `hang:1:2@strategy=tp,grad_accum=2`: every `k=v` after the
+    `@` must be one of the point's overrides (`point`, space-separated). '' where it is not."""
+    fault, _, where = (text or "").partition("@")
+    if where and not set(where.split(",")) <= set(point.split()):
+        return ""
+    return fault

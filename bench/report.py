@@ -255,8 +255,9 @@ def pages(df: pd.DataFrame, title: str, data: dict[str, pd.DataFrame] | None = N
                         wrap={"error": ERROR_WIDTH})
 
 
-def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", extra=()) -> str:
-    """Write the PDF (plus `extra` figures, e.g. compare's); beside it a CSV and a Markdown
+def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", extra=(), first=()) -> str:
+    """Write the PDF (`first` figures before its pages, e.g. the advice page; `extra` after
+    them, e.g. compare's); beside it a CSV and a Markdown
     table of every run, and each page's data as `NAME.<page>.csv`. Returns the PDF path."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     # deterministic: fixed metadata, no creation date, so the same results give the same file
@@ -264,7 +265,7 @@ def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", e
     base = os.path.splitext(out)[0]
     data = page_data(df)
     with PdfPages(out, metadata=meta) as pdf:
-        for fig in list(pages(df, title, data, name=os.path.basename(base))) + list(extra):
+        for fig in list(first) + list(pages(df, title, data, name=os.path.basename(base))) + list(extra):
             pdf.savefig(fig)
             plt.close(fig)
     for slug, d in data.items():  # the data behind each page, to re-plot or check

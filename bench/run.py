@@ -93,7 +93,44 @@ def _repeat_of(path: str) -> int | None:
 def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, Any], label: str, chash: str,
               repeat: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    host = Host.from_fingerprint(fp)
+    result = new_result(cfg, out_dir, fp, label, chash, repeat)
+    try:
+        spec = plan_run(cfg, result, Host.from_fingerprint(fp))
+        if spec is not None:
+            if not os.environ.get(QUIET_ENV):
+                r = spec.rendezvous
+                across = (f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {r.backend} at "
+                          f"{r.endpoint}, run id {r.run_id})") if spec.nodes > 1 else ""
+                print(f"  [launch] starting {spec.procs} rank(s){across}", flush=True)
+            out = launch(spec, out_dir)
+            if not out.writes_result:  # another node holds rank 0 and records the job
+                note = {"this_node": out.status, "error": out.error, "nodes": spec.nodes,
+                        "config_hash": chash, "at": _now(),
+                        "note": "this node did not hold rank 0; the job's status is in the result.json that node wrote"}
+                os.makedirs(out_dir, exist_ok=True)
+                path = os.path.join(out_dir, f"node.{node_tag()}{f'.{repeat}' if repeat else ''}.json")  # nodes share it
+                with open(path + ".tmp", "w") as f:
+                    json.dump(note, f, indent=1)
+                os.replace(path + ".tmp", path)
+                return {"status": out.status,
+                        "error": out.error or "the node holding rank 0 writes result.json",
+                        "node_only": True}
+            record_outcome(result, out)
+    except KeyboardInterrupt:
+        result.update(status="interrupted", error="interrupted (Ctrl-C or SIGTERM); the sweep stopped here")
+        _finish(result, t0, out_dir)
+        raise
+    except Exception as e:  # a bug of ours must not end the sweep either
+        import traceback
+        result.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
+                      error_detail=traceback.format_exc())
+    _finish(result, t0, out_dir)
+    return result
+
+
+def new_result(cfg: BenchConfig, out_dir: str, fp: dict[str, Any], label: str, chash: str,
+               repeat: int) -> dict[str, Any]:
+    """A run's result record before anything is decided: config, machine, software."""
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "status": None, "error": None, "error_detail": None,
         "config": to_dict(cfg), "config_hash": chash, "repeat": repeat, "repeats": cfg.repeats, "spec": None,
@@ -103,6 +140,15 @@ def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, An
     }
     if os.environ.get(FAULT_ENV):  # a planted fault (tests, demonstrations) stays visible in the result
         result["fault"] = os.environ[FAULT_ENV]
+    return result
+
+
+def plan_run(cfg: BenchConfig, result: dict[str, Any], host: Host) -> Any:
+    """Everything about one run that is known before launching, into its `result` record
+    (spec, degrees, memory prediction): its RunSpec, or None for a run decided here
+    (`invalid`, `predicted_oom`, status and message set). bench.advise records its runs
+    through this too, so that theirs are ordinary results."""
+    repeat = result["repeat"]
     try:
         spec = make_spec(cfg, host)
         if repeat and spec.nodes > 1:  # each run its own rendezvous, as each point has
@@ -129,50 +175,28 @@ def _run_once(cfg: BenchConfig, out_dir: str, launch: Callable, fp: dict[str, An
                                 "source": "bench.memory.estimate_memory"}
         if not cfg.force:
             check_memory(spec, pred, available_bytes(spec, host))
-        if not os.environ.get(QUIET_ENV):
-            r = spec.rendezvous
-            across = (f" on this node, {spec.devices} on {spec.nodes} nodes (rendezvous {r.backend} at "
-                      f"{r.endpoint}, run id {r.run_id})") if spec.nodes > 1 else ""
-            print(f"  [launch] starting {spec.procs} rank(s){across}", flush=True)
-        out = launch(spec, out_dir)
-        if out.metrics and "nccl" in out.metrics:  # the version the ranks loaded
-            result["software"]["nccl"] = out.metrics.pop("nccl")
-        if not out.writes_result:  # another node holds rank 0 and records the job
-            note = {"this_node": out.status, "error": out.error, "nodes": spec.nodes,
-                    "config_hash": chash, "at": _now(),
-                    "note": "this node did not hold rank 0; the job's status is in the result.json that node wrote"}
-            os.makedirs(out_dir, exist_ok=True)
-            path = os.path.join(out_dir, f"node.{node_tag()}{f'.{repeat}' if repeat else ''}.json")  # nodes share it
-            with open(path + ".tmp", "w") as f:
-                json.dump(note, f, indent=1)
-            os.replace(path + ".tmp", path)
-            return {"status": out.status,
-                    "error": out.error or "the node holding rank 0 writes result.json",
-                    "node_only": True}
-        result.update(status=out.status, error=out.error, error_detail=out.error_detail, metrics=out.metrics,
-                      launch_s=out.launch_s, cores=out.cores)
-        if out.rank_errors:
-            result["rank_errors"] = [{k: e.get(k) for k in ("rank", "status", "error")} for e in out.rank_errors]
+        return spec
     except InvalidConfig as e:
         result.update(status="invalid", error=str(e))
     except PredictedOOM as e:
         result.update(status="predicted_oom", error=str(e))
-    except KeyboardInterrupt:
-        result.update(status="interrupted", error="interrupted (Ctrl-C or SIGTERM); the sweep stopped here")
-        _finish(result, t0, out_dir)
-        raise
-    except Exception as e:  # a bug of ours must not end the sweep either
-        import traceback
-        result.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
-                      error_detail=traceback.format_exc())
-    _finish(result, t0, out_dir)
-    return result
+    return None
 
 
-def _finish(result: dict[str, Any], t0: float, out_dir: str) -> None:
+def record_outcome(result: dict[str, Any], out: Any) -> None:
+    """A launched run's outcome (bench.launch.Outcome) into its result record."""
+    if out.metrics and "nccl" in out.metrics:  # the version the ranks loaded
+        result["software"]["nccl"] = out.metrics.pop("nccl")
+    result.update(status=out.status, error=out.error, error_detail=out.error_detail, metrics=out.metrics,
+                  launch_s=out.launch_s, cores=out.cores)
+    if out.rank_errors:
+        result["rank_errors"] = [{k: e.get(k) for k in ("rank", "status", "error")} for e in out.rank_errors]
+
+
+def _finish(result: dict[str, Any], t0: float, out_dir: str) -> str:
     result["finished_at"] = _now()
     result["duration_s"] = time.perf_counter() - t0
-    write_result(out_dir, result)
+    return write_result(out_dir, result)
 
 
 def summary_line(r: dict[str, Any]) -> str:

@@ -74,11 +74,13 @@ class Progress:
 
 
 def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
-          progress: Callable[[str, int, int, str], None], sampler: Sampler | None = None) -> dict[str, Any]:
+          progress: Callable[[str, int, int, str], None], sampler: Sampler | None = None,
+          fault: str | None = None) -> dict[str, Any]:
     """Run warm-up + measured steps; returns the metrics (the same on every rank).
-    `sampler` (bench/telemetry.py) runs over the measured window only."""
+    `sampler` (bench/telemetry.py) runs over the measured window only. `fault`: a planted
+    fault (bench.protocol.parse_fault's text; tests only), None: FAULT_ENV's."""
     opt = make_optimizer(par.parameters(), spec.lr, ctx.device)
-    fault = parse_fault(os.environ.get(FAULT_ENV, ""))
+    fault = parse_fault(os.environ.get(FAULT_ENV, "") if fault is None else fault)
     n_total = spec.warmup_steps + spec.steps
     batches = batches.to(ctx.device)  # all data resident before the first step
     losses: list[torch.Tensor] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -18,12 +19,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from bench import cores, flops, hardware, parallel
+from bench import cores, flops, hardware, parallel, protocol
 from bench.config import Accelerator, Precision
 from bench.data import make_batches
 from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
-from bench.protocol import DUMP_ENV, INIT_ENV, mark_rank0, write_rank_error
+from bench.protocol import DUMP_ENV, FAULT_ENV, INIT_ENV, mark_rank0, write_rank_error
 from bench.spec import RunSpec
 from bench.telemetry import PeakMeter, Sampler
 from bench.trainer import Progress, train
@@ -72,12 +73,13 @@ def dump_params(par: Parallel, folder: str, rank: int, prefix: str = "") -> None
 
 
 def run_rank(spec: RunSpec, out_dir: str) -> dict[str, Any] | None:
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    world = int(os.environ["WORLD_SIZE"])
+    """One point: join the process group, measure `spec`, leave. Rank 0 returns the metrics."""
+    rank, local_rank, world = _ranks()
     if rank == 0:  # tells this node's launcher that it writes the job's result
         mark_rank0(out_dir)
     try:
-        return _run(spec, out_dir, rank, local_rank, world)
+        proc = _join(spec, rank, local_rank, world)
+        return measure(spec, out_dir, proc)
     except BaseException as e:
         write_rank_error(out_dir, rank, e, "oom" if isinstance(e, torch.OutOfMemoryError) else "failed")
         raise
@@ -86,8 +88,75 @@ def run_rank(spec: RunSpec, out_dir: str) -> dict[str, Any] | None:
             dist.destroy_process_group()
 
 
-def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) -> dict[str, Any] | None:
-    progress = Progress(rank == 0)
+def serve_rank(spec: RunSpec, job_dir: str) -> None:
+    """A standing job (bench/session.py): join the process group once, then measure point
+    after point as the driver orders them, until it orders the stop. The fixed cost of a
+    point (spawning the ranks, importing torch, joining the group: about 4-6 s here) is paid
+    once per job instead of once per point; every point still builds its own model, mesh,
+    optimizer and data, and has its own warm-up and measured window.
+
+    `spec` sets what every ordered point shares (processes, threads, accelerator, nodes).
+    Global rank 0 reads each order (bench.session.write_order) and broadcasts it, so every rank
+    runs the same points in the same order; each node's local rank 0 marks the point it is on
+    (`current.json`, the driver's per-point timeout) and writes each point's metrics (the same
+    on every rank: the trainer reduces them) for its node's driver."""
+    from bench import cgroup, session
+    cgroup.join_from_env()  # a memory limit (bench.advise memory_limit_gib): the ranks live under it
+    rank, local_rank, world = _ranks()
+    if rank == 0:
+        mark_rank0(job_dir)
+    try:
+        proc = _join(spec, rank, local_rank, world)
+        k = 0
+        while True:
+            box = [session.read_order(job_dir, k) if rank == 0 else None]
+            if world > 1:
+                dist.broadcast_object_list(box, src=0)
+            order = box[0]
+            if order is None:  # the stop
+                break
+            for i, item in enumerate(order):
+                if local_rank == 0:
+                    session.mark_current(job_dir, k, i, item.timeout_s)
+                fault = protocol.fault_for(os.environ.get(FAULT_ENV, ""), item.name)
+                m = measure(item.spec, item.out_dir, proc, fault=fault, gather_all=True)
+                if local_rank == 0:
+                    session.write_item(job_dir, k, i, m)
+                _release()
+            k += 1
+    except BaseException as e:
+        write_rank_error(job_dir, rank, e, "oom" if isinstance(e, torch.OutOfMemoryError) else "failed")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _ranks() -> tuple[int, int, int]:
+    return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def _release() -> None:
+    """Between the points of a standing job: drop what the last one held."""
+    import gc
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class Proc:
+    """This rank's process, joined to the group: what every point it measures shares."""
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    t_joined: float | None  # perf_counter when it began joining the group (None once a point used it)
+    peaks: dict[str, dict[str, Any]] = field(default_factory=dict)  # precision -> peak FLOP/s (rank 0)
+
+
+def _join(spec: RunSpec, rank: int, local_rank: int, world: int) -> Proc:
+    """Pin threads, join the process group (nccl on GPUs, gloo on CPUs)."""
     t0 = time.perf_counter()
     init = os.environ.get(INIT_ENV, "env://")
     if spec.accelerator is Accelerator.cuda:
@@ -99,8 +168,22 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
         torch.set_num_threads(spec.cpu_threads_per_device)
         cores.pin(local_rank, spec.cpu_threads_per_device)  # its own cores: ranks never share one
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    return Proc(rank, local_rank, world, device, t0)
+
+
+def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
+            gather_all: bool = False) -> dict[str, Any] | None:
+    """Build `spec`'s model on this rank, train it, and return the point's metrics (rank 0;
+    every rank with `gather_all`). `fault`: a planted fault (tests), else FAULT_ENV's."""
+    rank, local_rank, world, device = proc.rank, proc.local_rank, proc.world, proc.device
+    progress = Progress(rank == 0)
+    # a lone point's time_init_s counts from joining the group; a standing job's later points from their build
+    t0 = proc.t_joined if proc.t_joined is not None else time.perf_counter()
+    proc.t_joined = None
     baseline_rss = psutil.Process().memory_info().rss
-    peak = peaks(device, spec.precision) if rank == 0 else {}  # before the model takes memory
+    if rank == 0 and spec.precision.value not in proc.peaks:  # before the model takes memory
+        proc.peaks[spec.precision.value] = peaks(device, spec.precision)
+    peak = proc.peaks.get(spec.precision.value, {})
     if device.type == "cuda":  # the calibration's matrices must not count as the build's memory
         torch.cuda.empty_cache()
     meter = PeakMeter(device)  # from here on, peaks by phase: build, warm-up, window
@@ -132,17 +215,26 @@ def _run(spec: RunSpec, out_dir: str, rank: int, local_rank: int, world: int) ->
 
     if os.environ.get(DUMP_ENV):  # the initial weights, for the tests (outside every measured phase)
         dump_params(par, os.environ[DUMP_ENV], rank, prefix="init.")
-    metrics = train(par, spec, ctx, batches, progress, sampler)
+    metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
     if os.environ.get(DUMP_ENV):
         dump_params(par, os.environ[DUMP_ENV], rank)
+    del par, batches
     mem = memory_stats(device, baseline_rss, meter, sampler)
     mem["nvml_used_baseline_bytes"] = nvml_baseline
     mem["params_local"] = n_local
     mem["host"] = socket.gethostname()
-    per_rank = [None] * world
-    dist.all_gather_object(per_rank, mem)
-    if rank != 0:
+    per_rank = [mem]
+    if world > 1:
+        per_rank = [None] * world
+        dist.all_gather_object(per_rank, mem)
+    if rank != 0 and not gather_all:
         return None
+    if rank != 0:  # the peak FLOP/s were measured on rank 0: every rank takes its figures
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        peak = box[0]
+    elif gather_all and world > 1:
+        dist.broadcast_object_list([peak], src=0)
 
     s = spec.shape
     fpt = flops.flops_per_token(s.n_layer, s.n_embd, s.vocab_size, spec.seq_len)

@@ -41,6 +41,13 @@ class Strategy:
     def checks(self, opts: StrategyConfig, where: Placement) -> Iterable[str | None]:
         return ()
 
+    def variants(self, devices: int) -> list[dict[str, Any]]:
+        """Its own choices on `devices` (all devices of the job), as `strategy.*` overrides:
+        what the advisor (bench/candidates.py) tries; the batch split, micro-batch counts and
+        checkpointing, which every layout shares, are varied there. The validator, not this
+        list, decides what is invalid."""
+        return [{}]
+
     def label(self, schedule: str | None, tp: int, pp: int) -> str:
         """Its name in reports: the name, and the pipeline schedule where it has one."""
         return self.name + (f"/{schedule}" if schedule else "")

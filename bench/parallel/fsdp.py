@@ -21,4 +21,8 @@ class FSDP(Strategy):
                       reshard_after_forward=opts.reshard_after_forward)
 
 
+    def variants(self, devices):
+        return [{"reshard_after_forward": r} for r in (True, False)]
+
+
 STRATEGY = FSDP()

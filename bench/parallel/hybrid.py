@@ -37,4 +37,13 @@ class Hybrid(Strategy):
                    f"{tp * pp} does not divide it; use devices that are a multiple of {tp * pp}")
 
 
+    def variants(self, devices):
+        """dp x tp with and without sequence parallel, and dp x pp with every schedule, for
+        every inner degree that leaves dp above 1 (dp = 1 is `tp` or `mp`)."""
+        from bench.config import Schedule
+        inner = [d for d in range(2, devices) if devices % d == 0]
+        return ([{"tp": d, "pp": 1, "sequence_parallel": sp} for d in inner for sp in (False, True)]
+                + [{"tp": 1, "pp": d, "schedule": s.value} for d in inner for s in Schedule])
+
+
 STRATEGY = Hybrid()

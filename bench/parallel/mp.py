@@ -31,4 +31,8 @@ class MP(Strategy):
         return Layout(dp=1, tp=1, pp=devices, pipeline=pipeline_of(opts))
 
 
+    def variants(self, devices):
+        return [{"schedule": s.value} for s in Schedule]
+
+
 STRATEGY = MP()

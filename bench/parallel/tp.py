@@ -24,4 +24,8 @@ class TP(Strategy):
         return Layout(dp=1, tp=devices, pp=1, tensor_parallel=True, sequence_parallel=opts.sequence_parallel)
 
 
+    def variants(self, devices):
+        return [{"sequence_parallel": sp} for sp in (False, True)]
+
+
 STRATEGY = TP()

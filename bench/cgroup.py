@@ -1,0 +1,82 @@
+"""A memory limit for a job's ranks: a child cgroup of this process's own, with the limit set.
+
+The advisor (bench/advise.py) prunes layouts whose memory cannot fit a capacity; with
+`memory_limit_gib` the capacity is made real for every rank it launches: the ranks join a
+cgroup whose memory limit is that capacity (each rank joins at its start, bench.worker, from
+CGROUP_ENV), so a layout that needs more is ended by the kernel's OOM killer, as it would be
+on a machine of that size. cgroup v2 (`memory.max`) and v1 (`memory.limit_in_bytes`, with
+`memory.move_charge_at_immigrate` so a rank's pages move with it) are both handled; where no
+cgroup can be made (no permission, no memory controller) `limited` yields None and says why.
+No torch here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+
+from bench.protocol import CGROUP_ENV
+
+ROOT = "/sys/fs/cgroup"
+
+
+def _own_memory_cgroup() -> tuple[str, int] | None:
+    """(folder of this process's memory cgroup, version) or None."""
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):  # v1
+            return os.path.join(ROOT, "memory", path.lstrip("/")), 1
+    for line in lines:
+        if line.startswith("0::"):  # v2: one unified hierarchy
+            return os.path.join(ROOT, line[3:].lstrip("/")), 2
+    return None
+
+
+@contextlib.contextmanager
+def limited(limit_bytes: int) -> Iterator[tuple[str | None, str]]:
+    """A child cgroup limited to `limit_bytes` for the block: (its folder, how) or (None, why not).
+    Removed afterwards (its processes have ended by then)."""
+    own = _own_memory_cgroup()
+    if own is None:
+        yield None, "no memory cgroup found (/proc/self/cgroup)"
+        return
+    parent, version = own
+    path = os.path.join(parent, f"scalebench-{secrets.token_hex(4)}")
+    try:
+        os.mkdir(path)
+        if version == 1:
+            with open(os.path.join(path, "memory.move_charge_at_immigrate"), "w") as f:
+                f.write("1")
+            for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):  # memsw: no swap either
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(path, name), "w") as f:
+                        f.write(str(limit_bytes))
+        else:
+            with open(os.path.join(path, "memory.max"), "w") as f:
+                f.write(str(limit_bytes))
+            with contextlib.suppress(OSError):
+                with open(os.path.join(path, "memory.swap.max"), "w") as f:
+                    f.write("0")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+        yield None, f"cannot make a cgroup under {parent} ({e.strerror})"
+        return
+    try:
+        yield path, f"cgroup v{version} {path}, limit {limit_bytes / 2**30:.2f} GiB"
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def join_from_env() -> None:
+    """A rank's first step: join the cgroup CGROUP_ENV names (if any)."""
+    path = os.environ.get(CGROUP_ENV)
+    if path:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
