@@ -118,7 +118,9 @@ class Runner:
             self.job.close()
             self.job = None
 
-    def measure(self, keys: list[str], steps: int, job: int, rung: str = "") -> dict[str, float | None]:
+    def measure(self, keys: list[str], steps: int, job: int, stage: str) -> dict[str, float | None]:
+        """Measure `keys` at `steps` in process `job`; `stage`: `rung` (a halving pass), `final`
+        (the finalists' pass) or `verify_pruned`, recorded in each result's `advise`."""
         scores: dict[str, float | None] = {}
         pending = []
         for k in keys:
@@ -129,7 +131,8 @@ class Runner:
             res = new_result(cfg, out_dir, self.fp, self.label, config_hash(cfg), repeat=job)
             if "fault" in res and not fault_for(os.environ.get(FAULT_ENV, ""), c.name):
                 del res["fault"]
-            res["advise"] = {"candidate": k, "label": c.label, "rung": rung, "process": job, "steps": steps}
+            res["advise"] = {"candidate": k, "label": c.label, "stage": stage, "process": job, "steps": steps,
+                             "sweep": os.path.abspath(self.sweep_dir)}
             spec = plan_run(cfg, res, self.host)
             if spec is None:  # decided before launching after all (the machine changed?)
                 self._write(k, res, out_dir)
@@ -378,7 +381,7 @@ def verify_pruned(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict
     out = []
     for k in pruned[:cfg.verify_pruned]:
         runner.close()
-        scores = runner.measure([k], cfg.first_steps, job=0, rung="verify_pruned")
+        scores = runner.measure([k], cfg.first_steps, job=0, stage="verify_pruned")
         r = runner.last[k]
         out.append({"key": k, "label": cands[k].label, "status": r["status"], "error": r["error"],
                     "predicted_need_bytes": verdicts[k].need_bytes, "predicted_need_low_bytes": verdicts[k].need_low_bytes,
@@ -432,7 +435,7 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
             plan_run(c.cfg, res, host) if verdicts[k].fate == INVALID else None
             if verdicts[k].fate == PRUNED:
                 res.update(status="predicted_oom", error=verdicts[k].reason)
-            res["advise"] = {"candidate": k, "label": c.label, "rung": "pruned"}
+            res["advise"] = {"candidate": k, "label": c.label, "stage": "pruned", "sweep": os.path.abspath(sweep_dir)}
             runner._write(k, res, os.path.join(sweep_dir, folder_name(c, c.cfg.steps)))
             runner.results.pop(k, None)
     extra: dict[str, Any] = {"sweep_dir": os.path.abspath(sweep_dir), "hardware_label": label,
@@ -454,9 +457,9 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
             def budget_left() -> bool:
                 return cfg.budget_s is None or time.time() - t_measure < cfg.budget_s
 
-            def measure(keys, steps, job):
-                say(f"  [measure] {len(keys)} layout(s) x {steps} steps, process {job + 1}")
-                return runner.measure(keys, steps, job, rung=f"steps={steps}")
+            def measure(keys, steps, job, final):
+                say(f"  [{'final' if final else 'rung'}] {len(keys)} layout(s) x {steps} steps, process {job + 1}")
+                return runner.measure(keys, steps, job, "final" if final else "rung")
 
             if cfg.exhaustive:
                 h = successive_halving(runnable, measure, first_steps=cfg.steps, steps=cfg.steps, repeats=cfg.repeats,
@@ -501,7 +504,7 @@ def write_advice_report(advice: dict[str, Any], sweep_dir: str, report_dir: str)
     df = load([sweep_dir])
     name = os.path.basename(os.path.normpath(sweep_dir))
     out = os.path.join(report_dir, f"{name}.pdf")
-    report.write_report(df, out, title=f"scalebench advice {name}", first=[fig_advice(advice)])
+    report.write_report(df, out, title=f"scalebench advice {name}", first=[fig_advice(advice)], advice=(advice,))
     advice_frame(advice).to_csv(os.path.splitext(out)[0] + ".advice.csv", index=False)
     return out
 

@@ -390,6 +390,18 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def advise_markdown_table() -> str:
+    """The README's table of the advisor's own keys (AdviseConfig less BenchConfig)."""
+    base = {f.name for f in fields(BenchConfig)}
+    valid = {k.name: k.text() for k in numeric_keys(AdviseConfig)}
+    lines = ["| key | default | valid | meaning |", "|---|---|---|---|"]
+    for f in fields(AdviseConfig):
+        if f.name not in base:
+            lines.append(f"| `{f.name}` | `{_fmt(f.default)}` | {valid.get(f.name, '')} | "
+                         f"{f.metadata['help'].removeprefix('advise: ')} |")
+    return "\n".join(lines)
+
+
 def help_text() -> str:
     """`python -m bench.run --help`: the keys with their defaults, valid values and meanings."""
     rows = key_rows()
@@ -434,5 +446,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("uniq", lambda: secrets.token_hex(2), use_cache=True, replace=True)
 
 
-if __name__ == "__main__":  # the README's key table
+if __name__ == "__main__":  # the README's key tables
     print(markdown_table())
+    print()
+    print(advise_markdown_table())

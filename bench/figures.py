@@ -54,10 +54,19 @@ def with_variant(df: pd.DataFrame) -> pd.DataFrame:
     return identity.with_keys(df.assign(variant=[variant(r) for r in df.to_dict("records")]))
 
 
+# bench.advise's screening passes (a halving rung, a forced run of a pruned layout): fewer steps,
+# in a process that measured the same layout again, so not a replicate of anything. They stay in
+# the appendix and the CSV; the pages use the finalists' passes (one process each) and bench.run's runs.
+SCREENING_STAGES = ("rung", "verify_pruned")
+
+
 def ok_runs(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty or "tokens_per_s" not in df:
         return with_variant(df.iloc[0:0])
-    return with_variant(df[df["status"] == "ok"])
+    ok = df["status"] == "ok"
+    if "advise_stage" in df:
+        ok &= ~df["advise_stage"].isin(SCREENING_STAGES)
+    return with_variant(df[ok])
 
 
 def per_identity(ok: pd.DataFrame) -> pd.DataFrame:
@@ -540,7 +549,7 @@ def _cell_text(listed: list[dict], firsts: pd.DataFrame) -> str:
 
 
 def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
-              margin: float = TIE_MARGIN) -> pd.DataFrame:
+              margin: float = TIE_MARGIN, advice: tuple = ()) -> pd.DataFrame:
     """Per setting (bench.identity.setting: one machine, model, precision, sequence, device
     count and global tokens per step, all other settings equal): every identity measured
     there (a layout with its options) is a candidate of its own, with the median tokens/s of
@@ -557,7 +566,11 @@ def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
     where both sides have 3+ runs), `versus_best` ('best', 'tie: ...', 'slower: ...'),
     `same_computation` (the setting's other layouts that compute the same); and, the same on
     every row of a setting, `cell` (the map's row label), `winner` (the cell's text) and
-    `verdict` ('winner', 'tie: ...', 'one layout measured')."""
+    `verdict` ('winner', 'tie: ...', 'one layout measured').
+
+    `advice`: bench.advise's answers (advice.json), whose verdicts replace the map's own in
+    the setting of their winner: the advisor compared its finalists process by process
+    (paired), which the map's unpaired test cannot."""
     cols = ["size", "n_params", "devices", "cell", "winner", "verdict", "rank", "layout", "tokens_per_s", "runs",
             "ratio", "p", "versus_best", "same_computation", "setting", "identity"]
     ok = ok_runs(df)
@@ -593,6 +606,8 @@ def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
                    "tie: " + "; ".join(dict.fromkeys(why)) if tied else "winner")
         rows += [{**c, "winner": _cell_text([best.to_dict(), *tied], firsts), "verdict": verdict} for c in cands]
     out = pd.DataFrame(rows)
+    for a in advice:
+        _advisor_verdict(out, ok, a)
     ctx = ok.groupby("setting").head(1).set_index("setting").loc[out["setting"]].reset_index()
     base = pd.Series([f"{r['size']}, global batch {_int(r['global_batch_size'])}" for r in ctx.to_dict("records")],
                      index=ctx.index)
@@ -600,6 +615,22 @@ def best_data(df: pd.DataFrame, min_ratio: float = 0.05, alpha: float = 0.05,
     row_key = _line_key(ctx, ("devices", "batch_size", "strategy", "strategy_options"))
     out["cell"] = _labels(ctx, base, line=row_key).values
     return _finish(out.sort_values(["n_params", "cell", "devices", "rank"], kind="stable"), cols).reset_index(drop=True)
+
+
+def _advisor_verdict(out: pd.DataFrame, ok: pd.DataFrame, a: dict) -> None:
+    """In place: the setting holding advice `a`'s winner takes the advisor's verdict."""
+    w = a.get("winner")
+    if not w or "advise_candidate" not in ok:
+        return
+    mine = ok[(ok["advise_candidate"] == w["key"]) & (ok["advise_sweep"] == a.get("sweep_dir"))]
+    if mine.empty:
+        return
+    ident = mine["identity"].iloc[0]
+    rows = out["setting"] == out.loc[out["identity"] == ident, "setting"].iloc[0]
+    n = len([x for x in w.get("tokens_per_s_runs") or [] if x is not None])
+    text = w["label"] + "".join(f" ~ {t}" for t in w.get("tied_with") or []) + f" [advisor, paired over {n} processes]"
+    out.loc[rows, "winner"] = text
+    out.loc[rows, "verdict"] = ("tie: within noise (advisor)" if w.get("tie") else "winner")
 
 
 def fig_best(data: pd.DataFrame) -> plt.Figure:

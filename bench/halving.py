@@ -125,12 +125,13 @@ def order_for(keys: list[str], job: int, seed: int) -> list[str]:
     return keys[r:] + keys[:r]
 
 
-def successive_halving(keys: list[str], measure: Callable[[list[str], int, int], dict[str, float | None]], *,
+def successive_halving(keys: list[str], measure: Callable[[list[str], int, int, bool], dict[str, float | None]], *,
                        first_steps: int, steps: int, repeats: int, finalists: int = 2, max_repeats: int | None = None,
                        budget_left: Callable[[], bool] = lambda: True, seed: int = 0) -> History:
-    """Run the advisor's measuring plan. `measure(keys, steps, job)` measures `keys` in that
-    order, `steps` measured steps each, in process `job` (0, 1, ...: a new number starts a
-    new process), and returns their tokens/s (None: failed).
+    """Run the advisor's measuring plan. `measure(keys, steps, job, final)` measures `keys` in
+    that order, `steps` measured steps each, in process `job` (0, 1, ...: a new number starts
+    a new process; `final`: a pass of the finalists, not a halving rung), and returns their
+    tokens/s (None: failed).
 
     Job 0: halving rungs (steps first_steps, 2x, 4x, ... up to `steps`) until at most
     `finalists` remain, then the finalists at `steps`. Jobs 1..repeats-1: the finalists
@@ -146,7 +147,7 @@ def successive_halving(keys: list[str], measure: Callable[[list[str], int, int],
             h.stopped = "budget"
             break
         s = rung_steps(first_steps, steps, rung)
-        scores = measure(order_for(alive, rung, seed + rung), s, 0)
+        scores = measure(order_for(alive, rung, seed + rung), s, 0, False)
         kept = keep_better(scores, finalists)
         h.rungs.append(Rung(rung, s, 0, scores, kept))
         alive = kept
@@ -161,7 +162,7 @@ def successive_halving(keys: list[str], measure: Callable[[list[str], int, int],
         if (rung or job) and not budget_left():
             h.stopped = h.stopped or "budget"
             break
-        scores = measure(order_for(alive, job, seed), steps, job)
+        scores = measure(order_for(alive, job, seed), steps, job, True)
         h.rungs.append(Rung(rung, steps, job, scores, list(alive), final=True))
         for k in alive:
             h.final_runs[k].append(scores.get(k))

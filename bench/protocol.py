@@ -73,7 +73,7 @@ def parse_fault(text: str) -> tuple[str, int, float] | None:
     at step s (SIGKILL), hang it there (sleep past any timeout), make the loss NaN at step s,
     or slow rank r down: `slow:r:0.2` sleeps 20% of each step's time inside the step (a
     planted slowdown that a comparison must find)."""
-    text = (text or "").partition("@")[0]  # the points it is planted in: fault_for
+    text = (text or "").split(";")[0].partition("@")[0]  # the points it is planted in: fault_for
     if not text:
         return None
     kind, rank, arg = text.split(":")
@@ -85,8 +85,10 @@ def parse_fault(text: str) -> tuple[str, int, float] | None:
 def fault_for(text: str, point: str) -> str:
     """FAULT_ENV's fault for one point of a standing job (bench/session.py): a fault may name
     the points it is planted in, `hang:1:2@strategy=tp,grad_accum=2`: every `k=v` after the
-    `@` must be one of the point's overrides (`point`, space-separated). '' where it is not."""
-    fault, _, where = (text or "").partition("@")
-    if where and not set(where.split(",")) <= set(point.split()):
-        return ""
-    return fault
+    `@` must be one of the point's overrides (`point`, space-separated); several faults are
+    separated by `;`, the first that names the point applies. '' where none does."""
+    for part in (text or "").split(";"):
+        fault, _, where = part.partition("@")
+        if fault and (not where or set(where.split(",")) <= set(point.split())):
+            return fault
+    return ""

@@ -219,9 +219,30 @@ PAGES = (
 )
 
 
-def page_data(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The data behind each page, by its slug (empty where the page has nothing to show)."""
-    return {slug: data(df) for slug, _, data, _ in PAGES}
+def page_data(df: pd.DataFrame, advice: tuple = ()) -> dict[str, pd.DataFrame]:
+    """The data behind each page, by its slug (empty where the page has nothing to show);
+    `advice` (bench.advise's answers) goes to the best-strategy map."""
+    return {slug: (data(df, advice=advice) if slug == "best" else data(df)) for slug, _, data, _ in PAGES}
+
+
+def find_advice(paths) -> list[dict]:
+    """The advice.json files (bench.advise) in the given folders and beside the given files."""
+    import glob
+    import json
+    found = []
+    for p in paths:
+        folder = p if os.path.isdir(p) else os.path.dirname(os.path.dirname(os.path.abspath(p)))
+        for f in sorted(glob.glob(os.path.join(folder, "**", "advice.json"), recursive=True)):
+            if f not in found:
+                found.append(f)
+    out = []
+    for f in found:
+        try:
+            with open(f) as fh:
+                out.append(json.load(fh))
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def footer(data: pd.DataFrame, slug: str, name: str | None) -> str:
@@ -255,7 +276,8 @@ def pages(df: pd.DataFrame, title: str, data: dict[str, pd.DataFrame] | None = N
                         wrap={"error": ERROR_WIDTH})
 
 
-def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", extra=(), first=()) -> str:
+def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", extra=(), first=(),
+                 advice: tuple = ()) -> str:
     """Write the PDF (`first` figures before its pages, e.g. the advice page; `extra` after
     them, e.g. compare's); beside it a CSV and a Markdown
     table of every run, and each page's data as `NAME.<page>.csv`. Returns the PDF path."""
@@ -263,7 +285,7 @@ def write_report(df: pd.DataFrame, out: str, title: str = "scalebench report", e
     # deterministic: fixed metadata, no creation date, so the same results give the same file
     meta = {"Title": title, "Creator": "scalebench", "Producer": "matplotlib", "CreationDate": None}
     base = os.path.splitext(out)[0]
-    data = page_data(df)
+    data = page_data(df, advice)
     with PdfPages(out, metadata=meta) as pdf:
         for fig in list(first) + list(pages(df, title, data, name=os.path.basename(base))) + list(extra):
             pdf.savefig(fig)
@@ -300,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     if df.empty:
         _fail(f"error: no result.json under {', '.join(a.results)}; run a sweep first (python -m bench.run -m ...)")
     print(summary_table(df))
-    print(f"report: {write_report(df, a.output, a.title)}")
+    advice = find_advice(a.results)  # bench.advise's answers: their page first, their verdicts on the map
+    from bench.advise import fig_advice
+    print(f"report: {write_report(df, a.output, a.title, first=[fig_advice(x) for x in advice], advice=tuple(advice))}")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,8 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         data=cfg.get("data"), activation_checkpointing=cfg.get("activation_checkpointing"),
         software_torch=(r.get("software") or {}).get("torch"),
     )
+    adv = r.get("advise") or {}  # a run of bench.advise: which candidate, which pass, which sweep
+    row.update(advise_candidate=adv.get("candidate"), advise_stage=adv.get("stage"), advise_sweep=adv.get("sweep"))
     row.update({f"degree_{k}": v for k, v in degrees.items()})
     if degrees and "data_parallel" not in degrees:  # results before it was recorded: the registry knows
         row["degree_data_parallel"] = _data_parallel_of(strat, row["devices"])

@@ -119,10 +119,11 @@ def serve_rank(spec: RunSpec, job_dir: str) -> None:
                 if local_rank == 0:
                     session.mark_current(job_dir, k, i, item.timeout_s)
                 fault = protocol.fault_for(os.environ.get(FAULT_ENV, ""), item.name)
-                m = measure(item.spec, item.out_dir, proc, fault=fault, gather_all=True)
+                held: list = []
+                m = measure(item.spec, item.out_dir, proc, fault=fault, gather_all=True, held=held)
                 if local_rank == 0:
                     session.write_item(job_dir, k, i, m)
-                _release()
+                _release(held[0] if held else None)
             k += 1
     except BaseException as e:
         write_rank_error(job_dir, rank, e, "oom" if isinstance(e, torch.OutOfMemoryError) else "failed")
@@ -136,9 +137,16 @@ def _ranks() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def _release() -> None:
-    """Between the points of a standing job: drop what the last one held."""
+def _release(mesh=None) -> None:
+    """Between the points of a standing job: drop what the last one held, its mesh's own
+    process groups included (a 1-D mesh over the whole job uses the default group, which stays)."""
     import gc
+    if mesh is not None:
+        dist.barrier()  # every rank is done with the mesh's groups before they go
+        default = dist.distributed_c10d._get_default_group()
+        for g in {id(g): g for g in mesh.get_all_groups()}.values():
+            if g is not default:
+                dist.destroy_process_group(g)
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -172,9 +180,10 @@ def _join(spec: RunSpec, rank: int, local_rank: int, world: int) -> Proc:
 
 
 def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
-            gather_all: bool = False) -> dict[str, Any] | None:
+            gather_all: bool = False, held: list | None = None) -> dict[str, Any] | None:
     """Build `spec`'s model on this rank, train it, and return the point's metrics (rank 0;
-    every rank with `gather_all`). `fault`: a planted fault (tests), else FAULT_ENV's."""
+    every rank with `gather_all`). `fault`: a planted fault (tests), else FAULT_ENV's.
+    `held`: receives the point's device mesh, for the caller to release."""
     rank, local_rank, world, device = proc.rank, proc.local_rank, proc.world, proc.device
     progress = Progress(rank == 0)
     # a lone point's time_init_s counts from joining the group; a standing job's later points from their build
@@ -196,6 +205,8 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     if spec.layout.mesh is not None:
         names, sizes = zip(*spec.layout.mesh)
         mesh = init_device_mesh(device.type, sizes, mesh_dim_names=names)
+        if held is not None:
+            held.append(mesh)
     ctx = Ctx(rank, world, local_rank, device, spec.precision, scaler, mesh)
     progress("build", 0, 1, f"{spec.size} {spec.strategy} on {world} x {device.type}")
 

@@ -140,7 +140,7 @@ def test_holm_applies_over_the_runners_up():
 
 def _fake_measure(true: dict[str, float], log: list, drift=(1.0, 0.8, 1.2, 0.9, 1.1, 1.05)):
     """Tokens/s = true speed x the process's drift (shared by everything in it)."""
-    def measure(keys, steps, job):
+    def measure(keys, steps, job, final):
         log.append((tuple(keys), steps, job))
         return {k: (None if true[k] is None else true[k] * drift[job % len(drift)]) for k in keys}
     return measure
@@ -232,6 +232,8 @@ def test_fault_for_names_its_points():
     assert fault_for("hang:1:2@strategy=tp,grad_accum=2", "strategy=tp global_batch_size=8 grad_accum=2") == "hang:1:2"
     assert fault_for("hang:1:2@strategy=tp,grad_accum=2", "strategy=tp grad_accum=1") == ""
     assert fault_for("kill:0:1", "anything") == "kill:0:1"
+    both = "hang:1:2@grad_accum=2;kill:0:1@grad_accum=4"
+    assert fault_for(both, "strategy=dp grad_accum=4") == "kill:0:1" and fault_for(both, "grad_accum=1") == ""
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -257,23 +259,31 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, args, says):
 
 
 @pytest.mark.slow
-def test_advice_run_with_a_planted_hang(tmp_path):
-    """A real advice run (tiny, 2 gloo ranks, dp only: 4 layouts) in which every layout with
-    grad_accum=2 hangs at its third step: it costs its timeout, is recorded as a timeout, and
-    the rest is measured and answered; every measurement is a result.json in one sweep folder."""
+def test_advice_run_with_a_planted_hang_and_failure(tmp_path):
+    """A real advice run (tiny, 2 gloo ranks, dp only: 4 layouts) in which the layout with
+    grad_accum=2 hangs at its third step and the one with grad_accum=4 is killed at its second:
+    the hang costs its timeout, each is recorded with its reason, the rest is measured in new
+    processes and answered; every measurement is a result.json in one sweep folder."""
     r = _advise_cli("size=tiny", "devices=2", "strategies=[dp]", "try_checkpointing=false", "steps=4",
                     "first_steps=2", "repeats=3", "timeout_s=8", f"results_root={tmp_path}/r",
-                    f"report_dir={tmp_path}/rep", cwd=tmp_path, env={"SCALEBENCH_FAULT": "hang:1:2@grad_accum=2"})
+                    f"report_dir={tmp_path}/rep", cwd=tmp_path,
+                    env={"SCALEBENCH_FAULT": "hang:1:2@grad_accum=2;kill:0:1@grad_accum=4"})
     assert r.returncode == 0, r.stdout + r.stderr
     (sweep,) = (tmp_path / "r").iterdir()
     a = json.loads((sweep / "advice.json").read_text())
     fates = {f["label"]: f for f in a["candidates"]}
-    hung = fates["dp b=4x2"]
+    hung, killed = fates["dp b=4x2"], fates["dp b=2x4"]
     assert hung["fate"] == "failed" and "timeout_s=8" in hung["reason"]
-    assert a["winner"] is not None and a["winner"]["label"] != "dp b=4x2"
+    assert killed["fate"] == "failed" and "rank 0 killed by signal 9" in killed["reason"]
+    assert a["winner"]["label"] in ("dp b=8x1", "dp b=1x8")
     assert len(a["winner"]["tokens_per_s_runs"]) >= 3 and a["winner"]["mem_peak_bytes"] > 0
     from bench.results import load
     df = load([str(sweep)])
-    assert set(df["status"]) == {"ok", "timeout"} and (df["status"] == "timeout").sum() == 1
-    assert (df["status"] == "ok").sum() == a["points_measured"] - 1
+    assert sorted(df["status"]) == ["failed", "timeout"] + ["ok"] * (a["points_measured"] - 2)
     assert "advice:" in r.stdout and os.path.exists(r.stdout.split("report: ")[1].strip())
+
+
+def test_readme_lists_the_advisors_keys():
+    from bench.config import advise_markdown_table
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert advise_markdown_table() in f.read()  # python -m bench.config prints it
