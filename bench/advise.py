@@ -78,6 +78,9 @@ def check(cfg: AdviseConfig) -> None:
     if cfg.verify_pruned and cfg.memory_limit_gib is None:
         raise ValueError("verify_pruned needs memory_limit_gib (the limit the pruned layouts are run under); "
                          "set memory_limit_gib=...")
+    if cfg.memory_limit_gib is not None and cfg.accelerator.value == "cuda":
+        raise ValueError("memory_limit_gib limits host RAM (a cgroup), not GPU memory; on GPUs the capacity is the "
+                         "GPU's own memory: leave memory_limit_gib unset")
 
 
 def folder_name(c: Candidate, steps: int) -> str:
@@ -90,8 +93,9 @@ class Runner:
     the `measure` callback of bench.halving.successive_halving."""
 
     def __init__(self, cands: dict[str, Candidate], verdicts: dict[str, Verdict], sweep_dir: str, fp: dict[str, Any],
-                 label: str, say=print):
+                 label: str, say=print, repeats: int = 1):
         self.cands, self.verdicts, self.sweep_dir = cands, verdicts, sweep_dir
+        self.repeats = repeats  # the finalists' planned processes (their results' `repeats`)
         self.fp, self.label, self.host = fp, label, Host.from_fingerprint(fp)
         self.say = say
         self.job = None
@@ -109,7 +113,8 @@ class Runner:
             return self.job
         self.close()
         self.jobs += 1
-        self.job = Job(spec, os.path.join(self.sweep_dir, ".jobs", f"{self.jobs:03d}-process{job}"), serve_rank)
+        self.job = Job(spec, os.path.join(self.sweep_dir, ".jobs", f"{self.jobs:03d}-pass{job}"), serve_rank)
+        self.job.number = self.jobs  # the process's own number (a pass may need more than one)
         self.job_key = key
         return self.job
 
@@ -119,53 +124,69 @@ class Runner:
             self.job = None
 
     def measure(self, keys: list[str], steps: int, job: int, stage: str) -> dict[str, float | None]:
-        """Measure `keys` at `steps` in process `job`; `stage`: `rung` (a halving pass), `final`
-        (the finalists' pass) or `verify_pruned`, recorded in each result's `advise`."""
+        """Measure `keys` at `steps` in process `job` (the pass's number: a new one starts a new
+        process); `stage`: `rung` (a halving pass), `final` (the finalists' pass) or
+        `verify_pruned`, recorded in each result's `advise`. A point that fails ends its job:
+        the points after it go on in a new process, and for a final pass the whole pass is
+        measured again there (less what failed), so that its pairs share one process."""
         scores: dict[str, float | None] = {}
-        pending = []
-        for k in keys:
-            c = self.cands[k]
-            cfg = dataclasses.replace(c.cfg, steps=steps, repeats=1,
-                                      force=c.cfg.force or self.verdicts[k].fate in (AT_RISK, PRUNED))
-            out_dir = os.path.join(self.sweep_dir, folder_name(c, steps))
-            res = new_result(cfg, out_dir, self.fp, self.label, config_hash(cfg), repeat=job)
-            if "fault" in res and not fault_for(os.environ.get(FAULT_ENV, ""), c.name):
-                del res["fault"]
-            res["advise"] = {"candidate": k, "label": c.label, "stage": stage, "process": job, "steps": steps,
-                             "sweep": os.path.abspath(self.sweep_dir)}
-            spec = plan_run(cfg, res, self.host)
-            if spec is None:  # decided before launching after all (the machine changed?)
-                self._write(k, res, out_dir)
-                scores[k] = None
-                continue
-            pending.append((k, spec, out_dir, res))
-        from bench.session import Item
+        pending = [p for p in (self._prepare(k, steps, job, stage, scores) for k in keys) if p]
+        failed: set[str] = set()
+        restarts = 0
         while pending:
-            lead = pending[0][1]
             shape = lambda s: (s.procs, s.cpu_threads_per_device, s.accelerator, s.nodes)  # noqa: E731
-            group = [p for p in pending if shape(p[1]) == shape(lead)]
-            j = self._job_for(job, lead)
+            group = [p for p in pending if shape(p[1]) == shape(pending[0][1])]
+            rest = [p for p in pending if p not in group]
+            j = self._job_for(job, group[0][1])
+            from bench.session import Item
             items = [Item(spec, out_dir, self.cands[k].name, self.cands[k].cfg.timeout_s)
                      for k, spec, out_dir, _ in group]
             outs = j.measure(items, on_item=lambda i, o: self._recorded(group[i], o, j, len(group)))
-            done = {id(g) for g, o in zip(group, outs) if o is not None}
             for (k, *_), o in zip(group, outs):
                 if o is not None:
                     scores[k] = o.metrics["tokens_per_s"] if o.status == "ok" and o.metrics else None
-            left = [p for p in pending if id(p) not in done]
-            if len(left) == len(pending):  # nothing was reached: the job could not start
-                for k, _, out_dir, res in left:
+                    if o.status != "ok":
+                        failed.add(k)
+            missed = [g for g, o in zip(group, outs) if o is None]
+            if not missed:
+                pending = rest
+                continue
+            self.close()  # the job ended: what it did not reach goes on in a new process
+            restarts += 1
+            if len(missed) == len(group) or restarts > 3:  # the job could not start, or keeps ending
+                for k, _, out_dir, res in missed:
                     o = j.outcome
                     res.update(status=o.status if o and o.status != "ok" else "failed",
                                error=(o.error if o else None) or "the job ended before this point")
                     self._write(k, res, out_dir)
                     scores[k] = None
-                self.close()
-                break
-            if any(o is None for o in outs):
-                self.close()  # the job ended at a failure: the rest in a new process
-            pending = left
+                pending = rest
+            elif stage == "final":
+                again = [k for k, *_ in group if k not in failed]
+                pending = [p for p in (self._prepare(k, steps, job, stage, scores) for k in again) if p] + rest
+            else:
+                pending = missed + rest
         return scores
+
+    def _prepare(self, k: str, steps: int, job: int, stage: str, scores: dict) -> tuple | None:
+        """A measurement's config, folder, result record and RunSpec; None (recorded) where
+        the planner refuses it after all."""
+        c = self.cands[k]
+        final = stage == "final"
+        cfg = dataclasses.replace(c.cfg, steps=steps, repeats=self.repeats if final else 1,
+                                  force=c.cfg.force or self.verdicts[k].fate in (AT_RISK, PRUNED))
+        out_dir = os.path.join(self.sweep_dir, folder_name(c, steps))
+        res = new_result(cfg, out_dir, self.fp, self.label, config_hash(cfg), repeat=job if final else 0)
+        if "fault" in res and not fault_for(os.environ.get(FAULT_ENV, ""), c.name):
+            del res["fault"]
+        res["advise"] = {"candidate": k, "label": c.label, "stage": stage, "pass": job, "steps": steps,
+                         "sweep": os.path.abspath(self.sweep_dir)}
+        spec = plan_run(cfg, res, self.host)
+        if spec is None:  # decided before launching after all (the machine changed?)
+            self._write(k, res, out_dir)
+            scores[k] = None
+            return None
+        return k, spec, out_dir, res
 
     def _recorded(self, entry, o, job, n: int) -> None:
         from bench.launch import Outcome, diverged, interconnect
@@ -179,7 +200,8 @@ class Runner:
                    launch_s=o.launch_s, cores=o.cores)
         if o.rank_errors:
             res["rank_errors"] = [{x: e.get(x) for x in ("rank", "status", "error")} for e in o.rank_errors]
-        res["advise"].update(job_dir=os.path.relpath(job.job_dir, self.sweep_dir), points_in_order=n)
+        res["advise"].update(process=job.number, job_dir=os.path.relpath(job.job_dir, self.sweep_dir),
+                             points_in_order=n)
         res["duration_s"] = o.duration_s
         self._write(k, res, out_dir)
         self.points += 1
@@ -234,10 +256,10 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
         if v.fate in (SURVIVOR, AT_RISK):
             rs = results.get(k, [])
             bad = [r for r in rs if r["status"] != "ok"]
-            if k in standings:
+            if k in standings and not standings[k].failed:
                 s = standings[k]
-                entry.update(fate="finalist", tokens_per_s=s.median,
-                             runs=[x for x in s.runs], margin_to_leader=s.margin if s.ratio != 1 or s.pairs else 0.0)
+                entry.update(fate="finalist", tokens_per_s=s.median, runs=list(s.runs),
+                             margin_to_leader=s.margin if s.pairs else None)
             elif bad:
                 entry.update(fate="failed", reason=f"{bad[-1]['status']}: {bad[-1]['error']}",
                              status=bad[-1]["status"])
@@ -264,7 +286,16 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
                         "at_risk": sum(f["at_risk"] for f in fates)}
     advice["winner"] = None
     advice["runners_up"] = []
-    if h and h.standings:
+    if h and h.standings and not any(x is not None for x in h.standings[0].runs):
+        # the budget ended before the finalists' pass: the screening's leader, unconfirmed
+        last = [r for r in h.rungs if any(v is not None for v in r.scores.values())]
+        if last:
+            k, v = max(((k, v) for k, v in last[-1].scores.items() if v is not None), key=lambda kv: kv[1])
+            advice["provisional"] = {"key": k, "label": cands[k].label, "overrides": cands[k].name,
+                                     "tokens_per_s": v, "steps": last[-1].steps,
+                                     "note": "the best of the last halving rung (one process, fewer steps); "
+                                             "measuring stopped before the finalists' processes: not a verdict"}
+    elif h and h.standings:
         lead = h.standings[0]
         c = cands[lead.key]
         runs = [x for x in lead.runs if x is not None]
@@ -272,7 +303,7 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
         ok = [r for r in results.get(lead.key, []) if r["status"] == "ok" and r["config"]["steps"] == cfg.steps]
         mem = [r["metrics"] for r in ok]
         pred = (ok[0]["prediction"] if ok else None) or {}
-        tied = [s for s in h.standings[1:] if not s.significant]
+        tied = [s for s in h.standings[1:] if s.tied]
         advice["winner"] = {
             "key": lead.key, "label": c.label, "overrides": c.name, "command": command(c, kept, cfg.repeats),
             "tokens_per_s_median": lead.median, "tokens_per_s_runs": lead.runs,
@@ -284,22 +315,25 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
                                                       if m.get("mem_peak_above_baseline_bytes") is not None]),
             "mem_source": mem[0].get("mem_source") if mem else None,
             "mem_predicted_model_bytes": pred.get("model_bytes"), "mem_predicted_total_bytes": pred.get("total_bytes"),
-            "tie": bool(tied), "tied_with": [cands[s.key].label for s in tied]}
+            "processes": len(lead.runs), "tie": bool(tied), "tied_with": [cands[s.key].label for s in tied]}
         for s in h.standings[1:]:
             advice["runners_up"].append({
                 "key": s.key, "label": cands[s.key].label, "overrides": cands[s.key].name,
                 "tokens_per_s_median": s.median, "tokens_per_s_runs": s.runs,
                 "leader_faster_by": s.margin, "ratio_interval": [s.low, s.high], "pairs": s.pairs,
                 "p_adjusted": s.p_adjusted, "significant": s.significant,
-                "verdict": "slower beyond noise" if s.significant else "tie (within noise)"})
+                "verdict": ("failed in every finalists' pass" if s.failed else "slower beyond noise" if s.significant
+                            else "tie (within noise)")})
     advice["halving"] = [{"rung": r.rung, "final": r.final, "steps": r.steps, "process": r.job,
                           "measured": len(r.scores), "failed": sum(v is None for v in r.scores.values()),
                           "kept": len(r.kept), "best_tokens_per_s": max((v for v in r.scores.values() if v), default=None)}
                          for r in (h.rungs if h else [])]
     advice["stopped"] = h.stopped if h else "nothing to measure"
+    alpha = h.alpha_per_look if h else 0.05
     advice["statistics"] = ("finalists compared with the leader by process: the ratio of their tokens/s within "
-                            "each process (paired t-test on the log ratios, bench.stats.paired_ratio), Holm-corrected; "
-                            "beyond noise at adjusted p < 0.05 with 3+ processes, else a tie")
+                            "each process (paired t-test on the log ratios, bench.stats.paired_ratio), Holm-corrected "
+                            f"over the finalists; beyond noise at adjusted p < {alpha:.4g} (0.05 split over the "
+                            f"{h.looks if h else 1} looks the repeats allow) with 3+ processes, else a tie")
     advice["candidates"] = fates
     return advice
 
@@ -311,6 +345,11 @@ def print_advice(a: dict[str, Any], say=print) -> None:
         + (f", {c.get('not measured')} not measured" if c.get("not measured") else "")
         + (f" ({c['at_risk']} measured although they may not fit)" if c.get("at_risk") else ""))
     w = a["winner"]
+    if w is None and a.get("provisional"):
+        p = a["provisional"]
+        say(f"\nno verdict ({a['stopped']}): the screening's best was {p['label']} at {p['tokens_per_s']:,.0f} tokens/s "
+            f"({p['steps']} steps, one process); run with a larger budget_s to confirm it")
+        return
     if w is None:
         say("no layout could be measured: see advice.json for each one's fate")
         return
@@ -379,18 +418,29 @@ def verify_pruned(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict
     pruned = [k for k, v in verdicts.items() if v.fate == PRUNED]
     pruned.sort(key=lambda k: verdicts[k].need_low_bytes)  # the closest to fitting first: the hardest test
     out = []
+    from bench import cgroup
+    cg = os.environ.get(CGROUP_ENV)
     for k in pruned[:cfg.verify_pruned]:
         runner.close()
+        kills = cgroup.oom_kills(cg) if cg else None
         scores = runner.measure([k], cfg.first_steps, job=0, stage="verify_pruned")
-        r = runner.last[k]
-        out.append({"key": k, "label": cands[k].label, "status": r["status"], "error": r["error"],
-                    "predicted_need_bytes": verdicts[k].need_bytes, "predicted_need_low_bytes": verdicts[k].need_low_bytes,
-                    "capacity_bytes": verdicts[k].capacity_bytes, "failed_as_predicted": scores[k] is None})
         runner.close()
+        r = runner.last[k]
+        after = cgroup.oom_kills(cg) if cg else None
+        oom = (after is not None and kills is not None and after > kills) or r["status"] == "oom" \
+            or "signal 9" in (r["error"] or "")
+        out.append({"key": k, "label": cands[k].label, "status": r["status"], "error": r["error"],
+                    "oom_kills": None if after is None or kills is None else after - kills,
+                    "predicted_need_bytes": verdicts[k].need_bytes, "predicted_need_low_bytes": verdicts[k].need_low_bytes,
+                    "capacity_bytes": verdicts[k].capacity_bytes,
+                    "verdict": ("failed for memory, as predicted" if scores[k] is None and oom else
+                                "FIT: pruning dropped a layout that runs" if scores[k] is not None else
+                                f"failed otherwise ({r['status']}): no evidence either way")})
     if out:
-        n = sum(o["failed_as_predicted"] for o in out)
-        say(f"verify_pruned: {n} of {len(out)} pruned layouts, forced under the limit, failed as predicted"
-            + ("" if n == len(out) else "; the others FIT: pruning dropped them wrongly (see advice.json)"))
+        n = sum(o["verdict"].startswith("failed for memory") for o in out)
+        fit = sum(o["verdict"].startswith("FIT") for o in out)
+        say(f"verify_pruned: {n} of {len(out)} pruned layouts, forced under the limit, were killed for memory as "
+            f"predicted" + (f"; {fit} FIT: pruning dropped them wrongly (see advice.json)" if fit else ""))
     return out
 
 
@@ -426,7 +476,7 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
     say(f"[advise] {cfg.size.name} on {cfg.devices} device(s), global batch {cands_mod.global_batch(cfg)}: "
         f"{len(cands)} layouts, {n_by[INVALID]} invalid, {n_by[PRUNED]} pruned for memory, "
         f"{len(runnable)} to measure ({n_by[AT_RISK]} of them may not fit)\n[advise] sweep folder {sweep_dir}")
-    runner = Runner(cands, verdicts, sweep_dir, fp, label, say)
+    runner = Runner(cands, verdicts, sweep_dir, fp, label, say, repeats=cfg.repeats)
     for k in cands:  # the pruned and invalid are results too: the report shows why they did not run
         if verdicts[k].fate in (INVALID, PRUNED):
             c = cands[k]
@@ -548,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nadvice: {os.path.join(sweep_dir, ADVICE_NAME)}\nreport: {write_advice_report(advice, sweep_dir, cfg_report)}")
     except Exception as e:  # a report problem must not hide the advice
         print(f"\nadvice: {os.path.join(sweep_dir, ADVICE_NAME)}\nreport could not be written: {type(e).__name__}: {e}")
-    sys.exit(0 if advice["winner"] else 1)
+    sys.exit(0 if advice["winner"] or advice.get("provisional") else 1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ The advisor (bench/advise.py) prunes layouts whose memory cannot fit a capacity;
 cgroup whose memory limit is that capacity (each rank joins at its start, bench.worker, from
 CGROUP_ENV), so a layout that needs more is ended by the kernel's OOM killer, as it would be
 on a machine of that size. cgroup v2 (`memory.max`) and v1 (`memory.limit_in_bytes`, with
-`memory.move_charge_at_immigrate` so a rank's pages move with it) are both handled; where no
+`memory.move_charge_at_immigrate` so a rank's pages move with it) are both handled (under v2
+what a rank allocated before joining, importing torch, about 0.2 GiB, stays charged outside:
+the limit is that much looser); where no
 cgroup can be made (no permission, no memory controller) `limited` yields None and says why.
 No torch here.
 """
@@ -51,11 +53,12 @@ def limited(limit_bytes: int) -> Iterator[tuple[str | None, str]]:
         os.mkdir(path)
         if version == 1:
             with open(os.path.join(path, "memory.move_charge_at_immigrate"), "w") as f:
-                f.write("1")
-            for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):  # memsw: no swap either
-                with contextlib.suppress(OSError):
-                    with open(os.path.join(path, name), "w") as f:
-                        f.write(str(limit_bytes))
+                f.write("1")  # a rank's anonymous pages (torch, imported before it joins) move with it
+            with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+                f.write(str(limit_bytes))
+            with contextlib.suppress(OSError):  # no swap either, where swap accounting exists
+                with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
+                    f.write(str(limit_bytes))
         else:
             with open(os.path.join(path, "memory.max"), "w") as f:
                 f.write(str(limit_bytes))
@@ -72,6 +75,20 @@ def limited(limit_bytes: int) -> Iterator[tuple[str | None, str]]:
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(path)
+
+
+def oom_kills(path: str) -> int | None:
+    """How many processes the kernel's OOM killer ended in the cgroup at `path` (v2:
+    memory.events `oom_kill`; v1: memory.oom_control `oom_kill`, kernels 4.13+); None unknown."""
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            for line in open(os.path.join(path, name)):
+                k, _, v = line.partition(" ")
+                if k == "oom_kill":
+                    return int(v)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def join_from_env() -> None:

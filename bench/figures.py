@@ -627,7 +627,7 @@ def _advisor_verdict(out: pd.DataFrame, ok: pd.DataFrame, a: dict) -> None:
         return
     ident = mine["identity"].iloc[0]
     rows = out["setting"] == out.loc[out["identity"] == ident, "setting"].iloc[0]
-    n = len([x for x in w.get("tokens_per_s_runs") or [] if x is not None])
+    n = w.get("processes") or len(w.get("tokens_per_s_runs") or [])
     text = w["label"] + "".join(f" ~ {t}" for t in w.get("tied_with") or []) + f" [advisor, paired over {n} processes]"
     out.loc[rows, "winner"] = text
     out.loc[rows, "verdict"] = ("tie: within noise (advisor)" if w.get("tie") else "winner")

@@ -53,6 +53,11 @@ class Standing:
     p_adjusted: float = 1.0  # Holm over the comparisons with the leader
     pairs: int = 0
     significant: bool = False  # the leader is faster beyond noise (p_adjusted < alpha, pairs >= MIN_RUNS)
+    failed: bool = False  # no run of it was measured (every pass failed): neither tied nor beaten
+
+    @property
+    def tied(self) -> bool:
+        return not self.significant and not self.failed
 
     @property
     def margin(self) -> float:
@@ -64,7 +69,9 @@ def verdict(runs: dict[str, list[float | None]], alpha: float = 1 - CI_LEVEL) ->
     """The finalists ranked, the leader first: the leader is the one with the highest
     geometric mean of its measured runs; each other is compared with it over the processes
     both were measured in (bench.stats.paired_ratio), Holm-corrected over the comparisons.
-    A finalist that is not significantly slower is tied with the leader."""
+    A finalist that is not significantly slower is tied with the leader; one without any
+    measured run is `failed` (neither). `alpha`: per look (successive_halving splits its
+    family-wise alpha over the looks it may take)."""
     def gmean(v: list[float | None]) -> float:
         xs = [x for x in v if x is not None and x > 0]
         return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else -math.inf
@@ -81,7 +88,8 @@ def verdict(runs: dict[str, list[float | None]], alpha: float = 1 - CI_LEVEL) ->
     out = [Standing(lead, runs[lead], median(runs[lead]))]
     for k in order[1:]:
         pairs = [(a, b) for a, b in zip(runs[lead], runs[k]) if a is not None and b is not None]
-        s = Standing(k, runs[k], median(runs[k]), pairs=len(pairs))
+        s = Standing(k, runs[k], median(runs[k]), pairs=len(pairs),
+                     failed=not any(x is not None for x in runs[k]))
         if pairs:
             s.ratio, s.low, s.high, s.p = paired_ratio([a for a, _ in pairs], [b for _, b in pairs])
         out.append(s)
@@ -92,8 +100,8 @@ def verdict(runs: dict[str, list[float | None]], alpha: float = 1 - CI_LEVEL) ->
 
 
 def separated(standings: list[Standing]) -> bool:
-    """The leader is beyond noise from every other finalist (or has none)."""
-    return all(s.significant for s in standings[1:])
+    """The leader is beyond noise from every other finalist that was measured (or has none)."""
+    return all(s.significant or s.failed for s in standings[1:])
 
 
 @dataclass
@@ -113,7 +121,9 @@ class History:
     finalists: list[str] = field(default_factory=list)
     final_runs: dict[str, list[float | None]] = field(default_factory=dict)  # per finalist, per final job
     standings: list[Standing] = field(default_factory=list)
-    stopped: str = ""  # why the measuring ended: separated | repeats | budget | no finalists
+    stopped: str = ""  # why the measuring ended: separated | repeats | budget | no finalists | one finalist
+    alpha_per_look: float = 1 - CI_LEVEL  # the family-wise alpha split over the looks (Bonferroni)
+    looks: int = 1
 
 
 def order_for(keys: list[str], job: int, seed: int) -> list[str]:
@@ -137,9 +147,16 @@ def successive_halving(keys: list[str], measure: Callable[[list[str], int, int, 
     `finalists` remain, then the finalists at `steps`. Jobs 1..repeats-1: the finalists
     again, each job a process. Then, while the leader is not beyond noise from every other
     finalist, one more job each, up to `max_repeats` (default 2 x repeats). `budget_left()`
-    is asked before every pass after the first: False ends the measuring where it is."""
+    is asked before every pass after the first: False ends the measuring where it is.
+
+    The verdict is looked at after `repeats` processes and after each one added: testing at
+    every look and stopping at the first "beyond noise" would make a false winner more likely
+    than alpha (Armitage, McPherson & Rowe 1969: about 0.12 for 4 looks at 0.05), so the
+    family-wise alpha 0.05 is split over the looks (Bonferroni: 0.0125 each for 4)."""
     max_repeats = max_repeats if max_repeats is not None else 2 * repeats
     h = History()
+    h.looks = max(1, max_repeats - repeats + 1)
+    h.alpha_per_look = (1 - CI_LEVEL) / h.looks
     alive = list(keys)
     rung = 0
     while len(alive) > finalists:
@@ -167,7 +184,11 @@ def successive_halving(keys: list[str], measure: Callable[[list[str], int, int, 
         for k in alive:
             h.final_runs[k].append(scores.get(k))
         job += 1
-        h.standings = verdict(h.final_runs)
+        h.standings = verdict(h.final_runs, h.alpha_per_look)
+        alive = [k for k in alive if any(x is not None for x in h.final_runs[k])]  # failed every time: no more
+        if not alive:
+            h.stopped = "every finalist failed"
+            break
         if len(alive) == 1 and job >= repeats:
             h.stopped = "one finalist"
             break
@@ -177,5 +198,5 @@ def successive_halving(keys: list[str], measure: Callable[[list[str], int, int, 
         if job >= max_repeats:
             h.stopped = "repeats"
             break
-    h.standings = verdict(h.final_runs)
+    h.standings = verdict(h.final_runs, h.alpha_per_look)
     return h

@@ -192,8 +192,14 @@ def pipeline_in_flight(schedule: str, microbatches: int, stages: int, stage: int
 
 
 def predict_memory(spec: RunSpec) -> MemoryEstimate:
-    """Predicted peak of the most loaded device (see estimate_memory for the terms), from the
-    layout: tp splits the blocks' matrices, pp the layers (the largest stage counts), FSDP
+    """Predicted peak of the most loaded device: the largest of `predict_memory_stages`."""
+    return max(predict_memory_stages(spec), key=lambda e: e.total_bytes)
+
+
+def predict_memory_stages(spec: RunSpec) -> list[MemoryEstimate]:
+    """Predicted peak of a device of each pipeline stage, first to last (one entry without a
+    pipeline; see estimate_memory for the terms), from the
+    layout: tp splits the blocks' matrices, pp the layers, FSDP
     shards the state over dp, a pipeline keeps its schedule's micro-batches in flight (`pipeline_in_flight`;
     the last stage the logits of as many: all of them under GPipe), and a process that drives
     several devices (nn.DataParallel) holds all their activations."""
@@ -214,4 +220,4 @@ def predict_memory(spec: RunSpec) -> MemoryEstimate:
             fsdp_reshard=lay.reshard_after_forward if sharded else None, fsdp_mixed=sharded and compute < FP32_BYTES,
             microsteps=(pipe.microbatches if pipe else 1) * spec.grad_accum,
             keeps_outputs=pipe is not None and pipe.schedule is not Schedule.naive))
-    return max(ests, key=lambda e: e.total_bytes)
+    return ests

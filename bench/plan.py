@@ -372,13 +372,18 @@ CPU_RANK_BASELINE_MIN_BYTES = 200 * 2**20
 
 def memory_need(spec: RunSpec, predicted: MemoryEstimate, low: bool = False) -> int:
     """Bytes the point needs of what `available_bytes` measures: on a CPU every rank of the
-    node shares host RAM, each with its runtime baseline; on a GPU the most loaded device.
-    `low`: the lower bound (the prediction less its largest measured over-prediction, and
-    the least baseline)."""
-    per_rank = predicted.total_bytes / MODEL_OVER_PREDICTION if low else predicted.total_bytes
-    if spec.accelerator is Accelerator.cpu:
-        return int(spec.procs * (per_rank + (CPU_RANK_BASELINE_MIN_BYTES if low else CPU_RANK_BASELINE_BYTES)))
-    return int(per_rank)
+    node shares host RAM, each with its runtime baseline (the planner counts every rank as the
+    most loaded one, `predicted`); on a GPU the most loaded device. `low`: the lower bound:
+    each rank its own stage's prediction (pipeline stages differ) less the model's largest
+    measured over-prediction, with the least baseline."""
+    if spec.accelerator is not Accelerator.cpu:
+        return int(predicted.total_bytes / MODEL_OVER_PREDICTION if low else predicted.total_bytes)
+    if not low:
+        return int(spec.procs * (predicted.total_bytes + CPU_RANK_BASELINE_BYTES))
+    from bench.memory import predict_memory_stages
+    stages = predict_memory_stages(spec)  # the ranks of the node: procs / pp of each stage
+    per_stage = sum(e.total_bytes / MODEL_OVER_PREDICTION + CPU_RANK_BASELINE_MIN_BYTES for e in stages)
+    return int(per_stage * spec.procs / len(stages))
 
 
 def check_memory(spec: RunSpec, predicted: MemoryEstimate, available: int) -> None:

@@ -86,9 +86,9 @@ def mark_current(job_dir: str, k: int, i: int, timeout_s: float) -> None:
             json.dumps({"order": k, "index": i, "started": time.time(), "timeout_s": timeout_s}).encode())
 
 
-def write_item(job_dir: str, k: int, i: int, metrics: dict[str, Any] | None) -> None:
+def write_item(job_dir: str, k: int, i: int, metrics: dict[str, Any] | None, started: float) -> None:
     _atomic(os.path.join(job_dir, f"item.{k}.{i}.json"),
-            json.dumps({"metrics": metrics, "finished": time.time()}, default=str).encode())
+            json.dumps({"metrics": metrics, "started": started, "finished": time.time()}, default=str).encode())
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -113,6 +113,7 @@ class Job:
         self.job_dir = job_dir
         os.makedirs(job_dir, exist_ok=True)
         self.k = 0
+        self.sizes: dict[int, int] = {}  # order -> its number of points
         self.outcome = None  # bench.launch.Outcome, once the job has ended
         self.t_start = time.time()
         self._first = True
@@ -130,12 +131,21 @@ class Job:
                                    error=f"{type(e).__name__}: {e}".splitlines()[0])
 
     def _watch(self) -> str | None:
-        """The point in progress, past its own timeout: the text that ends the job."""
+        """The point in progress past its own timeout, or (a point done, more ordered) no next
+        point started within that time: the text that ends the job."""
         cur = _read_json(os.path.join(self.job_dir, "current.json"))
-        if not cur or os.path.exists(os.path.join(self.job_dir, f"item.{cur['order']}.{cur['index']}.json")):
+        if not cur:
             return None
-        if time.time() - cur["started"] > cur["timeout_s"]:
-            return f"no result after timeout_s={cur['timeout_s']:g} (this point); the job's ranks were ended"
+        k, i = cur["order"], cur["index"]
+        done = _read_json(os.path.join(self.job_dir, f"item.{k}.{i}.json"))
+        if done is None:
+            if time.time() - cur["started"] > cur["timeout_s"]:
+                return f"no result after timeout_s={cur['timeout_s']:g} (this point); the job's ranks were ended"
+            return None
+        more = i + 1 < self.sizes.get(k, 0) or (k + 1) in self.sizes  # work the ranks have not started
+        if more and time.time() - done["finished"] > cur["timeout_s"]:
+            return (f"no next point started within timeout_s={cur['timeout_s']:g} after the last one ended; "
+                    "the job's ranks were ended")
         return None
 
     @property
@@ -150,6 +160,7 @@ class Job:
         if self.ended:
             return [None] * len(items)
         k, self.k = self.k, self.k + 1
+        self.sizes[k] = len(items)
         write_order(self.job_dir, k, items)
         out: list[ItemOutcome | None] = []
         t_prev = time.time()
@@ -174,6 +185,7 @@ class Job:
                     on_item(i, out[-1])
                 out += [None] * (len(items) - i - 1)
                 return out
+            started = done.get("started", started)  # the ranks' own start of the point
             o = ItemOutcome("ok", metrics=done["metrics"], duration_s=done["finished"] - started)
             if self._first:  # what launching the ranks cost is the first point's
                 o.launch_s, self._first = started - self.t_start, False

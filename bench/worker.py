@@ -116,13 +116,14 @@ def serve_rank(spec: RunSpec, job_dir: str) -> None:
             if order is None:  # the stop
                 break
             for i, item in enumerate(order):
+                started = time.time()
                 if local_rank == 0:
                     session.mark_current(job_dir, k, i, item.timeout_s)
                 fault = protocol.fault_for(os.environ.get(FAULT_ENV, ""), item.name)
                 held: list = []
                 m = measure(item.spec, item.out_dir, proc, fault=fault, gather_all=True, held=held)
                 if local_rank == 0:
-                    session.write_item(job_dir, k, i, m)
+                    session.write_item(job_dir, k, i, m, started)
                 _release(held[0] if held else None)
             k += 1
     except BaseException as e:

@@ -287,3 +287,49 @@ def test_readme_lists_the_advisors_keys():
     from bench.config import advise_markdown_table
     with open(os.path.join(ROOT, "README.md")) as f:
         assert advise_markdown_table() in f.read()  # python -m bench.config prints it
+
+
+def test_a_finalist_that_always_failed_is_neither_tied_nor_beaten():
+    s = {x.key: x for x in halving.verdict({"a": [100.0, 90.0, 110.0], "b": [None, None, None]})}
+    assert s["b"].failed and not s["b"].tied and not s["b"].significant
+    assert halving.separated(list(s.values()))
+    true = {"a": 100.0, "b": None, "c": 50.0}  # b fails whenever measured, c is dropped by the halving
+    h = halving.successive_halving(list(true), _fake_measure(true, []), first_steps=2, steps=4, repeats=3,
+                                   finalists=1)
+    assert h.finalists == ["a"] and h.stopped == "one finalist" and len(h.final_runs["a"]) == 3
+
+
+def test_the_looks_share_the_alpha():
+    # repeats 3, up to 6: looks after 3, 4, 5 and 6 processes: 0.05 / 4 each (Bonferroni)
+    h = halving.successive_halving(["a", "b"], _fake_measure({"a": 100.0, "b": 100.0}, []), first_steps=2,
+                                   steps=4, repeats=3)
+    assert h.looks == 4 and h.alpha_per_look == pytest.approx(0.0125)
+    # the verdict turns exactly at its alpha
+    runs = {"a": [1.10, 1.02, 1.20, 1.05], "b": [1.0, 1.0, 1.0, 1.0]}
+    p = halving.verdict(runs)[1].p
+    assert halving.verdict(runs, alpha=p * 1.01)[1].significant and not halving.verdict(runs, alpha=p / 1.01)[1].significant
+
+
+def test_budget_ending_in_the_halving_gives_no_verdict_but_the_screenings_best():
+    cfg = advise_cfg("size=tiny", "devices=2")
+    cands = {f"c{i}": c for i, c in enumerate(enumerate_candidates(cfg, ["dp"], checkpointing=False))}
+    verdicts = {k: classify(c, HOST) for k, c in cands.items()}
+    true = {k: 100.0 + i for i, k in enumerate(cands)}
+    calls = []
+    h = halving.successive_halving(list(cands), _fake_measure(true, calls), first_steps=2, steps=8, repeats=3,
+                                   finalists=1, budget_left=lambda: len(calls) < 1)
+    a = advise.build_advice(cfg, cands, verdicts, h, _Runner({}), [], {})
+    assert a["winner"] is None and a["provisional"]["key"] == "c3" and a["stopped"] == "budget"
+
+
+def test_the_memory_lower_bound_sums_the_pipeline_stages():
+    from bench.memory import predict_memory, predict_memory_stages
+    from bench.plan import CPU_RANK_BASELINE_MIN_BYTES, MODEL_OVER_PREDICTION, memory_need
+    from conftest import plan
+    spec = plan("size=small", "strategy=mp", "devices=2", "seq_len=128", "batch_size=16")
+    first, last = predict_memory_stages(spec)
+    assert first.total_bytes != last.total_bytes  # the last stage holds the logits and the tied head
+    low = memory_need(spec, predict_memory(spec), low=True)
+    assert low == int(first.total_bytes / MODEL_OVER_PREDICTION + last.total_bytes / MODEL_OVER_PREDICTION
+                      + 2 * CPU_RANK_BASELINE_MIN_BYTES)
+    assert low < 2 * (max(first.total_bytes, last.total_bytes) / MODEL_OVER_PREDICTION + CPU_RANK_BASELINE_MIN_BYTES)

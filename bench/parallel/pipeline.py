@@ -48,10 +48,17 @@ def _tie_group(pp_mesh: DeviceMesh, full_mesh: DeviceMesh) -> dist.ProcessGroup 
     rows = full_mesh.mesh.reshape(-1, pp_mesh.size()).tolist()  # one row per pipeline (dp replica)
     mine = None
     for row in rows:
-        g = dist.new_group([row[0], row[-1]])
-        if dist.get_rank() in (row[0], row[-1]):
-            mine = g
+        key = (row[0], row[-1])
+        if key not in _TIE_GROUPS:  # a standing job (bench/session.py) measures many pipelines: one group each pair
+            _TIE_GROUPS[key] = dist.new_group(list(key))
+        if dist.get_rank() in key:
+            mine = _TIE_GROUPS[key]
     return mine
+
+
+# (first, last) stage ranks -> their group, for the life of the process group (every rank
+# creates the same groups in the same order, so every rank's cache agrees)
+_TIE_GROUPS: dict[tuple[int, int], dist.ProcessGroup] = {}
 
 
 def schedule(stages: list[GPT], spec: RunSpec, ctx: Ctx) -> Parallel:
