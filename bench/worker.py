@@ -8,6 +8,7 @@ sees an exit code) and re-raised.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -77,9 +78,17 @@ def run_rank(spec: RunSpec, out_dir: str) -> dict[str, Any] | None:
     rank, local_rank, world = _ranks()
     if rank == 0:  # tells this node's launcher that it writes the job's result
         mark_rank0(out_dir)
-    try:
+    with _reported(out_dir, rank):
         proc = _join(spec, rank, local_rank, world)
         return measure(spec, out_dir, proc)
+
+
+@contextlib.contextmanager
+def _reported(out_dir: str, rank: int):
+    """A rank's exception goes to `<out_dir>/rank<r>.error.json` (the launcher only sees an exit
+    code) and is re-raised; the process group is left in any case."""
+    try:
+        yield
     except BaseException as e:
         write_rank_error(out_dir, rank, e, "oom" if isinstance(e, torch.OutOfMemoryError) else "failed")
         raise
@@ -105,7 +114,7 @@ def serve_rank(spec: RunSpec, job_dir: str) -> None:
     rank, local_rank, world = _ranks()
     if rank == 0:
         mark_rank0(job_dir)
-    try:
+    with _reported(job_dir, rank):
         proc = _join(spec, rank, local_rank, world)
         k = 0
         while True:
@@ -126,12 +135,6 @@ def serve_rank(spec: RunSpec, job_dir: str) -> None:
                     session.write_item(job_dir, k, i, m, started)
                 _release(held[0] if held else None)
             k += 1
-    except BaseException as e:
-        write_rank_error(job_dir, rank, e, "oom" if isinstance(e, torch.OutOfMemoryError) else "failed")
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _ranks() -> tuple[int, int, int]:
