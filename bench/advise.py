@@ -34,7 +34,7 @@ from bench import candidates as cands_mod
 from bench import config, hardware
 from bench.candidates import AT_RISK, INVALID, PRUNED, SURVIVOR, Candidate, Verdict
 from bench.config import AdviseConfig, numeric_keys
-from bench.halving import History, successive_halving
+from bench.halving import History, successive_halving, verdict
 from bench.plan import Host, config_hash
 from bench.protocol import CGROUP_ENV, FAULT_ENV, QUIET_ENV, fault_for
 from bench.results import write_result
@@ -116,6 +116,16 @@ class Runner:
         self.job = Job(spec, os.path.join(self.sweep_dir, ".jobs", f"{self.jobs:03d}-pass{job}"), serve_rank)
         self.job.number = self.jobs  # the process's own number (a pass may need more than one)
         self.job_key = key
+        # a warm-up point, not recorded: a process's first point ran cold (first touch, thread
+        # pools) and a 2-step screening could drop it for that alone
+        from bench.session import Item
+        warm = dataclasses.replace(spec, steps=1, warmup_steps=1)
+        (o,) = self.job.measure([Item(warm, os.path.join(self.job.job_dir, "warmup"), "warmup", spec.timeout_s)])
+        if o is None or o.status != "ok":  # then without it
+            self.job.close()
+            self.job = Job(spec, os.path.join(self.sweep_dir, ".jobs", f"{self.jobs:03d}-pass{job}-b"), serve_rank)
+            self.job.number = self.jobs
+        self.job.done = 0  # the warm-up does not count as an earlier point (a crash retry needs one)
         return self.job
 
     def close(self) -> None:
@@ -132,6 +142,7 @@ class Runner:
         scores: dict[str, float | None] = {}
         pending = [p for p in (self._prepare(k, steps, job, stage, scores) for k in keys) if p]
         failed: set[str] = set()
+        retried: set[str] = set()
         restarts = 0
         while pending:
             shape = lambda s: (s.procs, s.cpu_threads_per_device, s.accelerator, s.nodes)  # noqa: E731
@@ -142,17 +153,26 @@ class Runner:
             items = [Item(spec, out_dir, self.cands[k].name, self.cands[k].cfg.timeout_s)
                      for k, spec, out_dir, _ in group]
             outs = j.measure(items, on_item=lambda i, o: self._recorded(group[i], o, j, len(group)))
-            for (k, *_), o in zip(group, outs):
+            first = []  # a crash after other points of its process: once more, first in a fresh one
+            for g, o in zip(group, outs):
+                k = g[0]
                 if o is not None:
                     scores[k] = o.metrics["tokens_per_s"] if o.status == "ok" and o.metrics else None
-                    if o.status != "ok":
+                    if o.status != "ok" and self._crash(o, j) and k not in retried:
+                        retried.add(k)
+                        first.append(self._prepare(k, steps, job, stage, scores))
+                    elif o.status != "ok":
                         failed.add(k)
+            first = [p for p in first if p]
             missed = [g for g, o in zip(group, outs) if o is None]
             if not missed:
                 pending = rest
                 continue
             self.close()  # the job ended: what it did not reach goes on in a new process
             restarts += 1
+            if first and not missed:
+                pending = first + rest
+                continue
             if len(missed) == len(group) or restarts > 3:  # the job could not start, or keeps ending
                 for k, _, out_dir, res in missed:
                     o = j.outcome
@@ -163,10 +183,20 @@ class Runner:
                 pending = rest
             elif stage == "final":
                 again = [k for k, *_ in group if k not in failed]
+                again = [k for k in again if k in {p[0] for p in first}] + [k for k in again if k not in {p[0] for p in first}]
                 pending = [p for p in (self._prepare(k, steps, job, stage, scores) for k in again) if p] + rest
             else:
-                pending = missed + rest
+                pending = first + missed + rest
         return scores
+
+    @staticmethod
+    def _crash(o, job) -> bool:
+        """A rank died of a crash (SIGSEGV, SIGABRT, SIGBUS) after its process had measured
+        other points: on this VM, mini's tp+sp did so in long standing jobs but not alone
+        (still open), so such a point is measured once more as the first of a fresh process
+        (both results are kept). Planted faults (SIGKILL), timeouts and errors are not retried."""
+        import re
+        return job.done > 0 and bool(re.search(r"signal (6|7|11) ", o.error or ""))
 
     def _prepare(self, k: str, steps: int, job: int, stage: str, scores: dict) -> tuple | None:
         """A measurement's config, folder, result record and RunSpec; None (recorded) where
@@ -256,20 +286,25 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
         if v.fate in (SURVIVOR, AT_RISK):
             rs = results.get(k, [])
             bad = [r for r in rs if r["status"] != "ok"]
-            if k in standings and not standings[k].failed:
+            if k in standings and any(x is not None for x in standings[k].runs):
                 s = standings[k]
                 entry.update(fate="finalist", tokens_per_s=s.median, runs=list(s.runs),
                              margin_to_leader=s.margin if s.pairs else None)
-            elif bad:
+            elif bad and not any(r["status"] == "ok" for r in rs):
                 entry.update(fate="failed", reason=f"{bad[-1]['status']}: {bad[-1]['error']}",
                              status=bad[-1]["status"])
+            elif h and k in h.finalists and h.stopped in ("budget", "interrupted"):
+                rung, score, best = measured_at.get(k, (None, None, None))
+                entry.update(fate="unconfirmed", tokens_per_s=score, rung=rung,
+                             reason=f"still in the running when measuring stopped ({h.stopped})"
+                                    + (f"; rung {rung}: {score:,.0f} tokens/s" if score else ""))
             elif k in measured_at:
                 rung, score, best = measured_at[k]
                 entry.update(fate="dropped", tokens_per_s=score, rung=rung,
                              reason=(f"rung {rung}: {score:,.0f} tokens/s, {1 - score / best:.1%} below that rung's "
                                      f"best ({best:,.0f})") if score and best else f"rung {rung}")
             else:
-                entry.update(fate="not measured", reason=f"measuring stopped ({h.stopped if h else 'nothing ran'})")
+                entry.update(fate="not measured", reason=f"measuring stopped ({h.stopped or 'before it'})")
             entry["results"] = [os.path.relpath(r["path"], runner.sweep_dir) for r in rs if r.get("path")]
         fates.append(entry)
     advice: dict[str, Any] = {"schema_version": ADVICE_SCHEMA, "mode": "exhaustive" if cfg.exhaustive else "halving",
@@ -286,7 +321,7 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
                         "at_risk": sum(f["at_risk"] for f in fates)}
     advice["winner"] = None
     advice["runners_up"] = []
-    if h and h.standings and not any(x is not None for x in h.standings[0].runs):
+    if h and h.rungs and (not h.standings or not any(x is not None for x in h.standings[0].runs)):
         # the budget ended before the finalists' pass: the screening's leader, unconfirmed
         last = [r for r in h.rungs if any(v is not None for v in r.scores.values())]
         if last:
@@ -324,7 +359,7 @@ def build_advice(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[
                 "p_adjusted": s.p_adjusted, "significant": s.significant,
                 "verdict": ("failed in every finalists' pass" if s.failed else "slower beyond noise" if s.significant
                             else "tie (within noise)")})
-    advice["halving"] = [{"rung": r.rung, "final": r.final, "steps": r.steps, "process": r.job,
+    advice["halving"] = [{"rung": r.rung, "final": r.final, "steps": r.steps, "process": r.job + 1,
                           "measured": len(r.scores), "failed": sum(v is None for v in r.scores.values()),
                           "kept": len(r.kept), "best_tokens_per_s": max((v for v in r.scores.values() if v), default=None)}
                          for r in (h.rungs if h else [])]
@@ -355,8 +390,9 @@ def print_advice(a: dict[str, Any], say=print) -> None:
         return
     lo, hi = w["tokens_per_s_interval"]
     iv = f" [{lo:,.0f}, {hi:,.0f}] ({w['interval_coverage']:.0%} interval over processes)" if lo == lo else ""
-    mem = (f"; memory {w['mem_peak_bytes'] / 2**20:,.0f} MiB measured ({w['mem_source']}), "
-           f"model {w['mem_predicted_model_bytes'] / 2**20:,.0f} MiB predicted above the runtime"
+    mem = (f"; memory {w['mem_peak_bytes'] / 2**20:,.0f} MiB a rank, "
+           f"{(w.get('mem_peak_above_baseline_bytes') or 0) / 2**20:,.0f} MiB of it above the runtime measured "
+           f"vs {w['mem_predicted_model_bytes'] / 2**20:,.0f} MiB predicted"
            if w.get("mem_peak_bytes") and w.get("mem_predicted_model_bytes") else "")
     say(f"\nadvice: {w['label']}: {w['tokens_per_s_median']:,.0f} tokens/s{iv}{mem}")
     if w["tie"]:
@@ -369,48 +405,6 @@ def print_advice(a: dict[str, Any], say=print) -> None:
     say(f"  reproduce: {w['command']}")
 
 
-def fig_advice(a: dict[str, Any]):
-    """The advice page: every measured candidate's best figure as a bar (finalists with their
-    runs' range), coloured by fate; pruned and invalid counted in the title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [f for f in a["candidates"] if f.get("tokens_per_s")]
-    rows.sort(key=lambda f: -(f["tokens_per_s"] or 0))
-    rows = rows[:40]
-    colors = {"finalist": "tab:green", "dropped": "tab:grey", "failed": "tab:red"}
-    fig, ax = plt.subplots(figsize=(8.5, 11))
-    y = list(range(len(rows)))[::-1]
-    for yi, f in zip(y, rows):
-        color = colors.get(f["fate"], "tab:blue")
-        if a["winner"] and f["key"] == a["winner"]["key"]:
-            color = "tab:orange"
-        ax.barh(yi, f["tokens_per_s"], color=color)
-        runs = [x for x in f.get("runs") or [] if x]
-        if runs:
-            ax.plot([min(runs), max(runs)], [yi, yi], color="black", lw=2)
-        ax.text(f["tokens_per_s"], yi, f" {f.get('rung', 'final') if f['fate'] == 'dropped' else f['fate']}",
-                va="center", fontsize=6)
-    ax.set_yticks(y, [f["label"] for f in rows], fontsize=6)
-    ax.set_xlabel("tokens/s (dropped: at the rung it was dropped, fewer steps; finalists: median, bar = runs' range)")
-    c = a["counts"]
-    q = a["question"]
-    ax.set_title(f"advice for {q['size']} on {q['devices']} device(s), global batch {q['global_batch_size']}: "
-                 f"{a['winner']['label'] if a['winner'] else 'none'}\n{c['enumerated']} layouts: "
-                 f"{c.get('invalid', 0)} invalid, {c.get('pruned', 0)} pruned (memory), {c.get('failed', 0)} failed; "
-                 "orange winner, green finalists, grey dropped by halving", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def advice_frame(a: dict[str, Any]):
-    """The advice page's data: one row per candidate."""
-    import pandas as pd
-    return pd.DataFrame([{k: f.get(k) for k in ("key", "label", "fate", "tokens_per_s", "rung", "reason",
-                                                   "predicted_need_bytes", "capacity_bytes", "overrides")}
-                         for f in a["candidates"]])
-
-
 def verify_pruned(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict[str, Verdict], runner: Runner,
                   say=print) -> list[dict[str, Any]]:
     """Run a sample of the memory-pruned layouts anyway (force=true) under the limit, one job
@@ -420,6 +414,10 @@ def verify_pruned(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict
     out = []
     from bench import cgroup
     cg = os.environ.get(CGROUP_ENV)
+    if not cg:
+        say("verify_pruned: skipped: the memory limit could not be enforced (no cgroup), so a forced run "
+            "would show nothing")
+        return [{"skipped": "the memory limit could not be enforced (no cgroup)"}]
     for k in pruned[:cfg.verify_pruned]:
         runner.close()
         kills = cgroup.oom_kills(cg) if cg else None
@@ -429,18 +427,27 @@ def verify_pruned(cfg: AdviseConfig, cands: dict[str, Candidate], verdicts: dict
         after = cgroup.oom_kills(cg) if cg else None
         oom = (after is not None and kills is not None and after > kills) or r["status"] == "oom" \
             or "signal 9" in (r["error"] or "")
+        # a run the cgroup let through may still not fit: the ranks' pages from before they joined
+        # (torch) are charged outside it, so its measured peaks (all ranks) are the test
+        measured = ((r.get("metrics") or {}).get("mem_peak_bytes_sum") if scores[k] is not None else None)
+        cap = verdicts[k].capacity_bytes
         out.append({"key": k, "label": cands[k].label, "status": r["status"], "error": r["error"],
                     "oom_kills": None if after is None or kills is None else after - kills,
                     "predicted_need_bytes": verdicts[k].need_bytes, "predicted_need_low_bytes": verdicts[k].need_low_bytes,
-                    "capacity_bytes": verdicts[k].capacity_bytes,
+                    "measured_peak_sum_bytes": measured, "capacity_bytes": cap,
                     "verdict": ("failed for memory, as predicted" if scores[k] is None and oom else
+                                f"did not fit, as predicted: measured {measured / 2**30:.2f} GiB over its ranks > "
+                                f"{cap / 2**30:.2f} GiB (ran: what its ranks held before joining the cgroup "
+                                "is charged outside it)" if measured and measured > cap else
                                 "FIT: pruning dropped a layout that runs" if scores[k] is not None else
                                 f"failed otherwise ({r['status']}): no evidence either way")})
     if out:
-        n = sum(o["verdict"].startswith("failed for memory") for o in out)
+        killed = sum(o["verdict"].startswith("failed for memory") for o in out)
+        over = sum(o["verdict"].startswith("did not fit") for o in out)
         fit = sum(o["verdict"].startswith("FIT") for o in out)
-        say(f"verify_pruned: {n} of {len(out)} pruned layouts, forced under the limit, were killed for memory as "
-            f"predicted" + (f"; {fit} FIT: pruning dropped them wrongly (see advice.json)" if fit else ""))
+        say(f"verify_pruned: of {len(out)} pruned layouts forced under the limit, {killed} were killed for memory "
+            f"and {over} measured above the capacity, as predicted"
+            + (f"; {fit} FIT: pruning dropped them wrongly (see advice.json)" if fit else ""))
     return out
 
 
@@ -456,8 +463,16 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
         check(cfg)
         check_writable(cfg.results_root, "results_root")
         check_writable(cfg.report_dir, "report_dir")
+        if any(o.split("=", 1)[0] == "strategy" for o in overrides):
+            raise ValueError("strategy=...: the advisor chooses the strategy; narrow its choice with "
+                             "strategies=[dp,tp]")
+        if cfg.strategies is not None and not cfg.strategies:
+            raise ValueError("strategies=[]: name at least one, e.g. strategies=[dp], or leave it out for all")
     except Exception as e:
-        raise BadInput(_one_line(e)) from None
+        line = _one_line(e).replace("python -m bench.run --help", "python -m bench.advise --help")
+        if "strategies" in line and "ListConfig" in line:
+            line = "strategies takes a list: strategies=[dp] or strategies=[dp,tp]"
+        raise BadInput(line) from None
     fp = hardware.fingerprint()
     label = cfg.hardware_label or hardware.label(fp)
     host = Host.from_fingerprint(fp)
@@ -494,7 +509,7 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
     os.environ[QUIET_ENV] = "1"  # the ranks' own progress lines; the advisor prints one line a point
     from bench import cgroup
     import contextlib
-    h = None
+    h = History()
     t_measure = time.time()
     try:
         with (cgroup.limited(limit) if limit else contextlib.nullcontext((None, "no memory_limit_gib"))) as (cg, how):
@@ -512,19 +527,21 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
                 return runner.measure(keys, steps, job, "final" if final else "rung")
 
             if cfg.exhaustive:
-                h = successive_halving(runnable, measure, first_steps=cfg.steps, steps=cfg.steps, repeats=cfg.repeats,
-                                       finalists=len(runnable), max_repeats=cfg.repeats, budget_left=budget_left,
-                                       seed=cfg.seed)
+                successive_halving(runnable, measure, first_steps=cfg.steps, steps=cfg.steps, repeats=cfg.repeats,
+                                   finalists=len(runnable), max_repeats=cfg.repeats, budget_left=budget_left,
+                                   seed=cfg.seed, history=h)
             else:
-                h = successive_halving(runnable, measure, first_steps=cfg.first_steps, steps=cfg.steps,
-                                       repeats=cfg.repeats, finalists=cfg.finalists, budget_left=budget_left,
-                                       seed=cfg.seed)
+                successive_halving(runnable, measure, first_steps=cfg.first_steps, steps=cfg.steps,
+                                   repeats=cfg.repeats, finalists=cfg.finalists, budget_left=budget_left,
+                                   seed=cfg.seed, history=h)
             runner.close()
             if cfg.verify_pruned:
                 extra["verify_pruned"] = verify_pruned(cfg, cands, verdicts, runner, say)
     except KeyboardInterrupt:
         runner.close()
-        extra["stopped"] = "interrupted"
+        h.stopped = "interrupted"
+        if h.final_runs:
+            h.standings = verdict(h.final_runs, h.alpha_per_look)
         raise
     finally:
         runner.close()
@@ -549,13 +566,14 @@ def _json_safe(v: Any) -> Any:
 
 def write_advice_report(advice: dict[str, Any], sweep_dir: str, report_dir: str) -> str:
     """The sweep's report (bench.report), the advice page first; its data as NAME.advice.csv."""
-    from bench import report
+    from bench import figures, report
     from bench.results import load
     df = load([sweep_dir])
     name = os.path.basename(os.path.normpath(sweep_dir))
     out = os.path.join(report_dir, f"{name}.pdf")
-    report.write_report(df, out, title=f"scalebench advice {name}", first=[fig_advice(advice)], advice=(advice,))
-    advice_frame(advice).to_csv(os.path.splitext(out)[0] + ".advice.csv", index=False)
+    report.write_report(df, out, title=f"scalebench advice {name}", first=[figures.fig_advice(advice)],
+                        advice=(advice,))
+    figures.advice_frame(advice).to_csv(os.path.splitext(out)[0] + ".advice.csv", index=False)
     return out
 
 

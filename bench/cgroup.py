@@ -4,10 +4,11 @@ The advisor (bench/advise.py) prunes layouts whose memory cannot fit a capacity;
 `memory_limit_gib` the capacity is made real for every rank it launches: the ranks join a
 cgroup whose memory limit is that capacity (each rank joins at its start, bench.worker, from
 CGROUP_ENV), so a layout that needs more is ended by the kernel's OOM killer, as it would be
-on a machine of that size. cgroup v2 (`memory.max`) and v1 (`memory.limit_in_bytes`, with
-`memory.move_charge_at_immigrate` so a rank's pages move with it) are both handled (under v2
-what a rank allocated before joining, importing torch, about 0.2 GiB, stays charged outside:
-the limit is that much looser); where no
+on a machine of that size. cgroup v2 (`memory.max`) and v1 (`memory.limit_in_bytes`) are both handled. A rank joins after
+torch is imported (torch elastic's process wrapper imports it first): where the kernel still
+moves a joining process's pages (v1 `memory.move_charge_at_immigrate`, gone from recent
+kernels) they move with it, otherwise they stay charged outside and the limit is looser by
+them (about 0.2-0.3 GiB a rank); where no
 cgroup can be made (no permission, no memory controller) `limited` yields None and says why.
 No torch here.
 """
@@ -49,11 +50,16 @@ def limited(limit_bytes: int) -> Iterator[tuple[str | None, str]]:
         return
     parent, version = own
     path = os.path.join(parent, f"scalebench-{secrets.token_hex(4)}")
+    moves = False
     try:
         os.mkdir(path)
         if version == 1:
-            with open(os.path.join(path, "memory.move_charge_at_immigrate"), "w") as f:
-                f.write("1")  # a rank's anonymous pages (torch, imported before it joins) move with it
+            try:  # a rank's pages (torch, imported before it joins) move with it; removed in recent kernels
+                with open(os.path.join(path, "memory.move_charge_at_immigrate"), "w") as f:
+                    f.write("1")
+                moves = True
+            except OSError:
+                pass
             with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
                 f.write(str(limit_bytes))
             with contextlib.suppress(OSError):  # no swap either, where swap accounting exists
@@ -71,7 +77,9 @@ def limited(limit_bytes: int) -> Iterator[tuple[str | None, str]]:
         yield None, f"cannot make a cgroup under {parent} ({e.strerror})"
         return
     try:
-        yield path, f"cgroup v{version} {path}, limit {limit_bytes / 2**30:.2f} GiB"
+        yield path, (f"cgroup v{version} {path}, limit {limit_bytes / 2**30:.2f} GiB; "
+                     + ("a rank's pages move with it" if moves else
+                        "what a rank allocated before joining (importing torch) stays outside the limit"))
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(path)

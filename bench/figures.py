@@ -911,3 +911,43 @@ def repeats_data(df: pd.DataFrame, level: float = stats.CI_LEVEL) -> pd.DataFram
                      "within_run_range": float(np.median([_range(s) for s in steps])) if steps else np.nan,
                      "steps_per_run": int(np.median([len(s) for s in steps])) if steps else np.nan, **_ctx(r)})
     return pd.DataFrame(rows, columns=_cols(cols))
+
+
+# -- the advice page (bench.advise) ------------------------------------------------------------
+
+def fig_advice(a: dict):
+    """The advice page: every measured candidate's best figure as a bar (finalists with their
+    runs' range), coloured by fate; pruned and invalid counted in the title."""
+    rows = [f for f in a["candidates"] if f.get("tokens_per_s")]
+    rows.sort(key=lambda f: -(f["tokens_per_s"] or 0))
+    rows = rows[:40]
+    colors = {"finalist": "tab:green", "dropped": "tab:grey", "failed": "tab:red"}
+    fig, ax = plt.subplots(figsize=(8.5, 11))
+    y = list(range(len(rows)))[::-1]
+    for yi, f in zip(y, rows):
+        color = colors.get(f["fate"], "tab:blue")
+        if a["winner"] and f["key"] == a["winner"]["key"]:
+            color = "tab:orange"
+        ax.barh(yi, f["tokens_per_s"], color=color)
+        runs = [x for x in f.get("runs") or [] if x]
+        if runs:
+            ax.plot([min(runs), max(runs)], [yi, yi], color="black", lw=2)
+        ax.text(f["tokens_per_s"], yi, f" {f.get('rung', 'final') if f['fate'] == 'dropped' else f['fate']}",
+                va="center", fontsize=6)
+    ax.set_yticks(y, [f["label"] for f in rows], fontsize=6)
+    ax.set_xlabel("tokens/s (dropped: at the rung it was dropped, fewer steps; finalists: median, bar = runs' range)")
+    c = a["counts"]
+    q = a["question"]
+    ax.set_title(f"advice for {q['size']} on {q['devices']} device(s), global batch {q['global_batch_size']}: "
+                 f"{a['winner']['label'] if a['winner'] else 'none'}\n{c['enumerated']} layouts: "
+                 f"{c.get('invalid', 0)} invalid, {c.get('pruned', 0)} pruned (memory), {c.get('failed', 0)} failed; "
+                 "orange winner, green finalists, grey dropped by halving", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def advice_frame(a: dict):
+    """The advice page's data: one row per candidate."""
+    return pd.DataFrame([{k: f.get(k) for k in ("key", "label", "fate", "tokens_per_s", "rung", "reason",
+                                                   "predicted_need_bytes", "capacity_bytes", "overrides")}
+                         for f in a["candidates"]])

@@ -137,7 +137,8 @@ def order_for(keys: list[str], job: int, seed: int) -> list[str]:
 
 def successive_halving(keys: list[str], measure: Callable[[list[str], int, int, bool], dict[str, float | None]], *,
                        first_steps: int, steps: int, repeats: int, finalists: int = 2, max_repeats: int | None = None,
-                       budget_left: Callable[[], bool] = lambda: True, seed: int = 0) -> History:
+                       budget_left: Callable[[], bool] = lambda: True, seed: int = 0,
+                       history: History | None = None) -> History:
     """Run the advisor's measuring plan. `measure(keys, steps, job, final)` measures `keys` in
     that order, `steps` measured steps each, in process `job` (0, 1, ...: a new number starts
     a new process; `final`: a pass of the finalists, not a halving rung), and returns their
@@ -147,14 +148,15 @@ def successive_halving(keys: list[str], measure: Callable[[list[str], int, int, 
     `finalists` remain, then the finalists at `steps`. Jobs 1..repeats-1: the finalists
     again, each job a process. Then, while the leader is not beyond noise from every other
     finalist, one more job each, up to `max_repeats` (default 2 x repeats). `budget_left()`
-    is asked before every pass after the first: False ends the measuring where it is.
+    is asked before every pass after the first (the first rung always completes): False ends
+    the measuring where it is. `history`: filled in place as the passes end.
 
     The verdict is looked at after `repeats` processes and after each one added: testing at
     every look and stopping at the first "beyond noise" would make a false winner more likely
     than alpha (Armitage, McPherson & Rowe 1969: about 0.12 for 4 looks at 0.05), so the
     family-wise alpha 0.05 is split over the looks (Bonferroni: 0.0125 each for 4)."""
     max_repeats = max_repeats if max_repeats is not None else 2 * repeats
-    h = History()
+    h = history if history is not None else History()  # filled as it goes: an interrupt keeps what was reached
     h.looks = max(1, max_repeats - repeats + 1)
     h.alpha_per_look = (1 - CI_LEVEL) / h.looks
     alive = list(keys)

@@ -22,7 +22,7 @@ NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # the launcher's tag (host-pid): nodes may
 QUIET_ENV = "SCALEBENCH_QUIET"  # set: no progress lines (bench.perf runs many points and prints its own)
 FAULT_ENV = "SCALEBENCH_FAULT"  # tests only: "kill|hang|nan:RANK:STEP", "slow:RANK:FRACTION", [@k=v,...]
 CGROUP_ENV = "SCALEBENCH_CGROUP"  # bench.advise: a cgroup folder each rank joins first (bench/cgroup.py)
-DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: a folder for each rank's final parameters
+DUMP_ENV = "SCALEBENCH_DUMP_PARAMS"  # tests only: set, each rank saves its parameters in the point's folder
 LOCK_DIR_ENV = "SCALEBENCH_LOCK_DIR"  # the core locks' folder (default: in the temp folder, per user)
 # the sweep process -> its jobs
 TOTAL_ENV = "SCALEBENCH_SWEEP_TOTAL"  # points in this sweep, for "[point i/n]"

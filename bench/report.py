@@ -323,8 +323,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"error: no result.json under {', '.join(a.results)}; run a sweep first (python -m bench.run -m ...)")
     print(summary_table(df))
     advice = find_advice(a.results)  # bench.advise's answers: their page first, their verdicts on the map
-    from bench.advise import fig_advice
-    print(f"report: {write_report(df, a.output, a.title, first=[fig_advice(x) for x in advice], advice=tuple(advice))}")
+    first = [figures.fig_advice(x) for x in advice]
+    print(f"report: {write_report(df, a.output, a.title, first=first, advice=tuple(advice))}")
+    if advice:  # the advice page's data, beside the page's other CSVs
+        pd.concat([figures.advice_frame(x) for x in advice]).to_csv(os.path.splitext(a.output)[0] + ".advice.csv",
+                                                                    index=False)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ class Job:
         os.makedirs(job_dir, exist_ok=True)
         self.k = 0
         self.sizes: dict[int, int] = {}  # order -> its number of points
+        self.done = 0  # points this job measured
         self.outcome = None  # bench.launch.Outcome, once the job has ended
         self.t_start = time.time()
         self._first = True
@@ -189,6 +190,7 @@ class Job:
             o = ItemOutcome("ok", metrics=done["metrics"], duration_s=done["finished"] - started)
             if self._first:  # what launching the ranks cost is the first point's
                 o.launch_s, self._first = started - self.t_start, False
+            self.done += 1
             out.append(o)
             if on_item:
                 on_item(i, o)

@@ -129,11 +129,10 @@ def serve_rank(spec: RunSpec, job_dir: str) -> None:
                 if local_rank == 0:
                     session.mark_current(job_dir, k, i, item.timeout_s)
                 fault = protocol.fault_for(os.environ.get(FAULT_ENV, ""), item.name)
-                held: list = []
-                m = measure(item.spec, item.out_dir, proc, fault=fault, gather_all=True, held=held)
+                m = measure(item.spec, item.out_dir, proc, fault=fault, gather_all=True)
                 if local_rank == 0:
                     session.write_item(job_dir, k, i, m, started)
-                _release(held[0] if held else None)
+                _release()
             k += 1
 
 
@@ -141,16 +140,12 @@ def _ranks() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def _release(mesh=None) -> None:
-    """Between the points of a standing job: drop what the last one held, its mesh's own
-    process groups included (a 1-D mesh over the whole job uses the default group, which stays)."""
+def _release() -> None:
+    """Between the points of a standing job: drop what the last one held. A mesh's process
+    groups stay: DTensor's caches name them after the point (destroying them made the next
+    2-D mesh's point fail with "Could not resolve the process group"); a 2-D mesh's groups
+    are a few per point, gloo's sockets between the same ranks."""
     import gc
-    if mesh is not None:
-        dist.barrier()  # every rank is done with the mesh's groups before they go
-        default = dist.distributed_c10d._get_default_group()
-        for g in {id(g): g for g in mesh.get_all_groups()}.values():
-            if g is not default:
-                dist.destroy_process_group(g)
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
@@ -164,6 +159,7 @@ class Proc:
     world: int
     device: torch.device
     t_joined: float | None  # perf_counter when it began joining the group (None once a point used it)
+    baseline_rss: int = 0  # RSS once the group existed: the runtime every point of the process stands on
     peaks: dict[str, dict[str, Any]] = field(default_factory=dict)  # precision -> peak FLOP/s (rank 0)
 
 
@@ -180,20 +176,21 @@ def _join(spec: RunSpec, rank: int, local_rank: int, world: int) -> Proc:
         torch.set_num_threads(spec.cpu_threads_per_device)
         cores.pin(local_rank, spec.cpu_threads_per_device)  # its own cores: ranks never share one
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    return Proc(rank, local_rank, world, device, t0)
+    return Proc(rank, local_rank, world, device, t0, baseline_rss=psutil.Process().memory_info().rss)
 
 
 def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
-            gather_all: bool = False, held: list | None = None) -> dict[str, Any] | None:
+            gather_all: bool = False) -> dict[str, Any] | None:
     """Build `spec`'s model on this rank, train it, and return the point's metrics (rank 0;
-    every rank with `gather_all`). `fault`: a planted fault (tests), else FAULT_ENV's.
-    `held`: receives the point's device mesh, for the caller to release."""
+    every rank with `gather_all`). `fault`: a planted fault (tests), else FAULT_ENV's."""
     rank, local_rank, world, device = proc.rank, proc.local_rank, proc.world, proc.device
     progress = Progress(rank == 0)
     # a lone point's time_init_s counts from joining the group; a standing job's later points from their build
     t0 = proc.t_joined if proc.t_joined is not None else time.perf_counter()
     proc.t_joined = None
-    baseline_rss = psutil.Process().memory_info().rss
+    # the runtime baseline is the process's, from before its first point: a later point of a standing
+    # job measured from its own start would leave out what the process kept of earlier points
+    baseline_rss = proc.baseline_rss or psutil.Process().memory_info().rss
     if rank == 0 and spec.precision.value not in proc.peaks:  # before the model takes memory
         proc.peaks[spec.precision.value] = peaks(device, spec.precision)
     peak = proc.peaks.get(spec.precision.value, {})
@@ -209,8 +206,6 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     if spec.layout.mesh is not None:
         names, sizes = zip(*spec.layout.mesh)
         mesh = init_device_mesh(device.type, sizes, mesh_dim_names=names)
-        if held is not None:
-            held.append(mesh)
     ctx = Ctx(rank, world, local_rank, device, spec.precision, scaler, mesh)
     progress("build", 0, 1, f"{spec.size} {spec.strategy} on {world} x {device.type}")
 
@@ -229,10 +224,10 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     progress("build", 1, 1, f"{t_built - t0:.1f} s")
 
     if os.environ.get(DUMP_ENV):  # the initial weights, for the tests (outside every measured phase)
-        dump_params(par, os.environ[DUMP_ENV], rank, prefix="init.")
+        dump_params(par, out_dir, rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
     if os.environ.get(DUMP_ENV):
-        dump_params(par, os.environ[DUMP_ENV], rank)
+        dump_params(par, out_dir, rank)
     del par, batches
     mem = memory_stats(device, baseline_rss, meter, sampler)
     mem["nvml_used_baseline_bytes"] = nvml_baseline

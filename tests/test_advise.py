@@ -279,7 +279,8 @@ def test_advice_run_with_a_planted_hang_and_failure(tmp_path):
     assert len(a["winner"]["tokens_per_s_runs"]) >= 3 and a["winner"]["mem_peak_bytes"] > 0
     from bench.results import load
     df = load([str(sweep)])
-    assert sorted(df["status"]) == ["failed", "timeout"] + ["ok"] * (a["points_measured"] - 2)
+    from collections import Counter
+    assert Counter(df["status"]) == Counter({"ok": a["points_measured"] - 2, "failed": 1, "timeout": 1})
     assert "advice:" in r.stdout and os.path.exists(r.stdout.split("report: ")[1].strip())
 
 
@@ -333,3 +334,15 @@ def test_the_memory_lower_bound_sums_the_pipeline_stages():
     assert low == int(first.total_bytes / MODEL_OVER_PREDICTION + last.total_bytes / MODEL_OVER_PREDICTION
                       + 2 * CPU_RANK_BASELINE_MIN_BYTES)
     assert low < 2 * (max(first.total_bytes, last.total_bytes) / MODEL_OVER_PREDICTION + CPU_RANK_BASELINE_MIN_BYTES)
+
+
+def test_fates_when_the_budget_ends_in_the_halving():
+    cfg = advise_cfg("size=tiny", "devices=2")
+    cands = {f"c{i}": c for i, c in enumerate(enumerate_candidates(cfg, ["dp"], checkpointing=False))}
+    verdicts = {k: classify(c, HOST) for k, c in cands.items()}
+    calls = []
+    h = halving.successive_halving(list(cands), _fake_measure({k: 100.0 + i for i, k in enumerate(cands)}, calls),
+                                   first_steps=2, steps=8, repeats=3, finalists=1, budget_left=lambda: False)
+    fates = {f["key"]: f["fate"] for f in advise.build_advice(cfg, cands, verdicts, h, _Runner({}), [], {})["candidates"]}
+    # rung 0 measured all 4 and kept the better 2; then the budget: those 2 are unconfirmed, no finalist
+    assert sorted(fates.values()) == ["dropped", "dropped", "unconfirmed", "unconfirmed"]
