@@ -522,8 +522,11 @@ def advise(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
             def budget_left() -> bool:
                 return cfg.budget_s is None or time.time() - t_measure < cfg.budget_s
 
+            rungs = iter(range(10**6))  # numbered from 0, as the fates' reasons say them
+
             def measure(keys, steps, job, final):
-                say(f"  [{'final' if final else 'rung'}] {len(keys)} layout(s) x {steps} steps, process {job + 1}")
+                what = "final" if final else f"rung {next(rungs)}"
+                say(f"  [{what}] {len(keys)} layout(s) x {steps} steps, process {job + 1}")
                 return runner.measure(keys, steps, job, "final" if final else "rung")
 
             if cfg.exhaustive:

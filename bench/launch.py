@@ -59,18 +59,19 @@ class Outcome:
 def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str, Any] | None],
            watch: Callable[[], str | None] | None = None) -> Outcome:
     """Run `entry` in every rank of this node; the job's outcome (rank 0's metrics if ok).
-    `watch`, polled every 0.2 s while the job runs, may end it early: a text it returns ends
-    every rank and becomes the `timeout` outcome's error (a standing job's per-point timeout)."""
+    `watch`, polled every 0.2 s while the job runs, takes the place of the job's `timeout_s`
+    (which then only bounds the wait for cores): a text it returns ends every rank and
+    becomes the `timeout` outcome's error (a standing job's per-point timeout)."""
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.makedirs(out_dir, exist_ok=True)
     timed_out, done = threading.Event(), threading.Event()
     why: list[str] = []
 
     def watchdog() -> None:
-        deadline = time.monotonic() + spec.timeout_s
-        while not done.wait(min(0.2, spec.timeout_s) if watch else spec.timeout_s):
+        deadline = None if watch else time.monotonic() + spec.timeout_s
+        while not done.wait(0.2 if watch else spec.timeout_s):
             reason = watch() if watch else None
-            if reason or time.monotonic() >= deadline:
+            if reason or (deadline is not None and time.monotonic() >= deadline):
                 why.append(reason or "")
                 timed_out.set()
                 _kill_tree()

@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.config import MAX_TIMEOUT_S
 from bench.spec import RunSpec
 
 POLL_S = 0.05  # the driver shares the cores with the ranks: it looks rarely
@@ -118,8 +117,8 @@ class Job:
         self.outcome = None  # bench.launch.Outcome, once the job has ended
         self.t_start = time.time()
         self._first = True
-        # the job runs as long as it is ordered to; each point is watched against its own timeout
-        lead = dataclasses.replace(lead, timeout_s=MAX_TIMEOUT_S)
+        # the job runs as long as it is ordered to: the watch holds each point to its own timeout
+        # (the lead's timeout_s only bounds the wait for cores)
         self._thread = threading.Thread(target=self._run, args=(launch, lead, entry), daemon=True)
         self._thread.start()
 
