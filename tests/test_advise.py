@@ -65,7 +65,7 @@ def test_enumeration_mp_mini_global_batch_8():
 def test_each_candidate_keeps_the_global_batch_and_reproduces():
     cfg = advise_cfg("size=mini", "devices=2", "global_batch_size=8")
     for c in enumerate_candidates(cfg, ["dp", "tp"]):
-        assert f"global_batch_size=8" in c.name and c.name.startswith(f"strategy={c.cfg.strategy.name}")
+        assert "global_batch_size=8" in c.name and c.name.startswith(f"strategy={c.cfg.strategy.name}")
         v = classify(c, HOST)
         if v.spec is not None:
             assert v.spec.global_batch_size == 8
