@@ -153,26 +153,23 @@ class Runner:
             items = [Item(spec, out_dir, self.cands[k].name, self.cands[k].cfg.timeout_s)
                      for k, spec, out_dir, _ in group]
             outs = j.measure(items, on_item=lambda i, o: self._recorded(group[i], o, j, len(group)))
-            first = []  # a crash after other points of its process: once more, first in a fresh one
+            crashed = []  # a crash after other points of its process: once more, first in a fresh one
             for g, o in zip(group, outs):
                 k = g[0]
                 if o is not None:
                     scores[k] = o.metrics["tokens_per_s"] if o.status == "ok" and o.metrics else None
                     if o.status != "ok" and self._crash(o, j) and k not in retried:
                         retried.add(k)
-                        first.append(self._prepare(k, steps, job, stage, scores))
+                        crashed.append(k)
                     elif o.status != "ok":
                         failed.add(k)
-            first = [p for p in first if p]
             missed = [g for g, o in zip(group, outs) if o is None]
-            if not missed:
-                pending = rest
+            prep = lambda ks: [p for p in (self._prepare(k, steps, job, stage, scores) for k in ks) if p]  # noqa: E731
+            if not missed:  # (a crash at the group's last point: its retry opens a fresh process)
+                pending = prep(crashed) + rest
                 continue
             self.close()  # the job ended: what it did not reach goes on in a new process
             restarts += 1
-            if first and not missed:
-                pending = first + rest
-                continue
             if len(missed) == len(group) or restarts > 3:  # the job could not start, or keeps ending
                 for k, _, out_dir, res in missed:
                     o = j.outcome
@@ -182,11 +179,10 @@ class Runner:
                     scores[k] = None
                 pending = rest
             elif stage == "final":
-                again = [k for k, *_ in group if k not in failed]
-                again = [k for k in again if k in {p[0] for p in first}] + [k for k in again if k not in {p[0] for p in first}]
-                pending = [p for p in (self._prepare(k, steps, job, stage, scores) for k in again) if p] + rest
+                again = [k for k, *_ in group if k not in failed and k not in crashed]
+                pending = prep(crashed + again) + rest
             else:
-                pending = first + missed + rest
+                pending = prep(crashed) + missed + rest
         return scores
 
     @staticmethod
