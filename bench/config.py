@@ -235,6 +235,15 @@ class AdviseConfig(BenchConfig):
                                   "comparison the halving saves)")
 
 
+
+@dataclass
+class ProbeConfig(BenchConfig):
+    """`python -m bench.probe`: where the ranks run (devices, accelerator, launcher, threads,
+    hardware_label, results_root, timeout_s: a point's keys) and the message sizes."""
+    min_bytes: int = key(1024, "probe: smallest message, bytes (rounded up to a power of two)", ge=4)
+    max_bytes: int = key(256 * 2**20, "probe: largest message, bytes (rounded down to a power of two)", ge=4,
+                         le=2**34)
+
 # Keys that change what is measured; everything else (paths, timeouts, labels) does not
 # enter the config hash.
 BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global_batch_size",
@@ -438,6 +447,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=BenchConfig)
     cs.store(name="advise_config", node=AdviseConfig)
+    cs.store(name="probe_config", node=ProbeConfig)
     cs.store(group="hydra/help", name="scalebench",
              node={"app_name": "bench.run", "header": "", "footer": "", "template": help_text()})
     # `${uniq:}` in the sweep folder's name: two sweeps started in the same second get two

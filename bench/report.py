@@ -319,12 +319,21 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         _fail(f"error: no such file or folder: {', '.join(missing)}; give result folders made by bench.run")
     df = load(a.results, on_skip=lambda m: print(f"skipped {m}", file=sys.stderr))
-    if df.empty:
+    from bench.results import load_probes
+    probes = load_probes(a.results)  # bench.probe's results: a bandwidth page each
+    if df.empty and not probes:
         _fail(f"error: no result.json under {', '.join(a.results)}; run a sweep first (python -m bench.run -m ...)")
-    print(summary_table(df))
+    if df.empty:
+        df = pd.DataFrame({"status": pd.Series(dtype=str)})
+    else:
+        print(summary_table(df))
     advice = find_advice(a.results)  # bench.advise's answers: their page first, their verdicts on the map
     first = [figures.fig_advice(x) for x in advice]
-    print(f"report: {write_report(df, a.output, a.title, first=first, advice=tuple(advice))}")
+    from bench.figures_projection import bandwidth_data, fig_bandwidth
+    extra = [fig_bandwidth(p) for p in probes]
+    print(f"report: {write_report(df, a.output, a.title, first=first, advice=tuple(advice), extra=extra)}")
+    if probes:  # the bandwidth pages' data
+        bandwidth_data(probes).to_csv(os.path.splitext(a.output)[0] + ".bandwidth.csv", index=False)
     if advice:  # the advice page's data, beside the page's other CSVs
         pd.concat([figures.advice_frame(x) for x in advice]).to_csv(os.path.splitext(a.output)[0] + ".advice.csv",
                                                                     index=False)

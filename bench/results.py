@@ -14,6 +14,8 @@ One `result.json` per job, written whatever happened to the job:
     prediction      the memory model's figures (bench/memory.py: parts, model_bytes, total_bytes), or null
     hardware, hardware_label, software, started_at, finished_at, duration_s, output_dir
     fault           only when SCALEBENCH_FAULT planted one (tests, demonstrations): its value
+    kind            absent for a benchmark point; `probe` for an interconnect probe (bench.probe:
+                    its table under metrics.probe), which `load` leaves out and `load_probes` reads
 """
 from __future__ import annotations
 
@@ -119,7 +121,7 @@ def ok_index(root: str) -> dict[tuple[str, str], list[str]]:
                 r = read_result(f)
             except ValueError:
                 continue
-            if r["status"] == "ok":
+            if r["status"] == "ok" and r.get("kind", "benchmark") == "benchmark":
                 index.setdefault((r.get("config_hash"), r.get("hardware_label")), []).append(f)
     return index
 
@@ -212,8 +214,27 @@ def load(paths: Iterable[str] | str, on_skip=None) -> pd.DataFrame:
     rows = []
     for f in find_result_files(paths):
         try:
-            rows.append(flatten(read_result(f), f))
+            r = read_result(f)
         except ValueError as e:
             if on_skip is not None:
                 on_skip(str(e))
+            continue
+        if r.get("kind", "benchmark") == "benchmark":  # probes (bench.probe): load_probes
+            rows.append(flatten(r, f))
     return pd.DataFrame(rows)
+
+
+def load_probes(paths: Iterable[str] | str) -> list[dict[str, Any]]:
+    """The ok interconnect probes (bench.probe) under `paths`: their result records, each with
+    `path` added, oldest first."""
+    if isinstance(paths, str):
+        paths = [paths]
+    out = []
+    for f in find_result_files(paths):
+        try:
+            r = read_result(f)
+        except ValueError:
+            continue
+        if r.get("kind") == "probe" and r["status"] == "ok":
+            out.append({**r, "path": f})
+    return sorted(out, key=lambda r: r.get("started_at") or "")

@@ -86,6 +86,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
     losses: list[torch.Tensor] = []
     times: list[float] = []
     warmup_times: list[float] = []
+    opt_times: list[float] = []  # from the end of forward-backward to the step's end (CPU: the optimizer)
     zero = torch.zeros((), device=ctx.device)
     t_window = 0.0
     for step in range(n_total):
@@ -100,6 +101,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = par.forward_backward(batches[step])
+        t_fb = time.perf_counter()  # on a CPU the forward-backward is done here; on a GPU only queued
         if fault and fault[0] == "nan" and step == fault[2] and loss is not None:
             loss = loss * float("nan")
         if ctx.scaler is not None:
@@ -114,6 +116,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         losses.append(loss if loss is not None else zero)
         if step >= spec.warmup_steps:
             times.append(dt)
+            opt_times.append(t0 + dt - t_fb)
             progress("measure", step - spec.warmup_steps + 1, spec.steps, f"{dt:.3f} s/step")
         else:
             warmup_times.append(dt)
@@ -124,7 +127,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
 
     # reductions after the window: slowest rank per step, mean loss over loss ranks (= dp)
     # on the device: NCCL reduces CUDA tensors only (gloo takes CPU ones, the device there)
-    step_t = torch.tensor(times + [window], dtype=torch.float64, device=ctx.device)
+    step_t = torch.tensor(times + opt_times + [window], dtype=torch.float64, device=ctx.device)
     loss_t = torch.stack([l.float() for l in losses]).double()
     if ctx.world > 1:
         dist.all_reduce(step_t, op=dist.ReduceOp.MAX)
@@ -133,7 +136,8 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         dist.all_reduce(n_loss)
         loss_t /= n_loss
     step_t, loss_t = step_t.cpu(), loss_t.cpu()
-    times, window = step_t[:-1].tolist(), step_t[-1].item()
+    n = len(times)
+    times, opt_times, window = step_t[:n].tolist(), step_t[n:2 * n].tolist(), step_t[-1].item()
     q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
     tokens_per_s = spec.tokens_per_step * spec.steps / window
     loss_list = loss_t.tolist()
@@ -151,6 +155,9 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         "loss_first": loss_list[0],
         "loss_last": loss_list[-1],
         "optimizer": "AdamW fused" if opt.defaults.get("fused") else "AdamW foreach",
+        # CPU only (a GPU step is timed whole: a synchronisation inside it would change it): the
+        # optimizer's part of a step, slowest rank, median; what bench.project scales by parameters
+        "optimizer_time_s": statistics.median(opt_times) if ctx.device.type == "cpu" else None,
         "warmup_times_s": warmup_times,
         # compilation happens in the warm-up: its cost is the warm-up's excess over steady steps
         "compile_s": max(0.0, sum(warmup_times) - len(warmup_times) * med) if spec.compile else None,

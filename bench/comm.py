@@ -1,0 +1,141 @@
+"""Communication per optimizer step, per strategy, from first principles. Pure arithmetic.
+
+What each rank puts on the wire in one optimizer step, as a list of `Comm`: the collective,
+its message size S as nccl-tests defines it (bench/probe.py: the all-reduce buffer, all-gather's
+output, reduce-scatter's input, what one send carries), how many times per step, over which
+group (dp, tp, pp, or the pipeline's tie pair) and whether it can hide behind computation
+(`overlappable`: DDP's bucketed all-reduces and FSDP's gathers and reductions run beside the
+backward; tensor-parallel all-reduces and pipeline sends sit on the critical path).
+
+The volumes (REFERENCE.md, "Collectives"), in this project's implementation (bench/parallel):
+
+* DDP (`dp`, hybrid dp): the gradients all-reduced once per step, fp32 (the parameters stay fp32
+  under autocast), in buckets of DDP_BUCKET_BYTES: 4 x P_rank bytes, P_rank the parameters the
+  rank holds (its tp shard and pp stage).
+* FSDP2 (`fsdp`, hybrid fsdp): per micro-step and unit (every block, then the root:
+  embeddings, final LayerNorm): an all-gather of the unit's parameters in forward (in the compute dtype under
+  mixed precision, else fp32), again in backward for the blocks when `reshard_after_forward`
+  (the root is never resharded), and a reduce-scatter of its gradients in fp32.
+* Tensor parallel (Megatron, Shoeybi et al. 2019): per block and micro-batch two all-reduces
+  of the block's output activations (micro_batch x seq x H) in forward (after W^O and after
+  the MLP's second matrix) and two in backward (the inputs' gradients of Q/K/V and of the
+  MLP's first matrix); a recomputed forward (activation checkpointing) repeats the forward
+  two. With sequence parallelism each all-reduce becomes an all-gather and a reduce-scatter of
+  the same full tensor (the same bus bytes: 2(n-1)/n x S). Activations in the compute dtype.
+* Pipeline: per micro-batch and stage boundary one send forward (the residual stream,
+  micro_batch x seq x H, fp32: autocast keeps the residual stream fp32) and one backward (its
+  gradient); once per step the tied embedding's gradient (V x H, fp32) all-reduced between
+  the first and last stage.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FP32 = 4
+DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel's bucket_cap_mb default (25 MiB)
+
+
+@dataclass(frozen=True)
+class Comm:
+    """One kind of message of a step: `count` operations of `size_bytes` each (S as nccl-tests
+    defines it) over the `group` (dp | tp | pp | tie) of `ranks` ranks."""
+    op: str  # all_reduce | all_gather | reduce_scatter | sendrecv
+    size_bytes: float
+    count: float
+    group: str
+    ranks: int
+    overlappable: bool
+    what: str
+
+    @property
+    def bytes_per_step(self) -> float:
+        return self.size_bytes * self.count
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model and the step's work: L layers, H hidden, V vocabulary, T_max positions,
+    `seq` tokens per sequence, `micro_batch` sequences per micro-batch, `microbatches` per
+    micro-step (pipeline), `grad_accum` micro-steps per optimizer step."""
+    L: int
+    H: int
+    V: int
+    T_max: int
+    seq: int
+    micro_batch: int
+    microbatches: int = 1
+    grad_accum: int = 1
+
+
+def block_params(H: int) -> int:
+    """Parameters of one block (bench/model.py; REFERENCE.md): 12 H^2 + 13 H."""
+    return 12 * H * H + 13 * H
+
+
+def root_params(H: int, V: int, T_max: int) -> int:
+    """Parameters outside the blocks: token and position embeddings (the token embedding is the
+    tied output layer) and the final LayerNorm."""
+    return V * H + T_max * H + 2 * H
+
+
+def rank_params(L: int, H: int, V: int, T_max: int, tp: int, pp: int, stage: int) -> int:
+    """Parameters a rank holds before any data-parallel sharding: its stage's blocks with their
+    matrices split by tp (biases and LayerNorms too, the upper bound), and the root's parts on
+    the first (embeddings) and last stage (final LayerNorm, tied output layer)."""
+    from bench.flops import stage_layers
+    layers = len(stage_layers(L, pp)[stage])
+    p = layers * (12 * H * H + 13 * H) // tp
+    if stage == 0:
+        p += V * H + T_max * H
+    if stage == pp - 1:
+        p += 2 * H + (V * H if pp > 1 else 0)  # the last stage's own copy of the tied matrix
+    return p
+
+
+def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, sequence_parallel: bool = False,
+               reshard_after_forward: bool | None = None, checkpointing: bool = False,
+               compute_bytes: int = FP32, stage: int | None = None) -> list[Comm]:
+    """Every message of one optimizer step of one rank (the most loaded stage's when `stage` is
+    None: the last, which holds the output layer). `data_parallel`: 'ddp' | 'fsdp' | None."""
+    out: list[Comm] = []
+    steps = s.microbatches * s.grad_accum  # micro-batches through this rank per optimizer step
+    act = s.micro_batch * s.seq * s.H  # elements of one micro-batch's activations
+    stage = pp - 1 if stage is None else stage
+    from bench.flops import stage_layers
+    layers = len(stage_layers(s.L, pp)[stage])
+    if tp > 1:
+        fwd = 2 * layers * steps * (2 if checkpointing else 1)
+        bwd = 2 * layers * steps
+        if sequence_parallel:
+            for op in ("all_gather", "reduce_scatter"):
+                out.append(Comm(op, act * compute_bytes, fwd + bwd, "tp", tp, False,
+                                f"sequence-parallel {op.replace('_', '-')} of block activations"))
+        else:
+            out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tp", tp, False,
+                            "tensor-parallel all-reduce of block activations (2 forward, 2 backward per block)"))
+    if pp > 1:
+        out.append(Comm("sendrecv", act * FP32, 2 * steps, "pp", 2, False,
+                        "pipeline send of activations (forward) and their gradients (backward) per micro-batch"))
+        if stage in (0, pp - 1):
+            out.append(Comm("all_reduce", s.V * s.H * FP32, 1, "tie", 2, False,
+                            "tied embedding gradient, first and last stage"))
+    if dp > 1 and data_parallel == "ddp":
+        total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage) * FP32
+        n = max(1, math.ceil(total / DDP_BUCKET_BYTES))
+        out.append(Comm("all_reduce", total / n, n, "dp", dp, True, "DDP gradient all-reduce (fp32, 25 MiB buckets)"))
+    if dp > 1 and data_parallel == "fsdp":
+        blk = block_params(s.H) // tp
+        root = root_params(s.H, s.V, s.T_max)
+        gather = compute_bytes
+        # per micro-step (FSDP2 gathers and reduces in every forward and backward)
+        blk_gathers = layers * (2 if reshard_after_forward else 1) * s.grad_accum
+        out.append(Comm("all_gather", blk * gather, blk_gathers, "dp", dp, True,
+                        "FSDP all-gather of block parameters (forward" + (", backward)" if reshard_after_forward else ")")))
+        out.append(Comm("all_gather", root * gather, s.grad_accum, "dp", dp, True,
+                        "FSDP all-gather of the root (embeddings)"))
+        out.append(Comm("reduce_scatter", blk * FP32, layers * s.grad_accum, "dp", dp, True,
+                        "FSDP reduce-scatter of block gradients"))
+        out.append(Comm("reduce_scatter", root * FP32, s.grad_accum, "dp", dp, True,
+                        "FSDP reduce-scatter of the root's gradients"))
+    return out
