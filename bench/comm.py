@@ -3,7 +3,7 @@
 What each rank puts on the wire in one optimizer step, as a list of `Comm`: the collective,
 its message size S as nccl-tests defines it (bench/probe.py: the all-reduce buffer, all-gather's
 output, reduce-scatter's input, what one send carries), how many times per step, over which
-group (dp, tp, pp, or the pipeline's tie pair) and whether it can hide behind computation
+group (data, tensor, pipeline, or the pipeline's tie pair) and whether it can hide behind computation
 (`overlappable`: DDP's bucketed all-reduces and FSDP's gathers and reductions run beside the
 backward; tensor-parallel all-reduces and pipeline sends sit on the critical path).
 
@@ -32,14 +32,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bench.spec import DataParallel
+
 FP32 = 4
+DDP, FSDP = DataParallel.ddp.value, DataParallel.fsdp.value  # how the replicas are held (bench.spec)
 DDP_BUCKET_BYTES = 25 * 2**20  # torch DistributedDataParallel's bucket_cap_mb default (25 MiB)
 
 
 @dataclass(frozen=True)
 class Comm:
     """One kind of message of a step: `count` operations of `size_bytes` each (S as nccl-tests
-    defines it) over the `group` (dp | tp | pp | tie) of `ranks` ranks."""
+    defines it) over the `group` (data | tensor | pipeline | tie: the mesh dimension it crosses)
+    of `ranks` ranks."""
     op: str  # all_reduce | all_gather | reduce_scatter | sendrecv
     size_bytes: float
     count: float
@@ -47,6 +51,8 @@ class Comm:
     ranks: int
     overlappable: bool
     what: str
+    stride: int = 1  # rank distance between the group's members (dp outermost, then tp, pp)
+    per_microbatch: bool = False  # on every micro-batch's path (tensor parallel, pipeline sends)
 
     @property
     def bytes_per_step(self) -> float:
@@ -109,33 +115,37 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
         bwd = 2 * layers * steps
         if sequence_parallel:
             for op in ("all_gather", "reduce_scatter"):
-                out.append(Comm(op, act * compute_bytes, fwd + bwd, "tp", tp, False,
-                                f"sequence-parallel {op.replace('_', '-')} of block activations"))
+                out.append(Comm(op, act * compute_bytes, fwd + bwd, "tensor", tp, False,
+                                f"sequence-parallel {op.replace('_', '-')} of block activations", 1, True))
         else:
-            out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tp", tp, False,
-                            "tensor-parallel all-reduce of block activations (2 forward, 2 backward per block)"))
+            out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tensor", tp, False,
+                            "tensor-parallel all-reduce of block activations (2 forward, 2 backward per block)", 1, True))
     if pp > 1:
-        out.append(Comm("sendrecv", act * FP32, 2 * steps, "pp", 2, False,
-                        "pipeline send of activations (forward) and their gradients (backward) per micro-batch"))
+        out.append(Comm("sendrecv", act * FP32, 2 * steps, "pipeline", 2, False,
+                        "pipeline send of activations (forward) and their gradients (backward) per micro-batch",
+                        tp, True))
         if stage in (0, pp - 1):
             out.append(Comm("all_reduce", s.V * s.H * FP32, 1, "tie", 2, False,
-                            "tied embedding gradient, first and last stage"))
-    if dp > 1 and data_parallel == "ddp":
+                            "tied embedding gradient, first and last stage", tp * (pp - 1)))
+    if dp > 1 and data_parallel == DDP:
         total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage) * FP32
         n = max(1, math.ceil(total / DDP_BUCKET_BYTES))
-        out.append(Comm("all_reduce", total / n, n, "dp", dp, True, "DDP gradient all-reduce (fp32, 25 MiB buckets)"))
-    if dp > 1 and data_parallel == "fsdp":
+        out.append(Comm("all_reduce", total / n, n, "data", dp, True, "DDP gradient all-reduce (fp32, 25 MiB buckets)",
+                        tp * pp))
+    if dp > 1 and data_parallel == FSDP:
         blk = block_params(s.H) // tp
         root = root_params(s.H, s.V, s.T_max)
         gather = compute_bytes
         # per micro-step (FSDP2 gathers and reduces in every forward and backward)
         blk_gathers = layers * (2 if reshard_after_forward else 1) * s.grad_accum
-        out.append(Comm("all_gather", blk * gather, blk_gathers, "dp", dp, True,
-                        "FSDP all-gather of block parameters (forward" + (", backward)" if reshard_after_forward else ")")))
-        out.append(Comm("all_gather", root * gather, s.grad_accum, "dp", dp, True,
-                        "FSDP all-gather of the root (embeddings)"))
-        out.append(Comm("reduce_scatter", blk * FP32, layers * s.grad_accum, "dp", dp, True,
-                        "FSDP reduce-scatter of block gradients"))
-        out.append(Comm("reduce_scatter", root * FP32, s.grad_accum, "dp", dp, True,
-                        "FSDP reduce-scatter of the root's gradients"))
+        st = tp * pp
+        out.append(Comm("all_gather", blk * gather, blk_gathers, "data", dp, True,
+                        "FSDP all-gather of block parameters (forward" + (", backward)" if reshard_after_forward else ")"),
+                        st))
+        out.append(Comm("all_gather", root * gather, s.grad_accum, "data", dp, True,
+                        "FSDP all-gather of the root (embeddings)", st))
+        out.append(Comm("reduce_scatter", blk * FP32, layers * s.grad_accum, "data", dp, True,
+                        "FSDP reduce-scatter of block gradients", st))
+        out.append(Comm("reduce_scatter", root * FP32, s.grad_accum, "data", dp, True,
+                        "FSDP reduce-scatter of the root's gradients", st))
     return out

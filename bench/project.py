@@ -3,9 +3,9 @@
 devices measured, what a point would cost, and how wrong such a prediction was where a
 measurement exists.
 
-The step-time model of one point (a rank's optimizer step; `components`):
+The step-time model of one point (a rank's optimizer step; `components`, `step_time`):
 
-    t = (compute + critical_comm) x (1 + s x h(n)) + optimizer + (1 - o) x dp_comm
+    t = (compute + critical_comm) x (1 + s h(n)) + w h(n) syncs + optimizer + step_comm + (1 - o) dp_comm
 
 * compute: the forward-backward of the rank's share of the FLOPs (bench/flops.py terms per
   token: blocks 72 H^2 + 12 H T each, output layer 6 V H; tp divides the blocks, a pipeline
@@ -18,17 +18,20 @@ The step-time model of one point (a rank's optimizer step; `components`):
   stays inside `compute`);
 * communication (bench/comm.py volumes) costed on the link each group crosses (bench/links.py:
   the probe's measured curve, or a cluster profile): tensor-parallel all-reduces and pipeline
-  sends on the critical path, DDP/FSDP traffic overlappable;
-* two terms fitted to measured multi-device points: the overlap fraction o of the data-parallel
-  traffic hidden behind the backward, and a slowest-rank term s (a step waits for the slowest
-  of n ranks; h(n) = sqrt(log2 n), 1 at n = 2, growing as the expected maximum of n draws).
+  sends on every micro-batch's path (critical_comm), the pipeline's tied gradient once per
+  step (step_comm), DDP/FSDP traffic overlappable (dp_comm); `syncs`: the blocking messages;
+* three terms fitted to measured multi-device points (`Terms`): the overlap fraction o of the
+  data-parallel traffic hidden behind the backward, the slowest rank's extra s per unit of
+  critical-path time, and the wait w per blocking message (each waits for the slowest rank and
+  pays its runtime's dispatch); h(n) = sqrt(log2 n), 1 at n = 2, grows as the expected maximum
+  of n draws.
 
 A prediction's 95% interval is exp(+- t(0.975, df) x sigma) in log space, sigma^2 the fit's
-residual variance (df = fitted points - 2) plus the between-run variance of one run (pooled over
+residual variance (df = fitted points - 3) plus the between-run variance of one run (pooled over
 the identities with several runs): it is an interval for a new run's throughput.
 
 `--validate` leaves each series out in turn (here a series has one multi-device point; leave
-one series out = leave one point out): o and s are fitted on the other series' multi-device
+one series out = leave one point out): o, s and w are fitted on the other series' multi-device
 points, the 1-device calibration and the probe stay (they are not the held-out point), and the
 held-out point is predicted. Errors are (predicted - measured) / measured of the median run.
 """
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import comm
-from bench.comm import Comm, Shape
+from bench.comm import DDP, FSDP, Comm, Shape
 
 REF_KEYS = ("hardware_label", "software_torch", "result_set", "accelerator", "shape", "precision", "seq_len",
             "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe")
@@ -139,10 +142,8 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
     optimizer, dp_comm (see the module docstring), on `cluster` (bench.links.Cluster)."""
     shares = flop_shares(p.L, p.H, p.V, p.seq, p.tp, p.pp, p.vocab_parallel)
     s = Shape(p.L, p.H, p.V, p.T_max, p.seq, p.micro_batch, p.microbatches, p.grad_accum)
-    strides = {"tp": 1, "pp": p.tp, "tie": p.tp * (p.pp - 1), "dp": p.tp * p.pp}
-
     def cost(c: Comm) -> float:
-        link = cluster.link_for(strides[c.group], c.ranks)
+        link = cluster.link_for(c.stride, c.ranks)
         return c.count * link.time_s(c.op, c.size_bytes, c.ranks)
 
     worst: dict[str, float] = {}
@@ -152,13 +153,14 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
     for stage in range(p.pp):
         comms = comm.step_comms(s, p.dp, p.tp, p.pp, p.data_parallel, p.sequence_parallel, p.reshard,
                                 p.checkpointing, p.compute_bytes, stage)
-        per_micro = sum(cost(c) for c in comms if c.group in ("tp", "pp")) / (p.microbatches * p.grad_accum)
-        syncs = max(syncs, sum(c.count for c in comms if c.group in ("tp", "pp", "tie")))
+        per_micro = sum(cost(c) for c in comms if c.per_microbatch) / (p.microbatches * p.grad_accum)
+        syncs = max(syncs, sum(c.count for c in comms if not c.overlappable))
         taus0.append(ref.fb_s * shares[stage])
         taus.append(taus0[-1] + per_micro)
         params = comm.rank_params(p.L, p.H, p.V, p.T_max, p.tp, p.pp, stage) / whole
-        part = {"optimizer": ref.opt_s * params / (p.dp if p.data_parallel == "fsdp" else 1),
-                "dp_comm": sum(cost(c) for c in comms if c.group in ("dp", "tie"))}
+        part = {"optimizer": ref.opt_s * params / (p.dp if p.data_parallel == FSDP else 1),
+                "dp_comm": sum(cost(c) for c in comms if c.overlappable),
+                "step_comm": sum(cost(c) for c in comms if not c.overlappable and not c.per_microbatch)}
         if not worst or sum(part.values()) > sum(worst.values()):
             worst = part
 
@@ -187,9 +189,10 @@ class Terms:
 
 def step_time(c: dict[str, float], n: int, t: Terms) -> float:
     """The model's step time (seconds) from `components` and the fitted `Terms`:
-    (compute + critical_comm) x (1 + s h(n)) + w h(n) syncs + optimizer + (1 - o) dp_comm."""
+    (compute + critical_comm) x (1 + s h(n)) + w h(n) syncs + optimizer + step_comm + (1 - o) dp_comm
+    (step_comm: the messages once per step that nothing hides, the pipeline's tied gradient)."""
     return ((c["compute"] + c["critical_comm"]) * (1 + t.slowest * h(n)) + t.sync_s * h(n) * c["syncs"]
-            + c["optimizer"] + (1 - t.overlap) * c["dp_comm"])
+            + c["optimizer"] + c.get("step_comm", 0.0) + (1 - t.overlap) * c["dp_comm"])
 
 
 O_GRID = [i / 20 for i in range(21)]
@@ -204,12 +207,13 @@ def fit_terms(items: list[tuple[dict[str, float], int, float]]) -> tuple[Terms, 
     import numpy as np
     if not items:
         return Terms(), float("nan"), 0
-    g = lambda k: np.array([c[k] for c, _, _ in items])[:, None, None, None]  # noqa: E731
+    g = lambda k: np.array([c.get(k, 0.0) for c, _, _ in items])[:, None, None, None]  # noqa: E731
     hn = np.array([h(n) for _, n, _ in items])[:, None, None, None]
     t = np.array([m for _, _, m in items])[:, None, None, None]
     O, S, W = (np.array(x)[None, :, None, None] if k == 0 else np.array(x)[None, None, :, None] if k == 1
                else np.array(x)[None, None, None, :] for k, x in enumerate((O_GRID, S_GRID, W_GRID)))
-    pred = (g("compute") + g("critical_comm")) * (1 + S * hn) + W * hn * g("syncs") + g("optimizer") + (1 - O) * g("dp_comm")
+    pred = ((g("compute") + g("critical_comm")) * (1 + S * hn) + W * hn * g("syncs") + g("optimizer") + g("step_comm")
+            + (1 - O) * g("dp_comm"))
     err = (np.log(pred) - np.log(t)) ** 2
     e = err.sum(axis=0)
     k = np.unravel_index(int(np.argmin(e)), e.shape)
@@ -241,15 +245,19 @@ def references(ok) -> dict[tuple, list[dict[str, Any]]]:
 
 def reference_for(row: dict[str, Any], micro_batch: int, refs) -> Reference | None:
     """The calibration of `row` at `micro_batch`: the series' own 1-device runs when they exist
-    (same strategy and options: its wrapper's overhead included), else `single`'s, else any
-    1-device run of the same work. None when there is none."""
+    (same strategy and options: its wrapper's overhead included), else the fastest strategy's
+    1-device runs of the same work (the plain model's). None when there is none."""
     import statistics
     runs = refs.get(_key(row) + (micro_batch,), [])
     if not runs:
         return None
     own = [r for r in runs if (r["strategy"], r.get("strategy_options")) == (row["strategy"], row.get("strategy_options"))]
-    single = [r for r in runs if r["strategy"] == "single"]
-    pick = own or single or runs
+    if not own:  # the fastest 1-device way of running the work: the plain model, normally (no wrapper)
+        by: dict[tuple, list[dict[str, Any]]] = {}
+        for r in runs:
+            by.setdefault((r["strategy"], r.get("strategy_options")), []).append(r)
+        own = min(by.values(), key=lambda rs: statistics.median(x["tokens_per_step"] / x["tokens_per_s"] for x in rs))
+    pick = own
     steps = [r["tokens_per_step"] / r["tokens_per_s"] for r in pick]  # the window's mean step, as tokens/s is
     opts = [_num(r.get("optimizer_time_s")) or 0.0 for r in pick]
     opt = statistics.median(opts)
@@ -421,7 +429,8 @@ def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, d
                        mem_bytes=mem, mem_source="bench.memory prediction" + (
                            " + measured runtime baseline (RSS)" if spec.accelerator.value == "cpu" else ""),
                        dp=p.dp, tp=p.tp, pp=p.pp, **{f"{k}_s": v for k, v in parts.items()},
-                       error=(tps / rec["measured"] - 1) if rec["measured"] else None,
+                       # in-sample: the measured multi-device points fit the terms (validation.csv is held out)
+                       in_sample_error=(tps / rec["measured"] - 1) if rec["measured"] else None,
                        tokens_per_j=statistics.median(tpj) if tpj else None,
                        energy_source="measured (NVML, GPU only, host excluded)" if tpj else "unavailable",
                        note="measured" if len(runs) else "projected")
@@ -572,7 +581,7 @@ def run(a, say=print) -> list[str]:
     written.append(path)
     say(projection_text(proj))
     meta = {"overlap": terms.overlap, "slowest_rank": terms.slowest, "sync_ms": terms.sync_s * 1e3, "residual_sd": sd, "run_sd": sigma_run, "fit_points": n_fit,
-            "links": cluster.source, "calibrations": sorted({r["source"] for r in []}), "tokens": tokens}
+            "links": cluster.source, "tokens": tokens, "validated": summary(val.to_dict("records")) if val is not None else None}
     with open(os.path.join(out_dir, "projection.json"), "w") as f:
         json.dump(meta, f, indent=1, default=str)
     from bench.figures_projection import write_pdf
@@ -594,9 +603,12 @@ def validation_text(val) -> str:
 
 def projection_text(proj) -> str:
     lines = ["", "projection (tokens/s; measured where a run exists):"]
+    said = set()
     for r in proj.to_dict("records"):
         if _num(r.get("tokens_per_s")) is None:
-            lines.append(f"  {r['series']:<28} {r['devices']:>6}  {r.get('note')}")
+            if r["series"] not in said:  # the first reason a series stops; the CSV has every row
+                lines.append(f"  {r['series']:<28} {r['devices']:>6}  {r.get('note')}")
+            said.add(r["series"])
             continue
         extra = ""
         if _num(r.get("hours_to_train")):

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from bench.comm import DDP
 from bench.project import Point, Reference, Terms, components, step_time
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "narayanan2021_table1.csv")
@@ -54,7 +55,7 @@ def layout(r: dict[str, float]) -> Point:
     m = per_replica // MICRO_BATCH
     chunks = 2 if pp > 1 and (L // pp) % 2 == 0 else 1
     return Point(L, int(r["heads"]), H, VOCAB, SEQ, SEQ, MICRO_BATCH * (m if pp > 1 else 1), 1 if pp > 1 else m,
-                 dp, tp, pp, m if pp > 1 else 1, chunks, "ddp" if dp > 1 else None, False, None, True, 2, gpus,
+                 dp, tp, pp, m if pp > 1 else 1, chunks, DDP if dp > 1 else None, False, None, True, 2, gpus,
                  vocab_parallel=True)
 
 

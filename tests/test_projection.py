@@ -69,22 +69,22 @@ def _one(comms, op, group):
 
 
 def test_ddp_all_reduces_fp32_gradients_once():
-    c = _one(comm.step_comms(S, dp=2, tp=1, pp=1, data_parallel="ddp"), "all_reduce", "dp")
+    c = _one(comm.step_comms(S, dp=2, tp=1, pp=1, data_parallel="ddp"), "all_reduce", "data")
     assert c.size_bytes * c.count == 4 * (2 * BLOCK + ROOT_P) and c.count == 1 and c.overlappable
 
 
 def test_ddp_buckets_of_25_mib():
     big = Shape(L=2, H=1024, V=50304, T_max=1024, seq=8, micro_batch=1)
-    c = _one(comm.step_comms(big, dp=2, tp=1, pp=1, data_parallel="ddp"), "all_reduce", "dp")
+    c = _one(comm.step_comms(big, dp=2, tp=1, pp=1, data_parallel="ddp"), "all_reduce", "data")
     total = 4 * (2 * (12 * 1024**2 + 13 * 1024) + 50304 * 1024 + 1024 * 1024 + 2 * 1024)
     assert c.count == math.ceil(total / (25 * 2**20)) and c.size_bytes * c.count == pytest.approx(total)
 
 
 def test_tensor_parallel_all_reduces_activations_twice_each_way():
     act = 2 * 4 * 8 * 4  # micro_batch x seq x H x fp32
-    c = _one(comm.step_comms(S, dp=1, tp=2, pp=1, data_parallel=None), "all_reduce", "tp")
+    c = _one(comm.step_comms(S, dp=1, tp=2, pp=1, data_parallel=None), "all_reduce", "tensor")
     assert (c.size_bytes, c.count, c.overlappable) == (act, 2 * 2 + 2 * 2, False)
-    ck = _one(comm.step_comms(S, 1, 2, 1, None, checkpointing=True), "all_reduce", "tp")
+    ck = _one(comm.step_comms(S, 1, 2, 1, None, checkpointing=True), "all_reduce", "tensor")
     assert ck.count == 2 * 2 * 2 + 2 * 2  # the recomputed forward repeats its two
     sp = comm.step_comms(S, 1, 2, 1, None, sequence_parallel=True, compute_bytes=2)
     assert {(c.op, c.size_bytes, c.count) for c in sp} == {("all_gather", act // 2, 8), ("reduce_scatter", act // 2, 8)}
@@ -93,7 +93,7 @@ def test_tensor_parallel_all_reduces_activations_twice_each_way():
 def test_pipeline_sends_per_micro_batch_and_the_tied_gradient():
     s = Shape(L=2, H=8, V=16, T_max=4, seq=4, micro_batch=2, microbatches=3)
     comms = comm.step_comms(s, dp=1, tp=1, pp=2, data_parallel=None, stage=1)
-    send = _one(comms, "sendrecv", "pp")
+    send = _one(comms, "sendrecv", "pipeline")
     assert (send.size_bytes, send.count) == (2 * 4 * 8 * 4, 2 * 3)
     assert _one(comms, "all_reduce", "tie").size_bytes == 16 * 8 * 4
 
