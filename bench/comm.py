@@ -18,9 +18,10 @@ The volumes (REFERENCE.md, "Collectives"), in this project's implementation (ben
   (the root is never resharded), and a reduce-scatter of its gradients in fp32.
 * Tensor parallel (Megatron, Shoeybi et al. 2019): per block and micro-batch two all-reduces
   of the block's output activations (micro_batch x seq x H) in forward (after W^O and after
-  the MLP's second matrix) and two in backward (the inputs' gradients of Q/K/V and of the
-  MLP's first matrix); a recomputed forward (activation checkpointing) repeats the forward
-  two. With sequence parallelism each all-reduce becomes an all-gather and a reduce-scatter of
+  the MLP's second matrix) and in backward one per column-parallel input: two with fused QKV
+  (Megatron), four in this project's model (Q, K and V are three Linear layers, each taking
+  the input's gradient back to whole: torch's DTensor.from_local backward); a recomputed
+  forward (activation checkpointing) repeats the forward two. With sequence parallelism each all-reduce becomes an all-gather and a reduce-scatter of
   the same full tensor (the same bus bytes: 2(n-1)/n x S). Activations in the compute dtype.
 * Pipeline: per micro-batch and stage boundary one send forward (the residual stream,
   micro_batch x seq x H, fp32: autocast keeps the residual stream fp32) and one backward (its
@@ -53,6 +54,7 @@ class Comm:
     what: str
     stride: int = 1  # rank distance between the group's members (dp outermost, then tp, pp)
     per_microbatch: bool = False  # on every micro-batch's path (tensor parallel, pipeline sends)
+    link_ranks: int = 0  # ranks whose span decides the link (0: `ranks`): a pipeline's sends pace at its slowest boundary
 
     @property
     def bytes_per_step(self) -> float:
@@ -72,6 +74,7 @@ class Shape:
     micro_batch: int
     microbatches: int = 1
     grad_accum: int = 1
+    chunks: int = 1  # pipeline model chunks per rank (interleaved 1F1B): a micro-batch crosses each rank v times
 
 
 def block_params(H: int) -> int:
@@ -85,25 +88,39 @@ def root_params(H: int, V: int, T_max: int) -> int:
     return V * H + T_max * H + 2 * H
 
 
-def rank_params(L: int, H: int, V: int, T_max: int, tp: int, pp: int, stage: int) -> int:
+def rank_params(L: int, H: int, V: int, T_max: int, tp: int, pp: int, stage: int, vocab_parallel: bool = False) -> int:
     """Parameters a rank holds before any data-parallel sharding: its stage's blocks with their
-    matrices split by tp (biases and LayerNorms too, the upper bound), and the root's parts on
-    the first (embeddings) and last stage (final LayerNorm, tied output layer)."""
+    matrices split by tp (biases and LayerNorms too: a lower bound by 6H per block, which are
+    replicated), and the root's parts on the first (embeddings) and last stage (final
+    LayerNorm, tied output layer); the V x H matrix split by tp where it is vocabulary-parallel."""
     from bench.flops import stage_layers
     layers = len(stage_layers(L, pp)[stage])
+    vh = V * H // tp if vocab_parallel else V * H
     p = layers * (12 * H * H + 13 * H) // tp
     if stage == 0:
-        p += V * H + T_max * H
+        p += vh + T_max * H
     if stage == pp - 1:
-        p += 2 * H + (V * H if pp > 1 else 0)  # the last stage's own copy of the tied matrix
+        p += 2 * H + (vh if pp > 1 else 0)  # the last stage's own copy of the tied matrix
     return p
+
+
+def root_on_stage(H: int, V: int, T_max: int, pp: int, stage: int) -> int:
+    """The root's parameters on a pipeline stage: embeddings on the first, the final LayerNorm
+    and the tied output matrix on the last, nothing in between; all of them without a pipeline."""
+    if pp == 1:
+        return root_params(H, V, T_max)
+    return (V * H + T_max * H if stage == 0 else 0) + (2 * H + V * H if stage == pp - 1 else 0)
 
 
 def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, sequence_parallel: bool = False,
                reshard_after_forward: bool | None = None, checkpointing: bool = False,
-               compute_bytes: int = FP32, stage: int | None = None) -> list[Comm]:
+               compute_bytes: int = FP32, stage: int | None = None, megatron: bool = False) -> list[Comm]:
     """Every message of one optimizer step of one rank (the most loaded stage's when `stage` is
-    None: the last, which holds the output layer). `data_parallel`: 'ddp' | 'fsdp' | None."""
+    None: the last, which holds the output layer). `data_parallel`: DDP | FSDP | None.
+    `megatron`: Megatron-LM's implementation instead of this project's: fused QKV (two
+    backward all-reduces per block, not four), a vocabulary-parallel embedding, and pipeline
+    sends with the scatter/gather optimisation (each rank sends its 1/tp of the activations in
+    the compute dtype)."""
     out: list[Comm] = []
     steps = s.microbatches * s.grad_accum  # micro-batches through this rank per optimizer step
     act = s.micro_batch * s.seq * s.H  # elements of one micro-batch's activations
@@ -112,7 +129,11 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
     layers = len(stage_layers(s.L, pp)[stage])
     if tp > 1:
         fwd = 2 * layers * steps * (2 if checkpointing else 1)
-        bwd = 2 * layers * steps
+        # backward: every column-parallel input turns its gradient (Partial) back into a whole
+        # one. This model's Q, K and V are three Linear layers, each wrapping the same input
+        # (DTensor.from_local's backward all-reduces each): 3 + the MLP's = 4; fused QKV: 2.
+        # Under sequence parallel the three share one gathered input: 2 reduce-scatters
+        bwd = (2 if megatron or sequence_parallel else 4) * layers * steps
         if sequence_parallel:
             for op in ("all_gather", "reduce_scatter"):
                 out.append(Comm(op, act * compute_bytes, fwd + bwd, "tensor", tp, False,
@@ -121,23 +142,27 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
             out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tensor", tp, False,
                             "tensor-parallel all-reduce of block activations (2 forward, 2 backward per block)", 1, True))
     if pp > 1:
-        out.append(Comm("sendrecv", act * FP32, 2 * steps, "pipeline", 2, False,
-                        "pipeline send of activations (forward) and their gradients (backward) per micro-batch",
-                        tp, True))
+        send = act * compute_bytes / tp if megatron else act * FP32
+        out.append(Comm("sendrecv", send, 2 * steps * s.chunks, "pipeline", 2, False,
+                        "pipeline send of activations (forward) and their gradients (backward) per micro-batch"
+                        " and chunk", tp, True, link_ranks=pp))
         if stage in (0, pp - 1):
-            out.append(Comm("all_reduce", s.V * s.H * FP32, 1, "tie", 2, False,
-                            "tied embedding gradient, first and last stage", tp * (pp - 1)))
+            tied = s.V * s.H * FP32 / (tp if megatron else 1) / (dp if data_parallel == FSDP else 1)
+            out.append(Comm("all_reduce", tied, 1, "tie", 2, False,
+                            "tied embedding gradient (this rank's shard), first and last stage", tp * (pp - 1)))
     if dp > 1 and data_parallel == DDP:
-        total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage) * FP32
+        total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage, vocab_parallel=megatron) * FP32
         n = max(1, math.ceil(total / DDP_BUCKET_BYTES))
         out.append(Comm("all_reduce", total / n, n, "data", dp, True, "DDP gradient all-reduce (fp32, 25 MiB buckets)",
                         tp * pp))
     if dp > 1 and data_parallel == FSDP:
         blk = block_params(s.H) // tp
-        root = root_params(s.H, s.V, s.T_max)
+        root = root_on_stage(s.H, s.V, s.T_max, pp, stage)
         gather = compute_bytes
-        # per micro-step (FSDP2 gathers and reduces in every forward and backward)
-        blk_gathers = layers * (2 if reshard_after_forward else 1) * s.grad_accum
+        # per micro-batch: FSDP2 gathers in every forward (and, resharding, every backward); under
+        # a pipeline each micro-batch's forward reshards (torch.distributed.pipelining keeps the
+        # weights only after backward): m gathers forward, up to m backward (1F1B)
+        blk_gathers = layers * (2 if reshard_after_forward else 1) * steps
         st = tp * pp
         out.append(Comm("all_gather", blk * gather, blk_gathers, "data", dp, True,
                         "FSDP all-gather of block parameters (forward" + (", backward)" if reshard_after_forward else ")"),

@@ -12,7 +12,8 @@ named profile whose every figure carries its source (conf/cluster/*.yaml).
   conservative choice;
 * beyond the largest size: linear from the largest measured point at the bandwidth of the
   top sizes;
-* a profile link: alpha + S x factor / beta (alpha-beta in busbw terms, REFERENCE.md).
+* a profile link: alpha x hops(n)/hops(2) + S x factor / beta (alpha-beta in busbw terms,
+  REFERENCE.md; alpha as for two ranks).
 """
 from __future__ import annotations
 
@@ -105,10 +106,15 @@ class Cluster:
     inter: Link
     source: str
 
-    def link_for(self, stride: int, ranks: int) -> Link:
+    def link_for(self, stride: int, ranks: int) -> tuple[Link, int]:
         """The link a group of `ranks` ranks, `stride` apart (dp is the outermost mesh
-        dimension), crosses: within a node when the whole group fits in one."""
-        return self.intra if stride * (ranks - 1) < self.devices_per_node else self.inter
+        dimension; groups taken as aligned to nodes), crosses, and how many of the group's
+        members share a node: within a node when the whole group fits in one; across nodes
+        each node's members drive their own NICs (a DGX: one HCA per GPU), so the per-device
+        inter-node bandwidth counts that many times (NCCL's channels spread over them)."""
+        if stride * (ranks - 1) < self.devices_per_node:
+            return self.intra, 1
+        return self.inter, max(1, min(ranks, self.devices_per_node // max(stride, 1)))
 
 
 CLUSTER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "cluster")

@@ -172,7 +172,7 @@ def _probe(proc, sizes: list[int], per_node: int, nodes: int) -> dict[str, Any] 
         me = dist.get_rank(group) if group is not None else proc.rank
         for op in OPS:
             for size in sizes:
-                t = _time_op(op, size, n, me, group, proc.device, torch, dist)
+                t, size = _time_op(op, size, n, me, group, proc.device, torch, dist)
                 rows.append({"scope": scope, "op": op, "ranks": n, "size_bytes": size, "time_s": t,
                              "iters": iters_for(size), "bus_factor": bus_factor(op, n),
                              "algbw_bytes_per_s": algbw(size, t), "busbw_bytes_per_s": busbw(op, size, t, n)})
@@ -191,10 +191,13 @@ def _probe(proc, sizes: list[int], per_node: int, nodes: int) -> dict[str, Any] 
 WARMUP = 2
 
 
-def _time_op(op: str, size: int, n: int, me: int, group, device, torch, dist) -> float:
-    """Median over the timed operations of the slowest rank's time, seconds."""
+def _time_op(op: str, size: int, n: int, me: int, group, device, torch, dist) -> tuple[float, int]:
+    """(median over the timed operations of the slowest rank's time in seconds, the bytes S
+    timed: all-gather's and reduce-scatter's whole tensor is n parts, so S rounds to n x 4 B)."""
     numel = size // 4
     part = max(numel // n, 1)
+    if op in ("all_gather", "reduce_scatter"):
+        size = part * n * 4
     if op == "all_reduce":
         buf = torch.ones(numel, device=device)
         run = lambda: dist.all_reduce(buf, group=group)  # noqa: E731
@@ -231,7 +234,8 @@ def _time_op(op: str, size: int, n: int, me: int, group, device, torch, dist) ->
             times.append(dt_s)
     t = torch.tensor(times, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return float(t.median().item()) if len(times) % 2 else float(t.sort().values[len(times) // 2 - 1:len(times) // 2 + 1].mean())
+    med = float(t.median().item()) if len(times) % 2 else float(t.sort().values[len(times) // 2 - 1:len(times) // 2 + 1].mean())
+    return med, size
 
 
 # ---------------------------------------------------------------- the command

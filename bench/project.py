@@ -104,7 +104,7 @@ class Point:
     checkpointing: bool
     compute_bytes: int
     devices: int
-    vocab_parallel: bool = False  # the output layer split by tp (Megatron-LM); this project's tp replicates it
+    vocab_parallel: bool = False  # Megatron-LM's tp (bench.comm megatron=True); this project's replicates the output layer
 
     @property
     def micro_batch(self) -> int:
@@ -141,10 +141,10 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
     """The model's parts for point `p` (seconds per optimizer step): compute, critical_comm,
     optimizer, dp_comm (see the module docstring), on `cluster` (bench.links.Cluster)."""
     shares = flop_shares(p.L, p.H, p.V, p.seq, p.tp, p.pp, p.vocab_parallel)
-    s = Shape(p.L, p.H, p.V, p.T_max, p.seq, p.micro_batch, p.microbatches, p.grad_accum)
+    s = Shape(p.L, p.H, p.V, p.T_max, p.seq, p.micro_batch, p.microbatches, p.grad_accum, p.chunks)
     def cost(c: Comm) -> float:
-        link = cluster.link_for(c.stride, c.ranks)
-        return c.count * link.time_s(c.op, c.size_bytes, c.ranks)
+        link, nics = cluster.link_for(c.stride, c.link_ranks or c.ranks)
+        return c.count * link.time_s(c.op, c.size_bytes / nics, c.ranks)
 
     worst: dict[str, float] = {}
     taus, taus0 = [], []
@@ -152,12 +152,12 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
     whole = comm.rank_params(p.L, p.H, p.V, p.T_max, 1, 1, 0)
     for stage in range(p.pp):
         comms = comm.step_comms(s, p.dp, p.tp, p.pp, p.data_parallel, p.sequence_parallel, p.reshard,
-                                p.checkpointing, p.compute_bytes, stage)
+                                p.checkpointing, p.compute_bytes, stage, megatron=p.vocab_parallel)
         per_micro = sum(cost(c) for c in comms if c.per_microbatch) / (p.microbatches * p.grad_accum)
         syncs = max(syncs, sum(c.count for c in comms if not c.overlappable))
         taus0.append(ref.fb_s * shares[stage])
         taus.append(taus0[-1] + per_micro)
-        params = comm.rank_params(p.L, p.H, p.V, p.T_max, p.tp, p.pp, stage) / whole
+        params = comm.rank_params(p.L, p.H, p.V, p.T_max, p.tp, p.pp, stage, p.vocab_parallel) / whole
         part = {"optimizer": ref.opt_s * params / (p.dp if p.data_parallel == FSDP else 1),
                 "dp_comm": sum(cost(c) for c in comms if c.overlappable),
                 "step_comm": sum(cost(c) for c in comms if not c.overlappable and not c.per_microbatch)}

@@ -83,9 +83,12 @@ def test_ddp_buckets_of_25_mib():
 def test_tensor_parallel_all_reduces_activations_twice_each_way():
     act = 2 * 4 * 8 * 4  # micro_batch x seq x H x fp32
     c = _one(comm.step_comms(S, dp=1, tp=2, pp=1, data_parallel=None), "all_reduce", "tensor")
-    assert (c.size_bytes, c.count, c.overlappable) == (act, 2 * 2 + 2 * 2, False)
+    # per block: 2 forward; backward one per column-parallel input, Q, K, V and fc: 4 (2 layers)
+    assert (c.size_bytes, c.count, c.overlappable) == (act, 2 * 2 + 4 * 2, False)
     ck = _one(comm.step_comms(S, 1, 2, 1, None, checkpointing=True), "all_reduce", "tensor")
-    assert ck.count == 2 * 2 * 2 + 2 * 2  # the recomputed forward repeats its two
+    assert ck.count == 2 * 2 * 2 + 4 * 2  # the recomputed forward repeats its two
+    fused = _one(comm.step_comms(S, 1, 2, 1, None, megatron=True), "all_reduce", "tensor")
+    assert fused.count == 2 * 2 + 2 * 2  # Megatron's fused QKV: two backward
     sp = comm.step_comms(S, 1, 2, 1, None, sequence_parallel=True, compute_bytes=2)
     assert {(c.op, c.size_bytes, c.count) for c in sp} == {("all_gather", act // 2, 8), ("reduce_scatter", act // 2, 8)}
 
@@ -96,6 +99,10 @@ def test_pipeline_sends_per_micro_batch_and_the_tied_gradient():
     send = _one(comms, "sendrecv", "pipeline")
     assert (send.size_bytes, send.count) == (2 * 4 * 8 * 4, 2 * 3)
     assert _one(comms, "all_reduce", "tie").size_bytes == 16 * 8 * 4
+    sharded = comm.step_comms(s, dp=2, tp=1, pp=2, data_parallel="fsdp", stage=0)
+    assert _one(sharded, "all_reduce", "tie").size_bytes == 16 * 8 * 4 / 2  # its FSDP shard
+    v2 = comm.step_comms(Shape(2, 8, 16, 4, 4, 2, microbatches=3, chunks=2), 1, 1, 2, None, stage=1)
+    assert _one(v2, "sendrecv", "pipeline").count == 2 * 3 * 2  # each chunk crossing
 
 
 def test_fsdp_gathers_and_reduce_scatters():
@@ -144,7 +151,9 @@ def test_probe_link_reads_its_curve_and_scales_to_more_ranks():
 def test_a_group_crosses_nodes_when_it_does_not_fit_in_one():
     a, b = Link("intra", "t", beta_bytes_per_s=1e11), Link("inter", "t", beta_bytes_per_s=1e10)
     c = Cluster(8, a, b, "t")
-    assert c.link_for(stride=1, ranks=8) is a and c.link_for(stride=8, ranks=4) is b and c.link_for(2, 4) is a
+    assert c.link_for(stride=1, ranks=8) == (a, 1) and c.link_for(2, 4) == (a, 1)
+    assert c.link_for(stride=8, ranks=4) == (b, 1)  # one member per node: one NIC each
+    assert c.link_for(stride=1, ranks=32) == (b, 8)  # eight members per node drive eight NICs
 
 
 # ---------------------------------------------------------------- the step-time model
@@ -222,9 +231,9 @@ def test_narayanan_weak_scaling_reproduced_with_its_error_per_row(capsys):
     rate, rows = published.reproduce(load_cluster("dgx-a100", None))
     print("\n".join(published.report(rows, rate)))
     assert rows[0].error == pytest.approx(0.0, abs=1e-9)  # the calibration row
-    assert 0.3 < rate / published.PEAK_FLOPS < 0.8
+    assert 0.3 < rate / published.PEAK_FLOPS < 0.6
     errs = [r.error for r in rows[1:]]
-    assert all(-0.30 < e < 0.05 for e in errs), errs  # under-predicted: one rate for every shape
+    assert all(-0.35 < e < 0.05 for e in errs), errs  # under-predicted: one rate for every shape
     assert sum(abs(e) for e in errs) / len(errs) < 0.2
 
 

@@ -2,7 +2,8 @@
 
 In each block, Q, K, V and the MLP's first layer are split column-wise (each rank computes
 n_head/tp whole heads and 4H/tp hidden units), the attention output projection W^O and the
-MLP's second layer row-wise, so a block costs two all-reduces forward and two backward.
+MLP's second layer row-wise, so a block costs two all-reduces forward and, in backward, one
+per column-parallel input (Q, K, V and the MLP's first layer: four; bench/comm.py).
 Embeddings, LayerNorms and the tied output layer stay replicated (every rank computes them
 on the same data, so their gradients agree without communication). With
 `strategy.sequence_parallel=true` (Korthikanti et al.) the residual stream between blocks is
