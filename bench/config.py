@@ -195,6 +195,9 @@ class BenchConfig:
                                                                       "backward, for every strategy")
     compile: bool = key(False, "torch.compile each block; compilation runs in the warm-up (needs "
                                "warmup_steps>=2), reported as compile_s, never timed")
+    colocated: int = key(1, "run a 1-device point as N independent copies at once on this node, each its own "
+                            "process and cores, none communicating: the rate a device keeps while its neighbours "
+                            "compute (shared memory bandwidth, caches); bench.project calibrates on it", ge=1)
     oversubscribe: bool = key(False, "allow more CPU ranks than cores: for correctness tests only, "
                                      "never for benchmarks; recorded in the result")
     timeout_s: float = key(1800.0, "seconds for the whole job; past it every rank is ended (`timeout`)", gt=0,
@@ -254,7 +257,8 @@ BENCH_KEYS = ("size", "strategy", "devices", "batch_size", "grad_accum", "global
 def _later_keys(cfg: dict) -> dict:
     """Keys that joined the benchmark after results existed: (value, default) each."""
     return {"nodes": ((cfg.get("launcher") or {}).get("nodes", 1), 1),
-            "compile": (bool(cfg.get("compile")), False)}
+            "compile": (bool(cfg.get("compile")), False),
+            "colocated": (cfg.get("colocated", 1), 1)}
 
 
 def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:

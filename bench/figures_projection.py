@@ -46,41 +46,52 @@ def fig_bandwidth(probe: dict[str, Any]) -> plt.Figure:
 
 def fig_projection(proj: pd.DataFrame, meta: dict[str, Any]) -> plt.Figure:
     """Tokens/s against devices per series: measured (markers) and projected (dashed, 95% band)."""
-    fig, ax = plt.subplots(figsize=(8.5, 6))
+    import textwrap
+    fig, ax = plt.subplots(figsize=(11, 6.5))
     ok = proj[proj["tokens_per_s"].notna()] if "tokens_per_s" in proj else proj.iloc[0:0]
-    for i, (ser, g) in enumerate(ok.groupby("series", sort=False)):
-        g = g.sort_values("devices")
-        color = f"C{i % 10}"
-        ax.plot(g["devices"], g["tokens_per_s"], ls="--", color=color, label=f"{ser} (projected)")
+    series = [k for k, g in ok.groupby("series", sort=False) if g["devices"].nunique() > 1]
+    cmap = plt.get_cmap("tab20")
+    for i, ser in enumerate(series):
+        g = ok[ok["series"] == ser].sort_values("devices")
+        color = cmap(i % 20)
+        ax.plot(g["devices"], g["tokens_per_s"], ls="--", color=color, lw=1.2, label=ser)
         if g["lo"].notna().any():
-            ax.fill_between(g["devices"], g["lo"], g["hi"], color=color, alpha=0.12)
+            ax.fill_between(g["devices"], g["lo"], g["hi"], color=color, alpha=0.10)
         m = g[g["measured"].notna()]
-        ax.plot(m["devices"], m["measured"], ls="none", marker="o", color=color, label=f"{ser} (measured)")
+        ax.plot(m["devices"], m["measured"], ls="none", marker="o", ms=5, color=color)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("devices")
     ax.set_ylabel("tokens/s (all devices)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title(f"Projection (dashed, 95% interval shaded) beside measurements (dots)\n"
-                 f"fitted overlap {meta['overlap']:.2f}, slowest-rank {meta['slowest_rank']:.3f}; links: "
-                 f"{str(meta['links'])[:80]}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="series (dots: measured)",
+              title_fontsize=7)
+    title = (f"Projection (dashed; 95% interval shaded) beside the measured medians (dots). Fitted: overlap "
+             f"{meta['overlap']:.2f}, slowest-rank {meta['slowest_rank']:.2f}, wait per blocking message "
+             f"{meta.get('sync_ms', 0):.2f} ms. Links: {meta['links']}")
+    ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8)
+    fig.subplots_adjust(right=0.74)
     return fig
 
 
 def fig_validation(val: pd.DataFrame) -> plt.Figure:
-    """Held-out points: predicted (with the 95% interval) against measured, and each error."""
-    fig, ax = plt.subplots(figsize=(8.5, 6))
+    """Held-out points: the prediction's error against the measured median, its 95% interval
+    (relative to the measured median) and every held-out run, with the +-10% and +-15% marks."""
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.42 * len(val) + 1.5))
     v = val.reset_index(drop=True)
-    y = range(len(v))
-    ax.errorbar(v["predicted"], list(y), xerr=[v["predicted"] - v["lo"], v["hi"] - v["predicted"]], fmt="o",
-                capsize=3, label="predicted (95% interval)")
-    ax.plot(v["measured"], list(y), "kx", ms=8, label="measured (median run)")
-    ax.set_yticks(list(y))
-    ax.set_yticklabels([f"{s} @{d}  {e:+.1%}" for s, d, e in zip(v["series"], v["devices"], v["error"])], fontsize=8)
-    ax.set_xlabel("tokens/s")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    y = list(range(len(v)))
+    err = v["error"] * 100
+    lo, hi = (v["lo"] / v["measured"] - 1) * 100, (v["hi"] / v["measured"] - 1) * 100
+    ax.axvspan(-15, 15, color="0.93")
+    ax.axvspan(-10, 10, color="0.86")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.errorbar(err, y, xerr=[(err - lo).clip(lower=0), (hi - err).clip(lower=0)], fmt="o", capsize=3,
+                label="prediction, 95% interval")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{s} @{d}" for s, d in zip(v["series"], v["devices"])], fontsize=8)
+    ax.set_xlabel("(predicted - measured) / measured, % (measured: the median held-out run); bands: 10%, 15%")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
     errs = v["error"].abs()
     inside = v["runs_inside"].sum() / max(v["runs"].sum(), 1)
     ax.set_title(f"Held-out accuracy (leave one series out): median |error| {errs.median():.1%}, "

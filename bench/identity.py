@@ -36,7 +36,7 @@ from bench.spec import DataParallel
 # comparison's report came from (`bench.compare --pdf`: before/after on one machine stay apart)
 MACHINE = ("hardware_label", "software_torch", "result_set")
 WORK = ("accelerator", "size", "shape", "strategy", "strategy_options", "precision", "seq_len", "grad_accum",
-        "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe")
+        "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe", "colocated")
 SCALE = ("nodes", "devices", "batch_size", "global_batch_size")
 IDENTITY = MACHINE + WORK + SCALE
 STRATEGY_FIELDS = ("strategy", "strategy_options")
@@ -150,7 +150,7 @@ LABELS = {"hardware_label": "{}", "software_torch": "torch {}", "result_set": "s
           "grad_accum": "accum {}", "activation_checkpointing": "ckpt {}", "compile": "compile {}",
           "threads": "{} thread(s)/device", "nodes": "{} node(s)", "batch_size": "b={}/replica",
           "global_batch_size": "global batch {}", "devices": "{} device(s)", "shape": "{}", "data_path": "{}",
-          "oversubscribe": "oversubscribe {}", "strategy_options": "options {}"}
+          "oversubscribe": "oversubscribe {}", "strategy_options": "options {}", "colocated": "{} co-located"}
 
 
 def fixed_text(df, keys: Iterable[str]) -> str:

@@ -186,10 +186,19 @@ def gpus_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
         return f"devices={t.devices_per_node} but this node has {host.gpus} GPU(s); use devices<={host.gpus}"
 
 
+def colocated_is_one_device(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
+    if cfg.colocated > 1 and (t.devices_per_node != 1 or t.nodes > 1):
+        return (f"colocated={cfg.colocated} runs copies of a 1-device point; use devices=1 (on one node), "
+                "or colocated=1")
+
+
 def cores_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
-    need = t.devices_per_node * cfg.cpu_threads_per_device
+    need = t.devices_per_node * cfg.cpu_threads_per_device * cfg.colocated
     if t.accelerator is Accelerator.cpu and need > host.cores and not cfg.oversubscribe:
         fit = host.cores // cfg.cpu_threads_per_device
+        if cfg.colocated > 1:
+            return (f"colocated={cfg.colocated} x cpu_threads_per_device={cfg.cpu_threads_per_device} needs {need} "
+                    f"cores but {host.cores} are usable; use colocated<={max(fit, 1)}")
         advice = (f"use devices<={fit}" if fit else
                   f"use cpu_threads_per_device<={host.cores // t.devices_per_node or 1}")
         return (f"devices={t.devices_per_node} x cpu_threads_per_device={cfg.cpu_threads_per_device} needs "
@@ -208,7 +217,8 @@ def seq_len_fits_context(cfg: BenchConfig, t: Placement, host: Host) -> str | No
 
 
 PLACEMENT_CHECKS: list[Callable[[BenchConfig, Placement, Host], str | None]] = [
-    resume_on_one_node, cuda_needs_a_gpu, gpus_enough, cores_enough, fp16_needs_cuda, seq_len_fits_context]
+    resume_on_one_node, colocated_is_one_device, cuda_needs_a_gpu, gpus_enough, cores_enough, fp16_needs_cuda,
+    seq_len_fits_context]
 
 
 # -- 3. the layout ---------------------------------------------------------------------------
@@ -342,12 +352,12 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
     return RunSpec(
         size=s.name, shape=GPTShape(s.n_layer, s.n_head, s.n_embd, s.vocab_size, s.block_size),
         strategy=strategy.name, layout=lay, devices=t.devices, devices_per_node=t.devices_per_node,
-        procs=t.devices_per_node // lay.devices_per_process, batch_size=batch, grad_accum=cfg.grad_accum,
+        procs=t.devices_per_node // lay.devices_per_process * cfg.colocated, batch_size=batch, grad_accum=cfg.grad_accum,
         global_batch_size=batch * lay.dp * cfg.grad_accum, seq_len=t.seq_len, precision=t.precision,
         accelerator=t.accelerator, warmup_steps=cfg.warmup_steps, steps=cfg.steps, seed=cfg.seed, lr=cfg.lr,
         cpu_threads_per_device=cfg.cpu_threads_per_device, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
-        timeout_s=cfg.timeout_s, rendezvous=t.rendezvous)
+        timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated)
 
 
 # -- memory -----------------------------------------------------------------------------------

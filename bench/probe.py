@@ -201,12 +201,14 @@ def _time_op(op: str, size: int, n: int, me: int, group, device, torch, dist) ->
     if op == "all_reduce":
         buf = torch.ones(numel, device=device)
         run = lambda: dist.all_reduce(buf, group=group)  # noqa: E731
-    elif op == "all_gather":
+    elif op == "all_gather":  # torch 2.13 names them *_single; earlier, *_into_tensor / *_tensor
         src, out = torch.ones(part, device=device), torch.empty(part * n, device=device)
-        run = lambda: dist.all_gather_into_tensor(out, src, group=group)  # noqa: E731
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        run = lambda: gather(out, src, group=group)  # noqa: E731
     elif op == "reduce_scatter":
         src, out = torch.ones(part * n, device=device), torch.empty(part, device=device)
-        run = lambda: dist.reduce_scatter_tensor(out, src, group=group)  # noqa: E731
+        scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        run = lambda: scatter(out, src, group=group)  # noqa: E731
     else:  # a ring: each rank sends to the next and receives from the previous at once
         send, recv = torch.ones(numel, device=device), torch.empty(numel, device=device)
         g = (lambda r: dist.get_global_rank(group, r)) if group is not None else (lambda r: r)
@@ -263,7 +265,8 @@ def check(cfg) -> None:
 
 def table_lines(rows: list[dict[str, Any]], fits: dict[str, dict[str, Any]]) -> list[str]:
     """The nccl-tests-style table and the fits, as printed."""
-    out = [f"{'scope':<6} {'op':<15} {'size':>10} {'time us':>11} {'algbw GB/s':>11} {'busbw GB/s':>11}"]
+    out = ["median over the timed operations of the slowest rank's time; S per nccl-tests; GB = 1e9 bytes",
+           f"{'scope':<6} {'op':<15} {'size S':>10} {'time us':>11} {'algbw GB/s':>11} {'busbw GB/s':>11}"]
     for r in rows:
         out.append(f"{r['scope']:<6} {r['op']:<15} {_size_text(r['size_bytes']):>10} {r['time_s'] * 1e6:>11.1f} "
                    f"{r['algbw_bytes_per_s'] / 1e9:>11.3f} {r['busbw_bytes_per_s'] / 1e9:>11.3f}")
@@ -273,6 +276,11 @@ def table_lines(rows: list[dict[str, Any]], fits: dict[str, dict[str, Any]]) -> 
         out.append(f"  {k:<22} alpha {f['alpha_s'] * 1e6:8.1f} us (se {f['alpha_se_s'] * 1e6:.1f}), "
                    f"beta {f['beta_bytes_per_s'] / 1e9:6.3f} GB/s (se {f['beta_se_bytes_per_s'] / 1e9:.3f}); "
                    f"fit error rms {f['rel_rms']:.1%}, max {f['rel_max']:.1%} over {f['points']} sizes")
+    poor = [k for k, f in fits.items() if f["rel_rms"] > 0.25]
+    if poor:
+        out.append(f"note: {', '.join(poor)}: one alpha and one beta miss the measured times by more than 25% rms "
+                   "(protocol changes with size, or noise: rerun on an idle machine); bench.project reads the "
+                   "measured curve itself, not the fit")
     return out
 
 

@@ -130,11 +130,20 @@ def point_of(row: dict[str, Any]) -> Point:
 @dataclass(frozen=True)
 class Reference:
     """1-device calibration at one micro-batch size: the forward-backward time and the
-    optimizer time of a step (seconds, medians over runs), the runs' step times."""
+    optimizer time of a step alone on the node (seconds, medians over runs), and the factors by
+    which busy neighbours slow them (`contention`, `opt_contention`: 1 without co-located runs)."""
     fb_s: float
     opt_s: float
     runs: int
     source: str
+    contention: float = 1.0
+    opt_contention: float = 1.0
+
+
+def concurrency(microbatches: int, stages: int) -> float:
+    """The share of a step in which a rank's neighbours compute at the same time: 1 without a
+    pipeline; a pipeline's stages overlap in m - 1 of its m + p - 1 slots (the naive split: never)."""
+    return 1.0 if stages == 1 else (microbatches - 1) / (microbatches + stages - 1)
 
 
 def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
@@ -148,6 +157,7 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
 
     worst: dict[str, float] = {}
     taus, taus0 = [], []
+    fb = ref.fb_s * (1 + (ref.contention - 1) * concurrency(p.microbatches, p.pp))
     syncs = 0.0
     whole = comm.rank_params(p.L, p.H, p.V, p.T_max, 1, 1, 0)
     for stage in range(p.pp):
@@ -155,10 +165,10 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
                                 p.checkpointing, p.compute_bytes, stage, megatron=p.vocab_parallel)
         per_micro = sum(cost(c) for c in comms if c.per_microbatch) / (p.microbatches * p.grad_accum)
         syncs = max(syncs, sum(c.count for c in comms if not c.overlappable))
-        taus0.append(ref.fb_s * shares[stage])
+        taus0.append(fb * shares[stage])
         taus.append(taus0[-1] + per_micro)
         params = comm.rank_params(p.L, p.H, p.V, p.T_max, p.tp, p.pp, stage, p.vocab_parallel) / whole
-        part = {"optimizer": ref.opt_s * params / (p.dp if p.data_parallel == FSDP else 1),
+        part = {"optimizer": ref.opt_s * ref.opt_contention * params / (p.dp if p.data_parallel == FSDP else 1),
                 "dp_comm": sum(cost(c) for c in comms if c.overlappable),
                 "step_comm": sum(cost(c) for c in comms if not c.overlappable and not c.per_microbatch)}
         if not worst or sum(part.values()) > sum(worst.values()):
@@ -243,26 +253,54 @@ def references(ok) -> dict[tuple, list[dict[str, Any]]]:
     return out
 
 
-def reference_for(row: dict[str, Any], micro_batch: int, refs) -> Reference | None:
-    """The calibration of `row` at `micro_batch`: the series' own 1-device runs when they exist
-    (same strategy and options: its wrapper's overhead included), else the fastest strategy's
-    1-device runs of the same work (the plain model's). None when there is none."""
+def _fb_opt(runs: list[dict[str, Any]]) -> tuple[float, float]:
+    """Median forward-backward and optimizer seconds of a step over `runs` (the window's mean
+    step, as tokens/s counts it, less the optimizer's part)."""
+    import statistics
+    steps = [r["tokens_per_step"] / r["tokens_per_s"] for r in runs]
+    opt = statistics.median(_num(r.get("optimizer_time_s")) or 0.0 for r in runs)
+    return statistics.median(steps) - opt, opt
+
+
+def reference_for(row: dict[str, Any], micro_batch: int, refs, ranks_per_node: int = 1) -> Reference | None:
+    """The calibration of `row` at `micro_batch`, from 1-device runs of the same work:
+
+    * the base: the series' own strategy on 1 device when measured (its wrapper's cost
+      included), else the fastest strategy's (the plain model's, normally);
+    * co-location: a rank shares its node with `ranks_per_node - 1` others computing at once
+      (memory bandwidth, caches); runs with `colocated=k` (k copies at once, k <= ranks_per_node,
+      the largest measured) give the factor by which that slows the fastest strategy's
+      forward-backward and optimizer, applied to the base. Without them the factor is 1 (the
+      fitted slowest-rank term then carries the contention).
+    None when there is no 1-device run at that micro-batch."""
     import statistics
     runs = refs.get(_key(row) + (micro_batch,), [])
-    if not runs:
+    alone = [r for r in runs if int(_num(r.get("colocated")) or 1) == 1]
+    if not alone:
         return None
-    own = [r for r in runs if (r["strategy"], r.get("strategy_options")) == (row["strategy"], row.get("strategy_options"))]
-    if not own:  # the fastest 1-device way of running the work: the plain model, normally (no wrapper)
-        by: dict[tuple, list[dict[str, Any]]] = {}
-        for r in runs:
-            by.setdefault((r["strategy"], r.get("strategy_options")), []).append(r)
-        own = min(by.values(), key=lambda rs: statistics.median(x["tokens_per_step"] / x["tokens_per_s"] for x in rs))
-    pick = own
-    steps = [r["tokens_per_step"] / r["tokens_per_s"] for r in pick]  # the window's mean step, as tokens/s is
-    opts = [_num(r.get("optimizer_time_s")) or 0.0 for r in pick]
-    opt = statistics.median(opts)
-    return Reference(statistics.median(steps) - opt, opt, len(pick),
-                     f"{pick[0]['strategy']} on 1 device, batch {micro_batch}, {len(pick)} run(s)")
+    by: dict[tuple, list[dict[str, Any]]] = {}
+    for r in alone:
+        by.setdefault((r["strategy"], r.get("strategy_options")), []).append(r)
+    fastest_key = min(by, key=lambda k: statistics.median(x["tokens_per_step"] / x["tokens_per_s"] for x in by[k]))
+    base_key = (row["strategy"], row.get("strategy_options"))
+    base = by.get(base_key) or by[fastest_key]
+    fb, opt = _fb_opt(base)
+    cos = sorted({int(_num(r.get("colocated")) or 1) for r in runs if (r["strategy"], r.get("strategy_options")) == fastest_key
+                  and 1 < int(_num(r.get("colocated")) or 1) <= ranks_per_node})
+    note = ""
+    if cos:
+        k = cos[-1]
+        fb_k, opt_k = _fb_opt([r for r in runs if (r["strategy"], r.get("strategy_options")) == fastest_key
+                               and int(_num(r.get("colocated")) or 1) == k])
+        fb_1, opt_1 = _fb_opt(by[fastest_key])
+        cf, co = fb_k / fb_1, (opt_k / opt_1 if opt_1 > 0 else 1.0)
+        note = f", x{cf:.2f} co-located with {k - 1} other(s)"
+        return Reference(fb, opt, len(base), f"{base[0]['strategy']} on 1 device, batch {micro_batch}, "
+                                             f"{len(base)} run(s){note}", cf, co)
+    if ranks_per_node > 1:
+        note = ", no co-located calibration"
+    return Reference(fb, opt, len(base), f"{base[0]['strategy']} on 1 device, batch {micro_batch}, "
+                                         f"{len(base)} run(s){note}")
 
 
 def run_sigma(ok) -> tuple[float, int]:
@@ -301,7 +339,7 @@ def measured_points(ok, refs, cluster) -> tuple[list[Measured], list[str]]:
     for _, g in ok[ok["devices"] > 1].groupby("identity", sort=False):
         row = g.iloc[0].to_dict()
         p = point_of(row)
-        ref = reference_for(row, p.micro_batch, refs)
+        ref = reference_for(row, p.micro_batch, refs, int(_num(row.get("degree_devices_per_node")) or p.devices))
         if ref is None:
             missing.append(f"{label(row)} on {p.devices} devices: no 1-device run at batch {p.micro_batch} "
                            f"(measure one: python -m bench.run size={row['size']} strategy=single batch_size={p.micro_batch} "
@@ -398,6 +436,8 @@ def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, d
     out = []
     for ser, g in ok.groupby("series", sort=False):
         first = g.sort_values("devices").iloc[0].to_dict()
+        if int(_num(first.get("colocated")) or 1) > 1:  # a calibration, not a scaling series
+            continue
         counts = sorted(set(int(d) for d in g["devices"]) | set(devices))
         for n in counts:
             runs = g[g["devices"] == n]
@@ -411,7 +451,7 @@ def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, d
                 out.append({**rec, "note": f"invalid at {n} devices: {e}"})
                 continue
             p = point_of_spec(spec)
-            ref = reference_for(first, p.micro_batch, refs)
+            ref = reference_for(first, p.micro_batch, refs, min(n, cluster.devices_per_node))
             if ref is None:
                 out.append({**rec, "note": f"no 1-device calibration at batch {p.micro_batch}"})
                 continue
@@ -475,6 +515,8 @@ def load_prices(path: str | None, flat: float | None):
     """price(row) -> (usd per device-hour, source) | None. A file (YAML) maps hardware labels
     (or "*") to {usd_per_device_hour, source, date}: nothing without a source and a date."""
     if flat is not None:
+        if not flat > 0:
+            raise ValueError(f"--usd-per-device-hour {flat}: a price must be above 0")
         return lambda row: (flat, "--usd-per-device-hour (given on the command line)")
     if path is None:
         return None
@@ -487,6 +529,8 @@ def load_prices(path: str | None, flat: float | None):
     for k, v in d.items():
         if not isinstance(v, dict) or any(x not in v for x in ("usd_per_device_hour", "source", "date")):
             raise ValueError(f"--prices {path}: entry {k!r} needs usd_per_device_hour, source and date")
+        if not float(v["usd_per_device_hour"]) > 0:
+            raise ValueError(f"--prices {path}: entry {k!r}: usd_per_device_hour must be above 0")
 
     def price(row):
         v = d.get(row.get("hardware_label")) or d.get("*")
@@ -536,23 +580,25 @@ def run(a, say=print) -> list[str]:
     price = load_prices(a.prices, a.usd_per_device_hour)
     df = load(a.results)
     if df.empty:
-        raise ValueError(f"no benchmark results under {' '.join(a.results)}")
+        raise ValueError(f"no benchmark results under {' '.join(a.results)} (a probe alone is not enough): measure "
+                         "1-device and multi-device points there with python -m bench.run")
     ok = figures.ok_runs(identity.with_keys(df))
     if ok.empty:
         raise ValueError("no ok benchmark runs to calibrate on")
     probes = load_probes(a.results)
     link = Link.from_probe(probes[-1]) if probes else None
     per_node = a.devices_per_node or int(ok["devices"].max())
+    if link is None:
+        raise ValueError("no bench.probe result among the results: run python -m bench.probe devices=2 "
+                         "results_root=<the same folder> (the measured points' messages are costed on it)")
+    measured_on = probe_cluster(link, per_node)  # the measured runs talked over the probed link
+    cluster = load_cluster(a.cluster, link) if a.cluster else measured_on
+    say(f"[project] measured points costed on: {measured_on.source}")
     if a.cluster:
-        cluster = load_cluster(a.cluster, link)
-    elif link is not None:
-        cluster = probe_cluster(link, per_node)
-    else:
-        raise ValueError("no bench.probe result among the results and no --cluster: run "
-                         "python -m bench.probe devices=2 (into the same results folder) or give --cluster")
-    say(f"[project] links: {cluster.source}")
+        say(f"[project] projection costed on: {cluster.source} ({cluster.devices_per_node} devices per node); "
+            f"compute stays at the measured devices' rate ({', '.join(sorted(set(map(str, ok['hardware_label']))))})")
     refs = references(ok)
-    points, missing = measured_points(ok, refs, cluster)
+    points, missing = measured_points(ok, refs, measured_on)
     for line in missing:
         say(f"[project] skipped {line}")
     sigma_run, run_dof = run_sigma(ok)
@@ -568,7 +614,7 @@ def run(a, say=print) -> list[str]:
     if a.validate:
         if len({identity.series(m.row) for m in points}) < 2:
             raise ValueError("--validate needs multi-device points of at least two series (one is left out, "
-                             "the others fit the overlap and slowest-rank terms)")
+                             "the others fit the model's terms); measure more strategies at devices=2")
         val = pd.DataFrame(validate(points, sigma_run))
         path = os.path.join(out_dir, "validation.csv")
         val.to_csv(path, index=False)
@@ -584,6 +630,7 @@ def run(a, say=print) -> list[str]:
             "links": cluster.source, "tokens": tokens, "validated": summary(val.to_dict("records")) if val is not None else None}
     with open(os.path.join(out_dir, "projection.json"), "w") as f:
         json.dump(meta, f, indent=1, default=str)
+    written.append(os.path.join(out_dir, "projection.json"))
     from bench.figures_projection import write_pdf
     written.append(write_pdf(os.path.join(out_dir, "projection.pdf"), proj, val, probes, meta))
     return written
@@ -591,10 +638,11 @@ def run(a, say=print) -> list[str]:
 
 def validation_text(val) -> str:
     lines = ["", "held-out validation (leave one series out; tokens/s of the median run):",
-             f"  {'series':<28} {'devices':>7} {'measured':>10} {'predicted':>10} {'95% interval':>21} {'error':>7} runs in"]
+             f"  {'series':<28} {'devices':>7} {'measured':>10} {'predicted':>10} {'95% interval':>21} {'error':>7} "
+             f"{'runs in it':>10}"]
     for r in val.to_dict("records"):
         lines.append(f"  {r['series']:<28} {r['devices']:>7} {r['measured']:>10,.0f} {r['predicted']:>10,.0f} "
-                     f"{r['lo']:>10,.0f}-{r['hi']:<10,.0f} {r['error']:>+7.1%} {r['runs_inside']}/{r['runs']}")
+                     f"{r['lo']:>10,.0f}-{r['hi']:<10,.0f} {r['error']:>+7.1%} {r['runs_inside']:>8}/{r['runs']}")
     sm = summary(val.to_dict("records"))
     lines.append(f"  median |error| {sm['median_abs_error']:.1%}, max {sm['max_abs_error']:.1%} over {sm['points']} "
                  f"points; {sm['inside']:.0%} of {sm['runs']} held-out runs inside their 95% interval")
@@ -602,7 +650,10 @@ def validation_text(val) -> str:
 
 
 def projection_text(proj) -> str:
-    lines = ["", "projection (tokens/s; measured where a run exists):"]
+    lines = ["", "projection: tokens/s predicted (95% interval), MFU, predicted memory per device, the measured "
+                 "median where runs exist; hours and dollars to train from the predicted tokens/s",
+             f"  {'series':<28} {'devices':>6}  {'tokens/s':>12} {'(interval)':<20} {'MFU':<9} {'memory':>16}  "
+             "measured, time, cost"]
     said = set()
     for r in proj.to_dict("records"):
         if _num(r.get("tokens_per_s")) is None:

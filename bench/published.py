@@ -102,6 +102,7 @@ def reproduce(cluster) -> tuple[float, list[Row]]:
 def report(rows: list[Row], rate: float) -> list[str]:
     lines = [f"Narayanan et al. 2021 Table 1 on paper (compute rate calibrated on row 1: {rate / 1e12:.0f} TFLOP/s "
              f"= {rate / PEAK_FLOPS:.0%} of the A100's 312):",
+             "  achieved TFLOP/s per GPU (the paper's eq. 3 FLOPs, recomputation included)",
              f"  {'params':>8} {'GPUs':>5} {'published':>10} {'predicted':>10} {'error':>7}"]
     for r in rows:
         lines.append(f"  {r.params_billion:>7.1f}B {r.gpus:>5} {r.published_tflops:>10.0f} {r.predicted_tflops:>10.1f} "
@@ -109,7 +110,9 @@ def report(rows: list[Row], rate: float) -> list[str]:
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    argparse.ArgumentParser(prog="python -m bench.published", description=__doc__.split("\n\n")[0]).parse_args(argv)
     from bench.links import load_cluster
     rate, rows = reproduce(load_cluster("dgx-a100", None))
     print("\n".join(report(rows, rate)))

@@ -173,6 +173,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         strategy_options=json.dumps({k: v for k, v in strat.items() if k != "name"}, sort_keys=True) if strat else None,
         compile=bool(cfg.get("compile")), threads=cfg.get("cpu_threads_per_device"),
         oversubscribe=bool(cfg.get("oversubscribe")), data_path=cfg.get("data_path"),
+        colocated=int(cfg.get("colocated") or 1),
         repeat=r.get("repeat", 0), repeats=r.get("repeats", 1),
         n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])
                   if all(k in size for k in ("n_layer", "n_embd", "vocab_size", "block_size")) else None),

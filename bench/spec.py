@@ -125,6 +125,7 @@ class RunSpec:
     data_path: str | None
     timeout_s: float
     rendezvous: Rendezvous
+    colocated: int = 1  # independent copies of a 1-device point run at once (procs counts them all)
 
     @property
     def tokens_per_step(self) -> int:

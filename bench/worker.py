@@ -214,7 +214,9 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     # that drives several devices (nn.DataParallel) takes all their replicas' rows at once.
     lay = spec.layout
     batches = make_batches(spec.data.value, spec.data_path, spec.seed, spec.warmup_steps + spec.steps,
-                           spec.grad_accum, lay.dp // lay.devices_per_process, rank // (lay.tp * lay.pp),
+                           # colocated copies of a 1-device point (bench.project's calibration) share replica 0
+                           spec.grad_accum, lay.dp // lay.devices_per_process,
+                           (rank // (lay.tp * lay.pp)) % (lay.dp // lay.devices_per_process),
                            spec.batch_size * lay.devices_per_process, spec.seq_len, spec.shape.vocab_size)
     par = parallel.get(spec.strategy).apply(spec, ctx)
     # this rank's own elements: a DTensor's numel() is the whole tensor's

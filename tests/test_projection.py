@@ -282,3 +282,71 @@ def test_probe_runs_for_real_and_records_a_result(tmp_path):
     assert rec["hardware_label"] and rec["config_hash"].startswith("probe-")
     assert "busbw" in r.stdout and "alpha-beta" in r.stdout
     assert os.path.exists(os.path.join(os.path.dirname(rec["path"]), "probe.csv"))
+
+
+# ---------------------------------------------------------------- co-located calibration
+
+def test_colocated_copies_are_planned_as_processes_of_a_one_device_point():
+    from bench.plan import Host, InvalidConfig
+    from tests.conftest import plan
+    host = Host(cores=4, gpus=0, gpu_bf16=False, gpu_memory_bytes=(), ram_bytes=2**35, ram_available_bytes=2**35)
+    spec = plan("size=mini", "strategy=single", "colocated=2", host=host)
+    assert (spec.devices, spec.procs, spec.colocated) == (1, 2, 2)
+    with pytest.raises(InvalidConfig, match="colocated=2 runs copies of a 1-device point"):
+        plan("size=mini", "strategy=dp", "devices=2", "colocated=2", host=host)
+    with pytest.raises(InvalidConfig, match="use colocated<=4"):
+        plan("size=mini", "strategy=single", "colocated=5", host=host)
+
+
+def _ref_row(strategy, step, opt, colocated=1, batch=8):
+    return {"devices": 1, "grad_accum": 1, "degree_dp": 1, "degree_tp": 1, "degree_pp": 1, "batch_size": batch,
+            "strategy": strategy, "strategy_options": "{}", "tokens_per_step": 1000, "tokens_per_s": 1000 / step,
+            "optimizer_time_s": opt, "colocated": colocated, **{k: "same" for k in project.REF_KEYS}}
+
+
+def test_reference_takes_its_own_strategy_and_the_co_location_factor():
+    import pandas as pd
+    rows = [_ref_row("single", 0.20, 0.01), _ref_row("single", 0.20, 0.01), _ref_row("dp", 0.21, 0.01),
+            _ref_row("single", 0.26, 0.012, colocated=2)]
+    refs = project.references(pd.DataFrame(rows))
+    dp_row = {**_ref_row("dp", 1, 0), "devices": 2}
+    alone = project.reference_for(dp_row, 8, refs, ranks_per_node=1)
+    assert (alone.fb_s, alone.opt_s) == pytest.approx((0.20, 0.01))  # dp's own 1-device run
+    shared = project.reference_for(dp_row, 8, refs, ranks_per_node=2)
+    factor = (0.26 - 0.012) / (0.20 - 0.01)  # single's forward-backward slowed by one busy neighbour
+    assert (shared.fb_s, shared.opt_s) == pytest.approx((0.20, 0.01))
+    assert (shared.contention, shared.opt_contention) == pytest.approx((factor, 1.2)) and "co-located" in shared.source
+    assert project.concurrency(1, 1) == 1.0 and project.concurrency(1, 2) == 0.0  # naive: never together
+    assert project.concurrency(4, 2) == pytest.approx(3 / 5)  # GPipe, 2 stages: 3 of 5 slots overlap
+    tp_row = {**_ref_row("tp", 1, 0), "devices": 2}  # no tp on 1 device: the fastest strategy's
+    assert project.reference_for(tp_row, 8, refs, 1).fb_s == pytest.approx(0.19)
+    assert project.reference_for(tp_row, 2, refs, 1) is None  # no run at that micro-batch
+
+
+@pytest.mark.slow
+def test_probe_sweep_and_projection_end_to_end(tmp_path):
+    """The README's recipe, shrunk: a probe, 1-device calibration (alone and co-located) and
+    2-device points, then bench.project --validate with time and cost."""
+    R = str(tmp_path / "r")
+    assert _cli("bench.probe", "devices=2", "max_bytes=4194304", f"results_root={R}").returncode == 0
+    common = ["size=tiny", "steps=2", "warmup_steps=1", f"results_root={R}", f"report_dir={tmp_path / 'rep'}"]
+    for args in (["strategy=single,dp,tp", "devices=1,2"], ["strategy=mp", "devices=2"],
+                 ["strategy=single", "colocated=2"]):
+        r = _cli("bench.run", "-m", *common, *args)
+        assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "proj"
+    r = _cli("bench.project", R, "--validate", "--devices", "4,8", "--tokens", "1M", "--usd-per-device-hour", "2",
+             "-o", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pandas as pd
+    val = pd.read_csv(out / "validation.csv")
+    assert set(val["series"].str.split().str[1]) == {"dp", "tp", "mp/naive"}
+    assert {"series", "devices", "measured", "predicted", "lo", "hi", "error"} <= set(val.columns)
+    proj = pd.read_csv(out / "projection.csv")
+    assert {"series", "devices", "tokens_per_s", "lo", "hi", "mfu", "mem_bytes", "measured", "hours_to_train",
+            "usd_per_million_tokens", "usd_to_train"} <= set(proj.columns)
+    dp8 = proj[(proj["devices"] == 8) & proj["series"].str.contains(" dp ")].iloc[0]
+    assert dp8["hours_to_train"] == pytest.approx(1e6 / dp8["tokens_per_s"] / 3600)
+    assert dp8["usd_to_train"] == pytest.approx(2 * 8 * dp8["hours_to_train"])
+    assert (out / "projection.pdf").exists() and "held-out validation" in r.stdout
+    assert set(proj["energy_source"].dropna()) == {"unavailable"}  # a CPU measures no energy
