@@ -55,6 +55,8 @@ class Comm:
     stride: int = 1  # rank distance between the group's members (dp outermost, then tp, pp)
     per_microbatch: bool = False  # on every micro-batch's path (tensor parallel, pipeline sends)
     link_ranks: int = 0  # ranks whose span decides the link (0: `ranks`): a pipeline's sends pace at its slowest boundary
+    blocking: bool = False  # the next computation waits for it on every rank (a collective between dependent
+    #                         matmuls, the tied gradient); pipeline sends are posted asynchronously, DP traffic overlaps
 
     @property
     def bytes_per_step(self) -> float:
@@ -137,10 +139,12 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
         if sequence_parallel:
             for op in ("all_gather", "reduce_scatter"):
                 out.append(Comm(op, act * compute_bytes, fwd + bwd, "tensor", tp, False,
-                                f"sequence-parallel {op.replace('_', '-')} of block activations", 1, True))
+                                f"sequence-parallel {op.replace('_', '-')} of block activations", 1, True,
+                                blocking=True))
         else:
             out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tensor", tp, False,
-                            "tensor-parallel all-reduce of block activations (2 forward, 2 backward per block)", 1, True))
+                            "tensor-parallel all-reduce of block activations (2 forward, 2-4 backward per block)", 1, True,
+                            blocking=True))
     if pp > 1:
         send = act * compute_bytes / tp if megatron else act * FP32
         out.append(Comm("sendrecv", send, 2 * steps * s.chunks, "pipeline", 2, False,
@@ -149,7 +153,8 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
         if stage in (0, pp - 1):
             tied = s.V * s.H * FP32 / (tp if megatron else 1) / (dp if data_parallel == FSDP else 1)
             out.append(Comm("all_reduce", tied, 1, "tie", 2, False,
-                            "tied embedding gradient (this rank's shard), first and last stage", tp * (pp - 1)))
+                            "tied embedding gradient (this rank's shard), first and last stage", tp * (pp - 1),
+                            blocking=True))
     if dp > 1 and data_parallel == DDP:
         total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage, vocab_parallel=megatron) * FP32
         n = max(1, math.ceil(total / DDP_BUCKET_BYTES))
@@ -164,10 +169,13 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
         # weights only after backward): m gathers forward, up to m backward (1F1B)
         blk_gathers = layers * (2 if reshard_after_forward else 1) * steps
         st = tp * pp
-        out.append(Comm("all_gather", blk * gather, blk_gathers, "data", dp, True,
+        # the gathers stand before the computation that needs them (FSDP2 prefetches one unit
+        # ahead: on a GPU part of a gather hides behind the previous unit; the model counts them
+        # exposed, and fits the overlap `o` on the traffic that runs beside the backward)
+        out.append(Comm("all_gather", blk * gather, blk_gathers, "data", dp, False,
                         "FSDP all-gather of block parameters (forward" + (", backward)" if reshard_after_forward else ")"),
                         st))
-        out.append(Comm("all_gather", root * gather, s.grad_accum, "data", dp, True,
+        out.append(Comm("all_gather", root * gather, s.grad_accum, "data", dp, False,
                         "FSDP all-gather of the root (embeddings)", st))
         out.append(Comm("reduce_scatter", blk * FP32, layers * s.grad_accum, "data", dp, True,
                         "FSDP reduce-scatter of block gradients", st))

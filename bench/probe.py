@@ -329,6 +329,9 @@ def run_probe(overrides: list[str], say=print) -> tuple[dict[str, Any], str]:
     finally:
         for k, v in old.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    if not out.writes_result:  # multinode: the node holding rank 0 records the probe
+        say(f"[probe] {out.status} on this node; the probe's result.json is written by the node that held rank 0")
+        return {"status": out.status, "error": out.error, "node_only": True}, ""
     if out.metrics:
         out.metrics = {"probe": {k: v for k, v in out.metrics.items() if k != "interconnect"},
                        "interconnect": out.metrics.get("interconnect"), "hosts": out.metrics.get("hosts")}
@@ -361,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
-    print(f"\nresult: {path}" + ("" if result["status"] == "ok" else f"\nprobe {result['status']}: {result['error']}"))
+    if path:
+        print(f"\nresult: {path}" + ("" if result["status"] == "ok" else f"\nprobe {result['status']}: {result['error']}"))
     sys.exit(0 if result["status"] == "ok" else 1)
 
 

@@ -19,11 +19,12 @@ The step-time model of one point (a rank's optimizer step; `components`, `step_t
 * communication (bench/comm.py volumes) costed on the link each group crosses (bench/links.py:
   the probe's measured curve, or a cluster profile): tensor-parallel all-reduces and pipeline
   sends on every micro-batch's path (critical_comm), the pipeline's tied gradient once per
-  step (step_comm), DDP/FSDP traffic overlappable (dp_comm); `syncs`: the blocking messages;
+  step (step_comm), DDP/FSDP traffic overlappable (dp_comm); `syncs`: the blocking collectives
+  (tensor parallel's, the tied gradient's; a pipeline posts its sends asynchronously);
 * three terms fitted to measured multi-device points (`Terms`): the overlap fraction o of the
   data-parallel traffic hidden behind the backward, the slowest rank's extra s per unit of
-  critical-path time, and the wait w per blocking message (each waits for the slowest rank and
-  pays its runtime's dispatch); h(n) = sqrt(log2 n), 1 at n = 2, grows as the expected maximum
+  critical-path time, and the wait w per blocking collective (each waits for the slowest rank
+  and pays its runtime's dispatch); h(n) = sqrt(log2 n), 1 at n = 2, grows as the expected maximum
   of n draws.
 
 A prediction's 95% interval is exp(+- t(0.975, df) x sigma) in log space, sigma^2 the fit's
@@ -164,7 +165,7 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
         comms = comm.step_comms(s, p.dp, p.tp, p.pp, p.data_parallel, p.sequence_parallel, p.reshard,
                                 p.checkpointing, p.compute_bytes, stage, megatron=p.vocab_parallel)
         per_micro = sum(cost(c) for c in comms if c.per_microbatch) / (p.microbatches * p.grad_accum)
-        syncs = max(syncs, sum(c.count for c in comms if not c.overlappable))
+        syncs = max(syncs, sum(c.count for c in comms if c.blocking))
         taus0.append(fb * shares[stage])
         taus.append(taus0[-1] + per_micro)
         params = comm.rank_params(p.L, p.H, p.V, p.T_max, p.tp, p.pp, stage, p.vocab_parallel) / whole

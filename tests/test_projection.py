@@ -350,3 +350,25 @@ def test_probe_sweep_and_projection_end_to_end(tmp_path):
     assert dp8["usd_to_train"] == pytest.approx(2 * 8 * dp8["hours_to_train"])
     assert (out / "projection.pdf").exists() and "held-out validation" in r.stdout
     assert set(proj["energy_source"].dropna()) == {"unavailable"}  # a CPU measures no energy
+
+
+@pytest.mark.slow
+def test_probe_across_two_nodes_on_one_machine(tmp_path):
+    """launcher=multinode: two "nodes" (one rank each) meet through a static rendezvous; the
+    node holding rank 0 records the probe, the other says so and records nothing."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    nodes = [subprocess.Popen([sys.executable, "-m", "bench.probe", "devices=1", "launcher=multinode",
+                               f"launcher.rdzv_endpoint=127.0.0.1:{port}", f"launcher.node_rank={n}",
+                               "max_bytes=16384", f"results_root={tmp_path / f'n{n}'}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for n in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    from bench.results import load_probes
+    (rec,) = load_probes(str(tmp_path))
+    assert rec["degrees"]["nodes"] == 2 and rec["metrics"]["probe"]["rows"][0]["ranks"] == 2
+    assert "written by the node that held rank 0" in outs[1]
