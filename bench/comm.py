@@ -171,12 +171,12 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
         st = tp * pp
         # the gathers stand before the computation that needs them (FSDP2 prefetches one unit
         # ahead: on a GPU part of a gather hides behind the previous unit; the model counts them
-        # exposed, and fits the overlap `o` on the traffic that runs beside the backward)
+        # exposed and blocking, and fits the overlap `o` on the traffic that runs beside the backward)
         out.append(Comm("all_gather", blk * gather, blk_gathers, "data", dp, False,
                         "FSDP all-gather of block parameters (forward" + (", backward)" if reshard_after_forward else ")"),
-                        st))
+                        st, blocking=True))
         out.append(Comm("all_gather", root * gather, s.grad_accum, "data", dp, False,
-                        "FSDP all-gather of the root (embeddings)", st))
+                        "FSDP all-gather of the root (embeddings)", st, blocking=True))
         out.append(Comm("reduce_scatter", blk * FP32, layers * s.grad_accum, "data", dp, True,
                         "FSDP reduce-scatter of block gradients", st))
         out.append(Comm("reduce_scatter", root * FP32, s.grad_accum, "data", dp, True,
