@@ -67,7 +67,7 @@ def fig_projection(proj: pd.DataFrame, meta: dict[str, Any]) -> plt.Figure:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="series (dots: measured)",
               title_fontsize=7)
     title = (f"Projection (dashed; 95% interval shaded) beside the measured medians (dots). Fitted: overlap "
-             f"{meta['overlap']:.2f}, slowest-rank {meta['slowest_rank']:.2f}, wait per blocking message "
+             f"{meta['overlap']:.2f}, slowest-rank {meta['slowest_rank']:.2f}, wait per blocking collective "
              f"{meta.get('sync_ms', 0):.2f} ms. Links: {meta['links']}")
     ax.set_title("\n".join(textwrap.wrap(title, 110)), fontsize=8)
     fig.subplots_adjust(right=0.74)

@@ -191,7 +191,7 @@ def h(n: int) -> float:
 class Terms:
     """The fitted terms: `overlap` o (0..1) of the data-parallel traffic hidden behind the
     backward; `slowest` s, the slowest rank's extra per unit of critical-path time; `sync_s` w,
-    the expected wait per blocking message (a tensor-parallel collective, a pipeline send:
+    the expected wait per blocking collective (tensor parallel's, FSDP's gathers, the tied gradient:
     each waits for the slowest rank and pays its runtime's dispatch); both waits scale by h(n)."""
     overlap: float = 0.0
     slowest: float = 0.0
@@ -208,7 +208,7 @@ def step_time(c: dict[str, float], n: int, t: Terms) -> float:
 
 O_GRID = [i / 20 for i in range(21)]
 S_GRID = [i / 100 for i in range(61)]
-W_GRID = [i * 0.25e-3 for i in range(81)]  # 0 .. 20 ms per blocking message
+W_GRID = [i * 0.25e-3 for i in range(81)]  # 0 .. 20 ms per blocking collective
 
 
 def fit_terms(items: list[tuple[dict[str, float], int, float]]) -> tuple[Terms, float, int]:
@@ -606,7 +606,7 @@ def run(a, say=print) -> list[str]:
     terms, sd, n_fit = fit_terms([(m.parts, m.point.devices, m.step_s) for m in points])
     sigma = math.sqrt((sd if math.isfinite(sd) else 0) ** 2 + (sigma_run if math.isfinite(sigma_run) else 0) ** 2)
     say(f"[project] fitted on {n_fit} multi-device point(s): overlap o = {terms.overlap:.2f}, slowest-rank "
-        f"s = {terms.slowest:.2f}, wait per blocking message w = {terms.sync_s * 1e3:.2f} ms; "
+        f"s = {terms.slowest:.2f}, wait per blocking collective w = {terms.sync_s * 1e3:.2f} ms; "
         f"residual sd {sd:.3f}, between-run sd {sigma_run:.3f} (log tokens/s)")
     out_dir = a.out or os.path.join("reports", f"projection-{dt.datetime.now():%Y-%m-%d_%H-%M-%S}")
     os.makedirs(out_dir, exist_ok=True)
