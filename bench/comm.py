@@ -4,8 +4,10 @@ What each rank puts on the wire in one optimizer step, as a list of `Comm`: the 
 its message size S as nccl-tests defines it (bench/probe.py: the all-reduce buffer, all-gather's
 output, reduce-scatter's input, what one send carries), how many times per step, over which
 group (data, tensor, pipeline, or the pipeline's tie pair) and whether it can hide behind computation
-(`overlappable`: DDP's bucketed all-reduces and FSDP's gathers and reductions run beside the
-backward; tensor-parallel all-reduces and pipeline sends sit on the critical path).
+(`overlappable`: DDP's bucketed all-reduces and FSDP's reduce-scatters run beside the
+backward; tensor-parallel collectives and pipeline sends sit on every micro-batch's path, FSDP's
+gathers before the computation that needs them) and whether the next computation waits for it
+on every rank (`blocking`: tensor parallel's collectives, FSDP's gathers, the tied gradient).
 
 The volumes (REFERENCE.md, "Collectives"), in this project's implementation (bench/parallel):
 
@@ -56,7 +58,7 @@ class Comm:
     per_microbatch: bool = False  # on every micro-batch's path (tensor parallel, pipeline sends)
     link_ranks: int = 0  # ranks whose span decides the link (0: `ranks`): a pipeline's sends pace at its slowest boundary
     blocking: bool = False  # the next computation waits for it on every rank (a collective between dependent
-    #                         matmuls, the tied gradient); pipeline sends are posted asynchronously, DP traffic overlaps
+    #                         matmuls, an FSDP gather, the tied gradient); pipeline sends are posted asynchronously
 
     @property
     def bytes_per_step(self) -> float:

@@ -41,10 +41,12 @@ def variant(row) -> str:
     (the registry's label, bench.parallel.label)."""
     from bench.parallel import label
     sched = _get(row, "schedule")
-    return label(str(_get(row, "strategy")), sched if isinstance(sched, str) and sched else None,
+    name = label(str(_get(row, "strategy")), sched if isinstance(sched, str) and sched else None,
                  tp=int(_get(row, "degree_tp") or 1), pp=int(_get(row, "degree_pp") or 1),
                  sequence_parallel=_get(row, "degree_sequence_parallel") is True,
                  checkpointing=_get(row, "degree_activation_checkpointing"))
+    co = int(_get(row, "colocated") or 1)
+    return name + (f" x{co} co-located" if co > 1 else "")  # bench.project's calibration runs
 
 
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 A run's identity is everything that changes the measured work or the machine: the hardware
 label, the model's shape, the strategy with all its options, the resolved precision and
 accelerator, sequence length, per-replica and global batch, grad accumulation, activation
-checkpointing, compile, the data, threads per device, oversubscription, nodes and devices.
+checkpointing, compile, the data, threads per device, oversubscription, co-located copies
+(`colocated`: bench.project's calibration), nodes and devices.
 Runs with one identity are repeats of one measurement (seeds, `repeats=N`): only they are
 ever aggregated. The seed, the number of steps, the warm-up and the learning rate are not
 part of it: they do not change the work of a step.

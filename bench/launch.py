@@ -332,6 +332,8 @@ def interconnect(spec: RunSpec, metrics: dict[str, Any], out_dir: str) -> str:
     hosts = metrics.get("hosts") or []
     if spec.procs * spec.nodes == 1:
         return "none (one process)"
+    if getattr(spec, "colocated", 1) > 1:
+        return f"none ({spec.colocated} independent co-located copies)"
     if spec.accelerator is Accelerator.cuda:
         lines: list[str] = []
         for path in glob.glob(os.path.join(out_dir, ".nccl", "*.log")):

@@ -112,8 +112,8 @@ class Cluster:
         members share a node: within a node when the whole group fits in one; across nodes
         each node's members drive their own NICs (a DGX: one HCA per GPU), so the per-device
         inter-node bandwidth counts that many times (NCCL's channels spread over them)."""
-        if stride * (ranks - 1) < self.devices_per_node:
-            return self.intra, 1
+        if stride * (ranks - 1) < self.devices_per_node or self.inter is self.intra:
+            return self.intra, 1  # one link for everything (a probe alone): no NICs to count
         return self.inter, max(1, min(ranks, self.devices_per_node // max(stride, 1)))
 
 

@@ -182,7 +182,9 @@ def cuda_needs_a_gpu(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
 
 
 def gpus_enough(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
-    if t.accelerator is Accelerator.cuda and t.devices_per_node > host.gpus:
+    if t.accelerator is Accelerator.cuda and t.devices_per_node * cfg.colocated > host.gpus:
+        if cfg.colocated > 1:
+            return f"colocated={cfg.colocated} needs {cfg.colocated} GPUs but this node has {host.gpus}; use colocated<={host.gpus}"
         return f"devices={t.devices_per_node} but this node has {host.gpus} GPU(s); use devices<={host.gpus}"
 
 
@@ -293,6 +295,12 @@ def one_f_one_b_microbatches(cfg: BenchConfig, t: Placement, lay: Layout, batch:
                 f"stages; use strategy.microbatches>={lay.pp} (and a batch_size that divides by it)")
 
 
+def colocated_copies_have_no_mesh(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
+    if cfg.colocated > 1 and lay.mesh is not None:  # a copy's 1-rank mesh inside a world of copies
+        return (f"colocated={cfg.colocated} copies the plain model (strategy=single); strategy={cfg.strategy.name} "
+                "builds a device mesh on one device: use strategy=single, or colocated=1")
+
+
 def sequence_parallel_needs_tp(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
     if cfg.strategy.sequence_parallel and lay.tp == 1:
         return ("strategy.sequence_parallel=true needs tensor parallelism; "
@@ -333,7 +341,8 @@ def text_longer_than_sequence(cfg: BenchConfig, t: Placement, lay: Layout, batch
 LAYOUT_CHECKS: list[Callable[[BenchConfig, Placement, Layout, int], str | None]] = [
     heads_divide_by_tp, stages_fit_layers, global_batch_divides, fp16_without_model_parallel, pipeline_with_fsdp_only,
     microbatches_divide_batch, interleaved_chunks_fit, interleaved_microbatches, one_f_one_b_microbatches,
-    sequence_parallel_needs_tp, sequence_divides_by_tp, text_file_exists, text_longer_than_sequence]
+    sequence_parallel_needs_tp, sequence_divides_by_tp, text_file_exists, text_longer_than_sequence,
+    colocated_copies_have_no_mesh]
 
 
 # -- the spec ---------------------------------------------------------------------------------

@@ -11,21 +11,25 @@ The step-time model of one point (a rank's optimizer step; `components`, `step_t
   token: blocks 72 H^2 + 12 H T each, output layer 6 V H; tp divides the blocks, a pipeline
   stage holds its layers) at the rate a 1-device run of the same work achieved at the same
   micro-batch size (its step time less its optimizer time: a calibration point, never a
-  datasheet); a pipeline's critical path is sum_s tau_s / v + (m - 1/v) max_s tau_s (m
-  micro-batches, v chunks per rank: the fill and drain pass every stage once);
-* optimizer: the 1-device run's optimizer time x the rank's share of the parameters (FSDP
-  divides it by dp) (CPU runs measure it; on a GPU the step is timed whole and the optimizer
-  stays inside `compute`);
+  datasheet), times the co-location factor where the rank's neighbours compute at the same
+  time (`colocated=k` runs of the plain model against its runs alone, at least 1; in full
+  with dp/tp peers, over a pure pipeline's overlapping slots only: `concurrency`); a
+  pipeline's critical path is sum_s tau_s / v + (m - 1/v) max_s tau_s (m micro-batches, v
+  chunks per rank: the fill and drain pass every stage once);
+* optimizer: the 1-device run's optimizer time (and its co-location factor) x the rank's
+  share of the parameters (FSDP divides it by dp) (CPU runs measure it; on a GPU the step is
+  timed whole and the optimizer stays inside `compute`);
 * communication (bench/comm.py volumes) costed on the link each group crosses (bench/links.py:
-  the probe's measured curve, or a cluster profile): tensor-parallel all-reduces and pipeline
-  sends on every micro-batch's path (critical_comm), the pipeline's tied gradient once per
-  step (step_comm), DDP/FSDP traffic overlappable (dp_comm); `syncs`: the blocking collectives
-  (tensor parallel's, the tied gradient's; a pipeline posts its sends asynchronously);
-* three terms fitted to measured multi-device points (`Terms`): the overlap fraction o of the
-  data-parallel traffic hidden behind the backward, the slowest rank's extra s per unit of
-  critical-path time, and the wait w per blocking collective (each waits for the slowest rank
-  and pays its runtime's dispatch); h(n) = sqrt(log2 n), 1 at n = 2, grows as the expected maximum
-  of n draws.
+  the probe's measured curve, or a cluster profile): tensor-parallel collectives and pipeline
+  sends on every micro-batch's path (critical_comm); what nothing hides outside that path,
+  FSDP's gathers and the pipeline's tied gradient (step_comm); what runs beside the backward,
+  DDP's all-reduces and FSDP's reduce-scatters (dp_comm); `syncs`: the blocking collectives
+  (tensor parallel's, FSDP's gathers, the tied gradient; a pipeline posts its sends
+  asynchronously);
+* three terms fitted to measured multi-device points (`Terms`): the overlap fraction o of
+  dp_comm hidden behind the backward, the slowest rank's extra s per unit of critical-path
+  time, and the wait w per blocking collective (each waits for the slowest rank and pays its
+  runtime's dispatch); h(n) = sqrt(log2 n), 1 at n = 2, grows as the expected maximum of n draws.
 
 A prediction's 95% interval is exp(+- t(0.975, df) x sigma) in log space, sigma^2 the fit's
 residual variance (df = fitted points - 3) plus the between-run variance of one run (pooled over
@@ -141,15 +145,20 @@ class Reference:
     opt_contention: float = 1.0
 
 
-def concurrency(microbatches: int, stages: int) -> float:
+def concurrency(microbatches: int, stages: int, others: int = 1) -> float:
     """The share of a step in which a rank's neighbours compute at the same time: 1 without a
-    pipeline; a pipeline's stages overlap in m - 1 of its m + p - 1 slots (the naive split: never)."""
-    return 1.0 if stages == 1 else (microbatches - 1) / (microbatches + stages - 1)
+    pipeline or where the rank has data- or tensor-parallel peers (`others` > 1: they always
+    compute with it); a pure pipeline's m + p - 1 slots have two or more stages busy in all but
+    the first and the last (m + p - 3 of them) when m > 1; the naive split (m = 1) never."""
+    if stages == 1 or others > 1:
+        return 1.0
+    return 0.0 if microbatches == 1 else (microbatches + stages - 3) / (microbatches + stages - 1)
 
 
 def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
     """The model's parts for point `p` (seconds per optimizer step): compute, critical_comm,
-    optimizer, dp_comm (see the module docstring), on `cluster` (bench.links.Cluster)."""
+    optimizer, step_comm, dp_comm, and the count of blocking collectives `syncs` (see the module
+    docstring), on `cluster` (bench.links.Cluster)."""
     shares = flop_shares(p.L, p.H, p.V, p.seq, p.tp, p.pp, p.vocab_parallel)
     s = Shape(p.L, p.H, p.V, p.T_max, p.seq, p.micro_batch, p.microbatches, p.grad_accum, p.chunks)
     def cost(c: Comm) -> float:
@@ -158,7 +167,7 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
 
     worst: dict[str, float] = {}
     taus, taus0 = [], []
-    fb = ref.fb_s * (1 + (ref.contention - 1) * concurrency(p.microbatches, p.pp))
+    fb = ref.fb_s * (1 + (ref.contention - 1) * concurrency(p.microbatches, p.pp, p.dp * p.tp))
     syncs = 0.0
     whole = comm.rank_params(p.L, p.H, p.V, p.T_max, 1, 1, 0)
     for stage in range(p.pp):
@@ -201,7 +210,7 @@ class Terms:
 def step_time(c: dict[str, float], n: int, t: Terms) -> float:
     """The model's step time (seconds) from `components` and the fitted `Terms`:
     (compute + critical_comm) x (1 + s h(n)) + w h(n) syncs + optimizer + step_comm + (1 - o) dp_comm
-    (step_comm: the messages once per step that nothing hides, the pipeline's tied gradient)."""
+    (step_comm: what nothing hides outside the micro-batches' path: FSDP's gathers, the tied gradient)."""
     return ((c["compute"] + c["critical_comm"]) * (1 + t.slowest * h(n)) + t.sync_s * h(n) * c["syncs"]
             + c["optimizer"] + c.get("step_comm", 0.0) + (1 - t.overlap) * c["dp_comm"])
 
@@ -286,15 +295,22 @@ def reference_for(row: dict[str, Any], micro_batch: int, refs, ranks_per_node: i
     base_key = (row["strategy"], row.get("strategy_options"))
     base = by.get(base_key) or by[fastest_key]
     fb, opt = _fb_opt(base)
-    cos = sorted({int(_num(r.get("colocated")) or 1) for r in runs if (r["strategy"], r.get("strategy_options")) == fastest_key
-                  and 1 < int(_num(r.get("colocated")) or 1) <= ranks_per_node})
+    # co-located copies exist of a layout without a mesh (the plain model): its own runs alone
+    # are the factor's denominator, whichever strategy happened to be fastest
+    colo = [r for r in runs if 1 < int(_num(r.get("colocated")) or 1) <= ranks_per_node]
+    cos = sorted({int(_num(r.get("colocated")) or 1) for r in colo})
     note = ""
     if cos:
         k = cos[-1]
-        fb_k, opt_k = _fb_opt([r for r in runs if (r["strategy"], r.get("strategy_options")) == fastest_key
+        kind = next((r["strategy"], r.get("strategy_options")) for r in colo if int(_num(r.get("colocated")) or 1) == k)
+        fb_k, opt_k = _fb_opt([r for r in colo if (r["strategy"], r.get("strategy_options")) == kind
                                and int(_num(r.get("colocated")) or 1) == k])
-        fb_1, opt_1 = _fb_opt(by[fastest_key])
-        cf, co = fb_k / fb_1, (opt_k / opt_1 if opt_1 > 0 else 1.0)
+        if kind not in by:
+            return Reference(fb, opt, len(base), f"{base[0]['strategy']} on 1 device, batch {micro_batch}, "
+                                                 f"{len(base)} run(s), co-located runs without runs alone")
+        fb_1, opt_1 = _fb_opt(by[kind])
+        # busy neighbours never speed a rank up: a ratio below 1 is the runs' noise
+        cf, co = max(1.0, fb_k / fb_1), max(1.0, opt_k / opt_1 if opt_1 > 0 else 1.0)
         note = f", x{cf:.2f} co-located with {k - 1} other(s)"
         return Reference(fb, opt, len(base), f"{base[0]['strategy']} on 1 device, batch {micro_batch}, "
                                              f"{len(base)} run(s){note}", cf, co)
@@ -547,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cluster", help="a cluster YAML file or profile name (conf/cluster/); default: the probed link "
                                       "for every group")
     ap.add_argument("--devices-per-node", type=int, default=None,
-                    help="without --cluster: devices per node (default: the most devices measured on one node)")
+                    help="without --cluster: devices per node, which the co-location calibration is matched to "
+                         "(default: the most devices measured on one node)")
     ap.add_argument("--validate", action="store_true", help="leave each series out, predict it, show the errors")
     ap.add_argument("--tokens", help="tokens to train, e.g. 300B: hours (and dollars) to train")
     ap.add_argument("--usd-per-device-hour", type=float, help="one price for every device")
@@ -588,7 +605,7 @@ def run(a, say=print) -> list[str]:
         raise ValueError("no ok benchmark runs to calibrate on")
     probes = load_probes(a.results)
     link = Link.from_probe(probes[-1]) if probes else None
-    per_node = a.devices_per_node or int(ok["devices"].max())
+    per_node = a.devices_per_node or int(max(_num(v) or 1 for v in ok.get("degree_devices_per_node", ok["devices"])))
     if link is None:
         raise ValueError("no bench.probe result among the results: run python -m bench.probe devices=2 "
                          "results_root=<the same folder> (the measured points' messages are costed on it)")

@@ -270,7 +270,9 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
         metrics["telemetry_note"] = (f"nvml figures are GPU {local_rank}'s only (one process drives "
                                      f"{lay.devices_per_process} GPUs)")
     elif all(e is not None for e in energy) and sum(energy) > 0:
-        metrics.update(energy_j=sum(energy), tokens_per_j=metrics["tokens_per_step"] * spec.steps / sum(energy))
+        # co-located copies each trained their own tokens_per_step (bench.project's calibration)
+        metrics.update(energy_j=sum(energy),
+                       tokens_per_j=spec.colocated * metrics["tokens_per_step"] * spec.steps / sum(energy))
     # headline: the measured window's peak on the most loaded rank (reset when it opened); the
     # runtime baseline (what a rank held before the model existed) and the build's own peak beside it
     if device.type == "cuda":

@@ -296,6 +296,8 @@ def test_colocated_copies_are_planned_as_processes_of_a_one_device_point():
         plan("size=mini", "strategy=dp", "devices=2", "colocated=2", host=host)
     with pytest.raises(InvalidConfig, match="use colocated<=4"):
         plan("size=mini", "strategy=single", "colocated=5", host=host)
+    with pytest.raises(InvalidConfig, match="builds a device mesh on one device"):
+        plan("size=mini", "strategy=dp", "colocated=2", host=host)
 
 
 def _ref_row(strategy, step, opt, colocated=1, batch=8):
@@ -318,6 +320,11 @@ def test_reference_takes_its_own_strategy_and_the_co_location_factor():
     assert (shared.contention, shared.opt_contention) == pytest.approx((factor, 1.2)) and "co-located" in shared.source
     assert project.concurrency(1, 1) == 1.0 and project.concurrency(1, 2) == 0.0  # naive: never together
     assert project.concurrency(4, 2) == pytest.approx(3 / 5)  # GPipe, 2 stages: 3 of 5 slots overlap
+    assert project.concurrency(8, 4) == pytest.approx(9 / 11)  # all slots but the first and the last
+    assert project.concurrency(1, 4, others=2) == 1.0  # data- or tensor-parallel peers always compute with it
+    faster = project.references(pd.DataFrame(rows[:3] + [_ref_row("single", 0.15, 0.005, colocated=2)]))
+    clamped = project.reference_for(dp_row, 8, faster, ranks_per_node=2)
+    assert (clamped.contention, clamped.opt_contention) == (1.0, 1.0)  # busy neighbours never speed a rank up
     tp_row = {**_ref_row("tp", 1, 0), "devices": 2}  # no tp on 1 device: the fastest strategy's
     assert project.reference_for(tp_row, 8, refs, 1).fb_s == pytest.approx(0.19)
     assert project.reference_for(tp_row, 2, refs, 1) is None  # no run at that micro-batch
@@ -366,7 +373,11 @@ def test_probe_across_two_nodes_on_one_machine(tmp_path):
                                "max_bytes=16384", f"results_root={tmp_path / f'n{n}'}"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for n in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in nodes]
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in nodes]
+    finally:  # a node left waiting must not hold its cores for the tests after this one
+        for p in nodes:
+            p.kill()
     assert [p.returncode for p in nodes] == [0, 0], outs
     from bench.results import load_probes
     (rec,) = load_probes(str(tmp_path))
