@@ -35,7 +35,8 @@ def fig_bandwidth(probe: dict[str, Any]) -> plt.Figure:
     ax.set_ylabel("bus bandwidth, GB/s (nccl-tests busbw)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fits = "\n".join(f"{k}: alpha {f['alpha_s'] * 1e6:.0f} us, beta {f['beta_bytes_per_s'] / 1e9:.2f} GB/s, "
+    fits = "\n".join(f"{k}: no fit ({f['error']})" if "error" in f else
+                     f"{k}: alpha {f['alpha_s'] * 1e6:.0f} us, beta {f['beta_bytes_per_s'] / 1e9:.2f} GB/s, "
                      f"fit error rms {f['rel_rms']:.0%} (max {f['rel_max']:.0%})" for k, f in pr["fits"].items())
     ax.set_title(f"Interconnect: {probe.get('hardware_label')}, {pr.get('backend')}, "
                  f"{probe['metrics'].get('interconnect') or ''}\n(bench.probe, {probe.get('started_at', '')})", fontsize=10)

@@ -69,11 +69,18 @@ class Link:
             pts = sorted((r["size_bytes"], r["time_s"]) for r in rows if r["op"] == op)
             sizes, times = [p[0] for p in pts], monotone([p[1] for p in pts])
             link.curves[op] = (sizes, times)
-            fit = fit_alpha_beta([s * bus_factor(op, n) for s in sizes], times)
-            link.alpha_hop_s[op] = fit.alpha_s / max(hops(op, n), 1)
+            top_bw = sizes[-1] * bus_factor(op, n) / times[-1]  # the largest size's busbw
+            try:
+                fit = fit_alpha_beta([s * bus_factor(op, n) for s in sizes], times)
+                alpha = fit.alpha_s
+            except ValueError:  # no trend to fit (few sizes, noise): the smallest size's time as latency
+                alpha = times[0]
+            link.alpha_hop_s[op] = alpha / max(hops(op, n), 1)
             top = [(s, t) for s, t in zip(sizes, times) if s >= sizes[-1] / 16]
-            link.top_beta[op] = (fit_alpha_beta([s * bus_factor(op, n) for s, _ in top], [t for _, t in top]).beta_bytes_per_s
-                                 if len(top) >= 2 else fit.beta_bytes_per_s)
+            try:
+                link.top_beta[op] = fit_alpha_beta([s * bus_factor(op, n) for s, _ in top], [t for _, t in top]).beta_bytes_per_s
+            except ValueError:
+                link.top_beta[op] = top_bw
         return link
 
     def time_s(self, op: str, size_bytes: float, ranks: int) -> float:

@@ -129,9 +129,12 @@ def fit_rows(rows: list[dict[str, Any]], min_bytes: int = 0) -> dict[str, dict[s
     out: dict[str, dict[str, Any]] = {}
     for key in sorted({(r["scope"], r["op"]) for r in rows}):
         pts = [r for r in rows if (r["scope"], r["op"]) == key and r["size_bytes"] >= min_bytes]
-        f = fit_alpha_beta([r["size_bytes"] * r["bus_factor"] for r in pts], [r["time_s"] for r in pts])
-        out[f"{key[0]}/{key[1]}"] = {"scope": key[0], "op": key[1], "ranks": pts[0]["ranks"],
-                                     **dataclasses.asdict(f)}
+        try:
+            fit = dataclasses.asdict(fit_alpha_beta([r["size_bytes"] * r["bus_factor"] for r in pts],
+                                                    [r["time_s"] for r in pts]))
+        except ValueError as e:  # too few sizes, or noise with no trend: the table stands without a fit
+            fit = {"error": str(e)}
+        out[f"{key[0]}/{key[1]}"] = {"scope": key[0], "op": key[1], "ranks": pts[0]["ranks"], **fit}
     return out
 
 
@@ -273,10 +276,13 @@ def table_lines(rows: list[dict[str, Any]], fits: dict[str, dict[str, Any]]) -> 
     out.append("")
     out.append("alpha-beta fits, t(S) = alpha + S x busbw factor / beta (least squares on relative error):")
     for k, f in fits.items():
+        if "error" in f:
+            out.append(f"  {k:<22} no fit: {f['error']}")
+            continue
         out.append(f"  {k:<22} alpha {f['alpha_s'] * 1e6:8.1f} us (se {f['alpha_se_s'] * 1e6:.1f}), "
                    f"beta {f['beta_bytes_per_s'] / 1e9:6.3f} GB/s (se {f['beta_se_bytes_per_s'] / 1e9:.3f}); "
                    f"fit error rms {f['rel_rms']:.1%}, max {f['rel_max']:.1%} over {f['points']} sizes")
-    poor = [k for k, f in fits.items() if f["rel_rms"] > 0.25]
+    poor = [k for k, f in fits.items() if f.get("rel_rms", 0) > 0.25]
     if poor:
         out.append(f"note: {', '.join(poor)}: one alpha and one beta miss the measured times by more than 25% rms "
                    "(protocol changes with size, or noise: rerun on an idle machine); bench.project reads the "

@@ -54,6 +54,12 @@ def test_alpha_beta_fit_recovers_known_values():
     assert 0.01 < noisy.rel_rms < 0.05
     with pytest.raises(ValueError, match="two distinct"):
         probe.fit_alpha_beta([1024], [1e-3])
+    # a table without a trend (a few small sizes, noise) keeps its rows and says why there is no fit
+    flat = [{"scope": "world", "op": "sendrecv", "ranks": 2, "size_bytes": 1024 * k, "time_s": 1e-3 / k,
+             "bus_factor": 1.0} for k in (1, 2, 4)]
+    assert "no bandwidth" in probe.fit_rows(flat)["world/sendrecv"]["error"]
+    assert "no fit" in "\n".join(probe.table_lines([{**r, "algbw_bytes_per_s": 1, "busbw_bytes_per_s": 1} for r in flat],
+                                                   probe.fit_rows(flat)))
 
 
 # ---------------------------------------------------------------- communication volumes
