@@ -3,7 +3,6 @@ projection drawn dashed beside the measurements, held-out predictions against me
 Each picture's data is a table (`bandwidth_data`, projection.csv, validation.csv)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import matplotlib
@@ -112,6 +111,3 @@ def write_pdf(path: str, proj: pd.DataFrame, val: pd.DataFrame | None, probes: l
             plt.close(fig)
     return path
 
-
-def finite(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))

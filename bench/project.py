@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import comm
-from bench.comm import DDP, FSDP, Comm, Shape
+from bench.comm import FSDP, Comm, Shape
 
 REF_KEYS = ("hardware_label", "software_torch", "result_set", "accelerator", "shape", "precision", "seq_len",
             "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe")
@@ -447,7 +447,7 @@ def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, d
     """projection.csv's rows: every series with a calibration, at the measured device counts
     and at `devices`. `price(row) -> (usd per device-hour, source) | None`."""
     import statistics
-    from bench import flops, identity
+    from bench import flops
     from bench.memory import predict_memory
     from bench.plan import InvalidConfig
     out = []
@@ -619,7 +619,7 @@ def run(a, say=print) -> list[str]:
     points, missing = measured_points(ok, refs, measured_on)
     for line in missing:
         say(f"[project] skipped {line}")
-    sigma_run, run_dof = run_sigma(ok)
+    sigma_run, _ = run_sigma(ok)
     terms, sd, n_fit = fit_terms([(m.parts, m.point.devices, m.step_s) for m in points])
     sigma = math.sqrt((sd if math.isfinite(sd) else 0) ** 2 + (sigma_run if math.isfinite(sigma_run) else 0) ** 2)
     say(f"[project] fitted on {n_fit} multi-device point(s): overlap o = {terms.overlap:.2f}, slowest-rank "

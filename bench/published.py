@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from bench.comm import DDP
 from bench.project import Point, Reference, Terms, components, step_time
