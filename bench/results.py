@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bench import flops
@@ -116,11 +116,7 @@ def ok_index(root: str) -> dict[tuple[str, str], list[str]]:
     rather than trusts them)."""
     index: dict[tuple[str, str], list[str]] = {}
     if os.path.isdir(root):
-        for f in find_result_files([root]):
-            try:
-                r = read_result(f)
-            except ValueError:
-                continue
+        for f, r in records(root):
             if r["status"] == "ok" and r.get("kind", "benchmark") == "benchmark":
                 index.setdefault((r.get("config_hash"), r.get("hardware_label")), []).append(f)
     return index
@@ -206,36 +202,27 @@ def _data_parallel_of(strat: dict[str, Any], devices: int | None) -> str | None:
     return kind.value if kind else None
 
 
+def records(paths: Iterable[str] | str, on_skip=None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, record) of every readable result under `paths` (folders are searched); an
+    unreadable or foreign file is passed over, `on_skip(message)` told about each."""
+    for f in find_result_files([paths] if isinstance(paths, str) else paths):
+        try:
+            yield f, read_result(f)
+        except ValueError as e:
+            if on_skip is not None:
+                on_skip(str(e))
+
+
 def load(paths: Iterable[str] | str, on_skip=None) -> pd.DataFrame:
     """Every result under `paths` (folders are searched), one row per run. Unreadable or
     foreign files are skipped; `on_skip(message)` is told about each."""
     import pandas as pd
-    if isinstance(paths, str):
-        paths = [paths]
-    rows = []
-    for f in find_result_files(paths):
-        try:
-            r = read_result(f)
-        except ValueError as e:
-            if on_skip is not None:
-                on_skip(str(e))
-            continue
-        if r.get("kind", "benchmark") == "benchmark":  # probes (bench.probe): load_probes
-            rows.append(flatten(r, f))
-    return pd.DataFrame(rows)
+    return pd.DataFrame([flatten(r, f) for f, r in records(paths, on_skip)
+                         if r.get("kind", "benchmark") == "benchmark"])  # probes (bench.probe): load_probes
 
 
 def load_probes(paths: Iterable[str] | str) -> list[dict[str, Any]]:
     """The ok interconnect probes (bench.probe) under `paths`: their result records, each with
     `path` added, oldest first."""
-    if isinstance(paths, str):
-        paths = [paths]
-    out = []
-    for f in find_result_files(paths):
-        try:
-            r = read_result(f)
-        except ValueError:
-            continue
-        if r.get("kind") == "probe" and r["status"] == "ok":
-            out.append({**r, "path": f})
+    out = [{**r, "path": f} for f, r in records(paths) if r.get("kind") == "probe" and r["status"] == "ok"]
     return sorted(out, key=lambda r: r.get("started_at") or "")
