@@ -366,7 +366,8 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
         accelerator=t.accelerator, warmup_steps=cfg.warmup_steps, steps=cfg.steps, seed=cfg.seed, lr=cfg.lr,
         cpu_threads_per_device=cfg.cpu_threads_per_device, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
-        timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated)
+        timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated,
+        malloc_mmap_threshold=cfg.malloc_mmap_threshold)
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from bench import flops
+from bench.config import LEGACY_MMAP_THRESHOLD
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -170,6 +171,9 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         compile=bool(cfg.get("compile")), threads=cfg.get("cpu_threads_per_device"),
         oversubscribe=bool(cfg.get("oversubscribe")), data_path=cfg.get("data_path"),
         colocated=int(cfg.get("colocated") or 1),
+        # the allocator policy of a CPU rank (the rank's own record; results before it: issue 14's 1 MiB)
+        malloc_mmap_threshold=(m["malloc_mmap_threshold"] if "malloc_mmap_threshold" in m
+                               else LEGACY_MMAP_THRESHOLD if row["accelerator"] == "cpu" else None),
         repeat=r.get("repeat", 0), repeats=r.get("repeats", 1),
         n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])
                   if all(k in size for k in ("n_layer", "n_embd", "vocab_size", "block_size")) else None),

@@ -126,6 +126,7 @@ class RunSpec:
     timeout_s: float
     rendezvous: Rendezvous
     colocated: int = 1  # independent copies of a 1-device point run at once (procs counts them all)
+    malloc_mmap_threshold: int | None = None  # CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_ (None: glibc's own policy)
 
     @property
     def tokens_per_step(self) -> int:

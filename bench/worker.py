@@ -25,7 +25,7 @@ from bench.config import Accelerator, Precision
 from bench.data import make_batches
 from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
-from bench.protocol import DUMP_ENV, FAULT_ENV, INIT_ENV, mark_rank0, write_rank_error
+from bench.protocol import DUMP_ENV, FAULT_ENV, INIT_ENV, MMAP_THRESHOLD_ENV, mark_rank0, write_rank_error
 from bench.spec import RunSpec
 from bench.telemetry import PeakMeter, Sampler
 from bench.trainer import Progress, train
@@ -228,6 +228,9 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     if os.environ.get(DUMP_ENV):  # the initial weights, for the tests (outside every measured phase)
         dump_params(par, out_dir, rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
+    # the allocator policy the rank ran under (the config key's, or the user's own environment)
+    threshold = os.environ.get(MMAP_THRESHOLD_ENV) if device.type == "cpu" else None
+    metrics["malloc_mmap_threshold"] = int(threshold) if threshold and threshold.isdigit() else None
     if os.environ.get(DUMP_ENV):
         dump_params(par, out_dir, rank)
     del par, batches
