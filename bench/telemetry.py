@@ -1,7 +1,8 @@
 """Memory, utilisation and power of one rank over the measured window.
 
-A sampler thread (every `interval_s`, 20 ms by default) reads this process's RSS through
-psutil and, on a GPU, NVML for the rank's own device: used memory (nvmlMemory_v2, which
+A sampler thread (every `interval_s`, 20 ms by default; None: no thread, a read at each end of
+the window only) reads this process's RSS through psutil and, on a GPU, NVML for the rank's own
+device: used memory (nvmlMemory_v2, which
 counts what the driver reserves too), GPU utilisation and power. Energy comes from the
 total-energy counter (mJ since driver load) read at both ends of the window, not from
 integrating power. NVML ignores CUDA_VISIBLE_DEVICES, so the device is matched to CUDA's
@@ -115,7 +116,7 @@ class PeakMeter:
 class Sampler:
     """Start at the window's opening, stop at its close; `summary()` gives the figures."""
 
-    def __init__(self, device=None, interval_s: float = 0.02, meter: PeakMeter | None = None):
+    def __init__(self, device=None, interval_s: float | None = 0.02, meter: PeakMeter | None = None):
         self.interval_s = interval_s
         self.meter = meter  # its phases "warmup" and "window" end at start() and stop()
         self.proc = psutil.Process()
@@ -181,12 +182,14 @@ class Sampler:
         if self._h is not None:
             self._e0 = self._energy_mj()
         self._sample()
-        self._thread.start()
+        if self.interval_s is not None:
+            self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._sample()
         if self.meter is not None:
             self.meter.end("window")

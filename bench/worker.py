@@ -197,9 +197,11 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     if device.type == "cuda":  # the calibration's matrices must not count as the build's memory
         torch.cuda.empty_cache()
     meter = PeakMeter(device)  # from here on, peaks by phase: build, warm-up, window
-    # NVML every 20 ms; on a CPU the exact peak comes from VmHWM, so the RSS samples
-    # (window peak) can be sparser and keep the GIL free for the training loop
-    sampler = Sampler(device, interval_s=0.02 if device.type == "cuda" else 0.05, meter=meter)
+    # NVML every 20 ms. On a CPU the exact window peak is VmHWM's (reset per phase), so no
+    # thread at all: one woken every 50 ms on the rank's own core took the GIL and the core
+    # from the step (issue 18); only where VmHWM cannot be reset does it sample RSS instead
+    cpu_interval = None if meter.scope == "phase" else 0.05
+    sampler = Sampler(device, interval_s=0.02 if device.type == "cuda" else cpu_interval, meter=meter)
     nvml_baseline = sampler.used_bytes()
     scaler = torch.amp.GradScaler("cuda") if spec.precision is Precision.fp16 else None
     mesh = None

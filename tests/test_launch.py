@@ -44,3 +44,5 @@ def test_a_rank_records_the_allocator_policy_it_ran_under(tmp_path):
     out = launch_job(spec, tmp_path)
     assert out.status == "ok", out.error
     assert out.metrics["malloc_mmap_threshold"] == 2097152
+    # no sampler thread on a CPU (VmHWM gives the window's peak): RSS read at the window's two ends only
+    assert out.metrics["memory_per_rank"][0]["samples"] == 2

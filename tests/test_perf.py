@@ -12,25 +12,29 @@ from conftest import ROOT
 
 
 def test_judge_at_the_boundaries():
-    assert judge(TARGETS["overhead"], 0.02) and not judge(TARGETS["overhead"], 0.0201)
+    assert judge(TARGETS["overhead"], 0.01) and not judge(TARGETS["overhead"], 0.0101)
+    assert judge(TARGETS["overhead"], -0.01) and not judge(TARGETS["overhead"], -0.0101)  # either side
+    assert judge(TARGETS["overhead_sign"], 0.05) and not judge(TARGETS["overhead_sign"], 0.049)
     assert judge(TARGETS["dp_efficiency"], 0.90) and not judge(TARGETS["dp_efficiency"], 0.899)
     assert judge(TARGETS["fixed_cost_s"], 4.99) and not judge(TARGETS["fixed_cost_s"], 5.0)  # strictly under
     t = TARGETS["overhead"]
-    assert (t.value_fmt.format(-0.005), t.threshold_fmt.format(t.threshold)) == ("-0.5%", "2%")
+    assert (t.value_fmt.format(-0.005), t.threshold_fmt.format(t.threshold)) == ("-0.5%", "1%")
 
 
 def _row(size, precision, repeats=5, **kw):
     return {"size": size, "precision": precision, "compile": False, "repeats": repeats, "overhead": 0.01,
+            "overhead_p": 0.4,
             "mfu": 0.6, "mfu_datasheet": None, **kw}
 
 
 def test_what_is_judged_against_what():
-    rows = [_row("mini", "fp32"), _row("mini", "bf16"), _row("small", "fp32", repeats=1),
+    rows = [_row("mini", "fp32"), _row("mini", "bf16"), _row("small", "fp32", repeats=4),
             _row("mini", "fp32", compile=True)]
     got = checks(rows, {"mini": 1.2}, 0.91, 4.2, "cpu")
     keys = [(k, subject) for k, subject, _, _ in got]
-    # overhead only with 3+ runs a side, never for compiled rows; MFU target for mini fp32 only
-    assert keys == [("overhead", "mini fp32"), ("overhead", "mini bf16"), ("mfu_fp32_mini", ""),
+    # overhead (its median and its sign) only with 5+ ABBA pairs, never for compiled rows; MFU for mini fp32 only
+    assert keys == [("overhead", "mini fp32"), ("overhead_sign", "mini fp32"), ("overhead", "mini bf16"),
+                    ("overhead_sign", "mini bf16"), ("mfu_fp32_mini", ""),
                     ("bf16_speedup", "mini"), ("dp_efficiency", ""), ("fixed_cost_s", "")]
     gpu = checks([_row("xl", "bf16", mfu_datasheet=0.47), _row("xl", "fp32")], {}, None, 3.0, "cuda")
     assert [(k, v) for k, _, v, _ in gpu if k == "mfu_gpu_bf16"] == [("mfu_gpu_bf16", 0.47)]
