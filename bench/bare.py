@@ -21,14 +21,13 @@ KINDS = (("matmul (mm, addmm, bmm, linear)", ("aten::mm", "aten::addmm", "aten::
          ("attention (SDPA kernels)", ("scaled_dot_product", "flash_attention", "efficient_attention")),
          ("optimizer (fused AdamW)", ("adam",)),
          ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::to")),
-         ("GELU, LayerNorm, softmax, loss", ("gelu", "layer_norm", "softmax", "nll_loss", "cross_entropy")))
+         ("GELU, LayerNorm, softmax, loss", ("gelu", "layer_norm", "softmax", "nll_loss", "cross_entropy", "logsumexp")))
 
 
 def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[str, float] | None]:
     """Run warm-up + measured steps of `spec` (strategy ignored: one device). Returns the
     measured step times (s) and, with `profile`, ms per step by kind of op over two more steps."""
     import torch
-    import torch.nn.functional as F
 
     from bench.data import make_batches
     from bench.model import build_model
@@ -39,6 +38,7 @@ def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[s
         torch.set_num_threads(spec.cpu_threads_per_device)
         cores.pin(0, spec.cpu_threads_per_device)
     model = build_model(spec.shape, device, spec.seed)
+    model.loss_head = spec.loss_head  # the point's loss head: forward(x, targets) returns the loss
     if spec.compile:
         for block in model.layers.values():
             block.compile()
@@ -51,7 +51,7 @@ def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[s
     def step(i: int) -> None:
         x, y = data[i, 0, :, :-1], data[i, 0, :, 1:]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float().flatten(0, 1), y.flatten(0, 1))
+            loss = model(x, y)  # nanoGPT's forward(idx, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -104,6 +104,12 @@ class Data(str, Enum):
 Schedule = Enum("Schedule", {n: n for n in ("naive", "gpipe", "1f1b", "interleaved")}, type=str)
 
 
+class LossHead(str, Enum):
+    auto = "auto"  # chunked where a micro-batch's fp32 logits exceed CHUNKED_FROM_BYTES, else plain
+    plain = "plain"  # the whole logits, then cross entropy
+    chunked = "chunked"  # output layer + cross entropy chunk by chunk, never the whole logits (bench/loss.py)
+
+
 class Checkpointing(str, Enum):
     none = "none"
     full = "full"  # recompute each block in backward: keeps only the block inputs
@@ -193,6 +199,10 @@ class BenchConfig:
                                          "devices x threads may not exceed the usable cores", ge=1)
     activation_checkpointing: Checkpointing = key(Checkpointing.none, "`full`: recompute each block in "
                                                                       "backward, for every strategy")
+    loss_head: LossHead = key(LossHead.auto, "output layer + cross entropy: `plain` (whole logits), `chunked` "
+                                             "(chunk by chunk, never the whole logits; bench/loss.py), `auto`: "
+                                             "chunked where a micro-batch's fp32 logits pass 64 MiB (faster there "
+                                             "by measurement), else plain")
     compile: bool = key(False, "torch.compile each block; compilation runs in the warm-up (needs "
                                "warmup_steps>=2), reported as compile_s, never timed")
     colocated: int = key(1, "run a 1-device point as N independent copies at once on this node, each its own "
@@ -267,6 +277,7 @@ def _later_keys(cfg: dict) -> dict:
     return {"nodes": ((cfg.get("launcher") or {}).get("nodes", 1), 1),
             "compile": (bool(cfg.get("compile")), False),
             "colocated": (cfg.get("colocated", 1), 1),
+            "loss_head": (cfg.get("loss_head", "plain"), "plain"),  # earlier results: the plain head
             # results before the key ran their CPU ranks with a fixed 1 MiB threshold (issue 14): they
             # keep their hashes, and a run with glibc's own policy (the default now) gets a new one
             "malloc_mmap_threshold": (cfg.get("malloc_mmap_threshold", LEGACY_MMAP_THRESHOLD), LEGACY_MMAP_THRESHOLD)}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from bench import flops
 from bench.config import Checkpointing, Precision, Schedule
 from bench.flops import FP32_BYTES
-from bench.spec import DataParallel, RunSpec
+from bench.spec import LOSS_CHUNK_TOKENS, DataParallel, RunSpec
 
 # What a device holds outside the model's tensors. On a GPU the CUDA context, cuBLAS and NCCL
 # workspaces take 0.3-0.6 GB outside torch's allocator (REFERENCE.md; not measurable here, no
@@ -97,7 +97,7 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
                     in_flight: float = 1, logits_in_flight: int = 1, checkpointing: bool = False,
                     device: str = "cpu", sequence_parallel: bool = False, compute_bytes: int = FP32_BYTES,
                     fsdp_reshard: bool | None = None, fsdp_mixed: bool = False, microsteps: int = 1,
-                    keeps_outputs: bool = False) -> MemoryEstimate:
+                    keeps_outputs: bool = False, chunked_head: bool = False) -> MemoryEstimate:
     """Peak bytes of one device holding `layers_on_device` blocks (plus the embeddings if
     `first`, the final LayerNorm and tied output layer if `last`), by part (how they add up:
     `MemoryEstimate.model_bytes`):
@@ -112,7 +112,10 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
       two fp32 (tokens x V) tensors while its backward runs (the log-softmax's gradient and the
       logits'); under autocast also the 2-byte logits; where a pipeline schedule keeps each
       micro-batch's stage output until its backward (`keeps_outputs`,
-      torch.distributed.pipelining's forward cache), the logits of every one in flight;
+      torch.distributed.pipelining's forward cache), the logits of every one in flight. Under
+      the chunked head (`chunked_head`, bench/loss.py) one chunk's fp32 logits (and their 2-byte
+      copy under autocast) at a time, and per micro-batch in flight the gradients its forward
+      already made: the output matrix's (V x H fp32) and the hidden states' (tokens x H);
     - buffers: FSDP's gathered units (root kept gathered; the running block and the prefetched
       next, or every block without resharding; in compute precision with FSDP's mixed precision
       `fsdp_mixed`, else fp32) and one block's unsharded fp32 gradient before its
@@ -145,7 +148,11 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
         acts = int(in_flight * layers_on_device * per_layer)
     tokens_v = micro_batch * seq * V
     logits = 0
-    if last:
+    if last and chunked_head:
+        chunk_v = min(LOSS_CHUNK_TOKENS, micro_batch * seq) * V
+        logits = chunk_v * (FP32_BYTES + (compute_bytes if compute_bytes < FP32_BYTES else 0))
+        logits += logits_in_flight * (V * H + micro_batch * seq * H) * FP32_BYTES
+    elif last:
         logits = (logits_in_flight + 2) * tokens_v * FP32_BYTES
         if keeps_outputs:
             logits += logits_in_flight * tokens_v * compute_bytes
@@ -219,5 +226,6 @@ def predict_memory_stages(spec: RunSpec) -> list[MemoryEstimate]:
             sequence_parallel=lay.sequence_parallel, compute_bytes=compute,
             fsdp_reshard=lay.reshard_after_forward if sharded else None, fsdp_mixed=sharded and compute < FP32_BYTES,
             microsteps=(pipe.microbatches if pipe else 1) * spec.grad_accum,
-            keeps_outputs=pipe is not None and pipe.schedule is not Schedule.naive))
+            keeps_outputs=pipe is not None and pipe.schedule is not Schedule.naive,
+            chunked_head=spec.loss_head == "chunked"))
     return ests

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.loss import linear_cross_entropy
 from bench.spec import GPTShape  # noqa: F401  (the shape lives beside the spec: no torch there)
 
 
@@ -90,8 +91,12 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(shape.block_size, shape.n_embd) if first else None
         self.layers = nn.ModuleDict({str(i): Block(shape) for i in ids})
         self.ln_f = nn.LayerNorm(shape.n_embd) if last else None
+        self.loss_head = "plain"  # the last stage's loss head (bench/loss.py); the strategy sets spec.loss_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """With `targets` (B, T) on the last stage: the mean loss (scalar fp32), the output layer
+        and cross entropy applied by `loss_head` (nanoGPT's forward(idx, targets) does the same,
+        so that the head runs inside the forward wrappers such as FSDP gather for)."""
         if self.first:
             T = x.shape[1]
             pos = torch.arange(T, device=x.device)
@@ -99,7 +104,12 @@ class GPT(nn.Module):
         for block in self.layers.values():
             x = block(x)
         if self.last:
-            x = F.linear(self.ln_f(x), self.wte.weight)  # tied output layer: (B, T, V)
+            x = self.ln_f(x)
+            if targets is not None:
+                return linear_cross_entropy(x, self.wte.weight, targets, self.loss_head)
+            if self.loss_head == "plain":
+                x = F.linear(x, self.wte.weight)  # tied output layer: (B, T, V)
+            # chunked: the final hidden states (B, T, C); a pipeline's loss function applies the head
         return x
 
 
@@ -168,3 +178,11 @@ def init_weights(model: nn.Module, seed: int) -> None:
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy; logits (B, T, V), targets (B, T)."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1))
+
+
+def stage_loss(stage: GPT, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss of a last pipeline stage's output `out` (its forward without targets): logits
+    (B, T, V) under the plain head, final hidden states (B, T, C) under the chunked one."""
+    if stage.loss_head == "plain":
+        return loss_fn(out, targets)
+    return linear_cross_entropy(out, stage.wte.weight, targets, stage.loss_head)

@@ -30,7 +30,8 @@ from typing import Any
 
 from bench import cluster, parallel
 from bench.memory import MemoryEstimate
-from bench.config import Accelerator, BenchConfig, Data, Precision, Schedule, bench_hash, numeric_keys, to_dict
+from bench.config import (Accelerator, BenchConfig, Data, LossHead, Precision, Schedule, bench_hash, numeric_keys,
+                          to_dict)
 from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec
 
 # Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
@@ -338,11 +339,35 @@ def text_longer_than_sequence(cfg: BenchConfig, t: Placement, lay: Layout, batch
                 "next-token targets); give a longer text or a shorter seq_len")
 
 
+def chunked_head_not_under_pipeline_fsdp(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str | None:
+    # a pipeline's last stage applies the head in the schedule's loss function, outside the
+    # stage's forward, where FSDP has resharded the output matrix again
+    if cfg.loss_head is LossHead.chunked and lay.pipeline is not None and lay.data_parallel is DataParallel.fsdp:
+        return "loss_head=chunked does not run on a pipeline under FSDP; use loss_head=plain (or auto)"
+
+
+# `auto` takes the chunked head where a micro-batch's fp32 logits pass this: at 4 layers, width
+# 256, vocabulary 50304, seq 256, batch 8 (412 MB of logits) it was 1.04x (fp32) and 1.17x (bf16)
+# the plain head's speed; at mini (4 MiB) 0.975x (bench.perf --heads, one core, issue 18)
+CHUNKED_FROM_BYTES = 64 * 2**20
+
+
+def resolve_loss_head(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -> str:
+    """The loss head a point runs (bench/loss.py): the key's, or for `auto` the faster here."""
+    if cfg.loss_head is not LossHead.auto:
+        return cfg.loss_head.value
+    if lay.pipeline is not None and lay.data_parallel is DataParallel.fsdp:
+        return LossHead.plain.value
+    micro = batch // (lay.pipeline.microbatches if lay.pipeline is not None else 1)
+    logits = micro * lay.devices_per_process * t.seq_len * cfg.size.vocab_size * 4
+    return (LossHead.chunked if logits > CHUNKED_FROM_BYTES else LossHead.plain).value
+
+
 LAYOUT_CHECKS: list[Callable[[BenchConfig, Placement, Layout, int], str | None]] = [
     heads_divide_by_tp, stages_fit_layers, global_batch_divides, fp16_without_model_parallel, pipeline_with_fsdp_only,
     microbatches_divide_batch, interleaved_chunks_fit, interleaved_microbatches, one_f_one_b_microbatches,
     sequence_parallel_needs_tp, sequence_divides_by_tp, text_file_exists, text_longer_than_sequence,
-    colocated_copies_have_no_mesh]
+    colocated_copies_have_no_mesh, chunked_head_not_under_pipeline_fsdp]
 
 
 # -- the spec ---------------------------------------------------------------------------------
@@ -367,7 +392,7 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
         cpu_threads_per_device=cfg.cpu_threads_per_device, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
         timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated,
-        malloc_mmap_threshold=cfg.malloc_mmap_threshold)
+        malloc_mmap_threshold=cfg.malloc_mmap_threshold, loss_head=resolve_loss_head(cfg, t, lay, batch))
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -171,6 +171,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         compile=bool(cfg.get("compile")), threads=cfg.get("cpu_threads_per_device"),
         oversubscribe=bool(cfg.get("oversubscribe")), data_path=cfg.get("data_path"),
         colocated=int(cfg.get("colocated") or 1),
+        loss_head=spec.get("loss_head", "plain"),  # results before the key: the plain head
         # the allocator policy of a CPU rank (the rank's own record; results before it: issue 14's 1 MiB)
         malloc_mmap_threshold=(m["malloc_mmap_threshold"] if "malloc_mmap_threshold" in m
                                else LEGACY_MMAP_THRESHOLD if row["accelerator"] == "cpu" else None),

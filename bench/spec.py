@@ -15,6 +15,11 @@ from bench.config import Accelerator, Checkpointing, Data, Precision, Schedule, 
 from bench.flops import bubble_fraction
 
 
+# tokens per chunk of the chunked loss head (bench/loss.py; the memory model counts one chunk's
+# logits): 1024 x 50304 fp32 logits = 196 MiB at GPT-2's vocabulary
+LOSS_CHUNK_TOKENS = 1024
+
+
 @dataclass(frozen=True)
 class GPTShape:
     n_layer: int
@@ -126,6 +131,7 @@ class RunSpec:
     timeout_s: float
     rendezvous: Rendezvous
     colocated: int = 1  # independent copies of a 1-device point run at once (procs counts them all)
+    loss_head: str = "plain"  # resolved: plain | chunked (bench/loss.py)
     malloc_mmap_threshold: int | None = None  # CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_ (None: glibc's own policy)
 
     @property

@@ -95,6 +95,11 @@ CASES = {
     "hybrid_dp_mp_naive": ("strategy=hybrid", "devices=4", "strategy.pp=2", "batch_size=4",
                            "strategy.schedule=naive"),
 }
+# the chunked loss head (bench/loss.py) on every strategy whose last stage computes the loss,
+# against the same reference (plain head: mini's logits are small, `auto` takes plain there)
+CHUNKED = ("dp", "single_grad_accum", "mp_naive", "mp_gpipe", "mp_1f1b", "mp_interleaved", "tp",
+           "tp_sequence_parallel", "fsdp", "hybrid_dp_tp")
+CASES |= {f"{name}_chunked_head": (*CASES[name], "loss_head=chunked") for name in CHUNKED}
 
 
 def test_every_strategy_has_a_case():

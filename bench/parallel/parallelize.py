@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from bench.config import Checkpointing, Precision
-from bench.model import GPT, loss_fn, materialise
+from bench.model import GPT, materialise
 from bench.parallel import pipeline
 from bench.parallel.rank import AMP_DTYPES, Ctx, Parallel
 from bench.spec import DataParallel, RunSpec
@@ -49,6 +49,7 @@ def parallelize(spec: RunSpec, ctx: Ctx) -> Parallel:
         with torch.device("meta"):
             chunks = [GPT(spec.shape)]  # 1
     for m in chunks:
+        m.loss_head = spec.loss_head  # the last stage's output layer + loss (bench/loss.py)
         if lay.tensor_parallel:
             apply_tp(m, ctx.mesh["tp"], lay.sequence_parallel)  # 2
         prepare_blocks(m, spec)  # 3
@@ -84,7 +85,9 @@ def micro_steps(model: nn.Module, batch: torch.Tensor, ctx: Ctx,
         sync = no_sync() if (no_sync is not None and i < accum - 1) else contextlib.nullcontext()
         with sync:
             with ctx.autocast():
-                loss = loss_fn(model(x), y)
+                loss = model(x, y)  # the head inside the forward (FSDP's gathered output matrix)
+                if loss.dim():  # nn.DataParallel: one loss per device, each the mean of an equal share
+                    loss = loss.mean()
             ctx.backward(loss / accum)
         total += loss.detach()
     return total / accum

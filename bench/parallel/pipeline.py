@@ -24,7 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from bench.config import Schedule
 from bench.flops import stage_layers
-from bench.model import GPT, loss_fn
+from bench.model import GPT, stage_loss
 from bench.parallel.rank import Ctx, Parallel
 from bench.spec import RunSpec
 
@@ -101,9 +101,9 @@ def _naive(model: GPT, spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
                 dist.recv(x, src=prev_rank)
                 x.requires_grad_()
             with ctx.autocast():
-                out = model(x)
+                out = model(x, y) if last else model(x)  # the last stage: the loss, its head inside the forward
             if last:
-                loss = loss_fn(out, y)
+                loss = out
                 ctx.backward(loss / accum)
                 total += loss.detach()
             else:
@@ -131,7 +131,7 @@ def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
     # gradients of earlier micro-steps again under gradient accumulation.)
     m = pipe_cfg.microbatches
     scale = m * spec.grad_accum
-    lf = lambda out, y: loss_fn(out, y) / scale  # noqa: E731
+    lf = lambda out, y: stage_loss(stages[-1], out, y) / scale  # noqa: E731
     if pipe_cfg.schedule is Schedule["interleaved"]:
         runner = ScheduleInterleaved1F1B(pipe, m, loss_fn=lf, scale_grads=False)
     else:

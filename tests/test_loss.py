@@ -1,0 +1,80 @@
+"""The loss head (bench/loss.py): the chunked output layer + cross entropy gives the plain
+head's loss and gradients, in fp32 and under bf16 autocast, across chunk boundaries; `auto`
+picks by the logits' size; what cannot run is refused before anything starts."""
+import pytest
+import torch
+
+from bench.loss import linear_cross_entropy
+from bench.model import build_model
+from bench.plan import InvalidConfig, resolve_loss_head
+from bench.spec import GPTShape
+from conftest import plan
+
+
+def _grads(head, h, w, y, chunk=1024, bf16=False):
+    h = h.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = linear_cross_entropy(h, w, y, head, chunk=chunk)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1024])  # uneven chunks, exact ones, a single chunk
+def test_chunked_head_matches_plain_in_fp32(chunk):
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(3, 40, 16, generator=g), torch.randn(300, 16, generator=g) * 0.3
+    y = torch.randint(0, 300, (3, 40), generator=g)
+    (lp, hp, wp), (lc, hc, wc) = _grads("plain", h, w, y), _grads("chunked", h, w, y, chunk)
+    assert lc.dtype == torch.float32 and lc.shape == ()
+    torch.testing.assert_close(lc, lp, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(hc, hp, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(wc, wp, atol=1e-7, rtol=1e-5)
+
+
+def test_chunked_head_matches_plain_under_bf16_autocast():
+    g = torch.Generator().manual_seed(1)
+    h, w = torch.randn(2, 64, 32, generator=g), torch.randn(500, 32, generator=g) * 0.2
+    y = torch.randint(0, 500, (2, 64), generator=g)
+    (lp, hp, wp), (lc, hc, wc) = _grads("plain", h, w, y, bf16=True), _grads("chunked", h, w, y, 50, bf16=True)
+    assert hc.dtype == torch.float32 and wc.dtype == torch.float32  # fp32 master weights and stream
+    torch.testing.assert_close(lc, lp, atol=1e-3, rtol=1e-3)  # both bf16 matmuls, fp32 softmax
+    torch.testing.assert_close(hc, hp, atol=1e-4, rtol=2e-2)
+    torch.testing.assert_close(wc, wp, atol=1e-4, rtol=2e-2)
+
+
+def test_the_model_gives_one_loss_under_either_head():
+    shape = GPTShape(n_layer=2, n_head=2, n_embd=32, vocab_size=200, block_size=16)
+    x = torch.randint(0, 200, (2, 17), generator=torch.Generator().manual_seed(2))
+    out = {}
+    for head in ("plain", "chunked"):
+        m = build_model(shape, torch.device("cpu"), seed=0)
+        m.loss_head = head
+        loss = m(x[:, :-1], x[:, 1:])
+        loss.backward()
+        out[head] = (loss.detach(), m.wte.weight.grad.clone())
+    torch.testing.assert_close(out["chunked"][0], out["plain"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["chunked"][1], out["plain"][1], atol=1e-7, rtol=1e-5)
+
+
+def test_an_unknown_head_is_an_error():
+    with pytest.raises(ValueError, match="plain or chunked"):
+        linear_cross_entropy(torch.zeros(1, 2, 4), torch.zeros(3, 4), torch.zeros(1, 2, dtype=torch.long), "fused")
+
+
+def test_auto_takes_the_chunked_head_where_the_logits_are_large():
+    assert plan("size=mini", "accelerator=cpu").loss_head == "plain"  # 8 x 256 x 512 x 4 B = 4 MiB of logits
+    assert plan("size=small", "accelerator=cpu", "seq_len=256", "batch_size=8").loss_head == "chunked"  # 412 MB
+    assert plan("size=small", "accelerator=cpu", "loss_head=plain", "batch_size=8").loss_head == "plain"
+    assert plan("size=mini", "accelerator=cpu", "loss_head=chunked").loss_head == "chunked"
+    # under a pipeline, a micro-batch's logits count: 1 x 256 x 50304 x 4 B = 51 MB, 4 x that = 206 MB
+    mp = ("size=small", "accelerator=cpu", "strategy=mp", "devices=2", "seq_len=256", "batch_size=8",
+          "strategy.schedule=gpipe")
+    assert plan(*mp, "strategy.microbatches=8").loss_head == "plain"
+    assert plan(*mp, "strategy.microbatches=2").loss_head == "chunked"
+
+
+def test_chunked_head_on_a_pipeline_under_fsdp_is_refused():
+    with pytest.raises(InvalidConfig, match="loss_head=plain"):
+        plan("size=mini", "accelerator=cpu", "strategy=hybrid", "devices=2", "strategy.pp=2", "strategy.tp=1",
+             "strategy.microbatches=2", "loss_head=chunked", "oversubscribe=true")
