@@ -209,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-dp", action="store_true", help="skip the 1 -> 2 device data-parallel rows")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="profile the bare loop by kind of op: where a target is missed (auto), always, never")
+    ap.add_argument("--references", action="store_true", help="only the trainer against minimal reference "
+                    "trainers (bench/references.py: nanoGPT's architecture; Hugging Face's GPT-2 when installed) "
+                    f"at a GPT-2-like shape ({' '.join(REFERENCE_SHAPE)}), alternated --repeats times, and stop")
     ap.add_argument("--front-door", action="store_true", help="only time the answer to bad input against "
                     "`import torch`, alternated --repeats times, and stop")
     a = ap.parse_args(argv)
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         return front_door(a.repeats)
     config.register()
     os.environ[QUIET_ENV] = "1"  # the ranks' progress lines; perf prints its own
+    if a.references:
+        return references(a.repeats, a.precisions.split(","), a.overrides)
 
     accel = _spec(_cfg(["strategy=single", *a.overrides])).accelerator.value
     sizes = (a.sizes or ("small,medium,large,xl" if accel == "cuda" else "mini,small")).split(",")
@@ -316,6 +321,69 @@ def main(argv: list[str] | None = None) -> None:
         for kind, ms in sorted(table.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<36} {ms:>9,.1f} ms  {ms / total:>5.0%}")
     print(f"\n(perf took {time.perf_counter() - t_start:,.0f} s)")
+
+
+# issue 18's shape: GPT-2's vocabulary, where the output layer and its loss are most of the work
+# (about 160 of 200 GFLOP a step), 4 layers of width 256, seq 256, batch 8, on 2 threads
+REFERENCE_SHAPE = ("size=small", "size.n_layer=4", "size.n_embd=256", "size.n_head=4", "seq_len=256", "batch_size=8",
+                   "cpu_threads_per_device=2")
+REFERENCE_STEPS = ("warmup_steps=1", "steps=4")
+
+
+def _reference_proc(name: str, spec, q) -> None:
+    from bench.references import reference_loop
+    q.put(reference_loop(name, spec))
+
+
+def references(repeats: int, precisions: list[str], overrides: list[str]) -> None:
+    """The suite's trainer (a `single` point through run_point) against the reference trainers
+    (bench/references.py) on one shape, each run its own process, the order rotated every
+    round; per precision: median step, tokens/s, MFU (the measured matmul peak at the same
+    threads) and the suite's speed over the best reference's (paired by round)."""
+    from bench import flops
+    from bench.references import REFERENCES, available
+    names = ["suite", *[n for n in REFERENCES if available(n) is None]]
+    for n in REFERENCES:
+        if available(n) is not None:
+            print(f"reference {n}: skipped, {available(n)}")
+    print(f"scalebench perf --references, {time.strftime('%Y-%m-%d %H:%M')}: {' '.join(REFERENCE_SHAPE)}", flush=True)
+    targets = []
+    for prec in precisions:
+        cfg = _cfg(["strategy=single", *REFERENCE_SHAPE, *REFERENCE_STEPS, f"precision={prec}", *overrides])
+        spec = _spec(cfg)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        peak = None
+        for i in range(repeats):
+            order = names[i % len(names):] + names[:i % len(names)]
+            for n in order:
+                if n == "suite":
+                    r = _suite(cfg)
+                    times[n].append(r["metrics"]["step_time_s"])
+                    peak = r["metrics"].get("peak_flops_measured_per_s") or peak
+                else:
+                    times[n].append(statistics.median(_spawn(_reference_proc, (n, spec))))
+            print(f"  {prec} {i + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1] * 1e3:,.0f} ms" for n in names),
+                  flush=True)
+        fpt = flops.flops_per_token(spec.shape.n_layer, spec.shape.n_embd, spec.shape.vocab_size, spec.seq_len)
+        print(f"\n{prec}, loss head {spec.loss_head}: {'trainer':<10} {'step ms':>9} {'tokens/s':>9} {'MFU':>5}")
+        for n in names:
+            tps = spec.tokens_per_step / statistics.median(times[n])
+            print(f"  {'':<26}{n:<10} {statistics.median(times[n]) * 1e3:>9,.0f} {tps:>9,.0f} "
+                  f"{fpt * tps / peak if peak else float('nan'):>5.2f}")
+        refs = [n for n in names if n != "suite"]
+        # per round: the suite's speed over the round's best reference (the runs of one round are adjacent)
+        speed = [min(times[n][i] for n in refs) / times["suite"][i] for i in range(repeats)] if refs else []
+        if speed:
+            ratio, lo, hi, _ = paired_ratio([min(times[n][i] for n in refs) for i in range(repeats)], times["suite"])
+            print(f"  suite / best reference: {statistics.median(speed):.2f}x (median of {repeats} rounds; "
+                  f"geometric mean 95% interval {lo:.2f}x to {hi:.2f}x)")
+            targets.append((f"trainer / best reference, {prec}", statistics.median(speed), 1.2))
+        if prec == "fp32" and peak:
+            targets.append(("MFU fp32 (of the measured peak, same threads)",
+                            fpt * spec.tokens_per_step / statistics.median(times["suite"]) / peak, 0.75))
+    print("\ntargets")
+    for name, value, threshold in targets:
+        print(f"  {'met   ' if value >= threshold else 'MISSED'} {name:<48} {value:>8.2f}  (target >= {threshold:g})")
 
 
 def front_door(repeats: int) -> None:

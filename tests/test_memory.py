@@ -8,8 +8,8 @@ size=small, seq 128, batch 2, on 2 devices, for every strategy and schedule, fp3
 with and without checkpointing. One warm-up step first: the window is a steady step (in the
 first, the allocator has nothing freed yet to reuse, and the peak reads lower). glibc's mmap
 threshold fixed at 1 MiB (`malloc_mmap_threshold`): under its own dynamic policy (the default,
-for speed) an FSDP rank's RSS also holds what the allocator keeps, 30-46% more at small. The whole table (28 jobs, about 8 minutes here) runs with
-SCALEBENCH_MEMORY_TABLE=all; by default a sample of 6 that touches most terms of the model (8 minutes are too long for CI).
+for speed) an FSDP rank's RSS also holds what the allocator keeps, 30-46% more at small. The whole table (30 jobs, about 9 minutes here) runs with
+SCALEBENCH_MEMORY_TABLE=all; by default a sample of 7 that touches most terms of the model (8 minutes are too long for CI).
 """
 import os
 
@@ -42,14 +42,17 @@ CASES |= {
     "single-ckpt-fp32": ("strategy=single", "precision=fp32", "activation_checkpointing=full"),
     "fsdp-ckpt-fp32": ("strategy=fsdp", "devices=2", "precision=fp32", "activation_checkpointing=full"),
     "tp-ckpt-bf16": ("strategy=tp", "devices=2", "precision=bf16", "activation_checkpointing=full"),
+    "single-chunked-bf16": ("strategy=single", "precision=bf16", "loss_head=chunked"),
+    "mp_gpipe-chunked-fp32": ("strategy=mp", "devices=2", "precision=fp32", "strategy.schedule=gpipe", MB2,
+                              "loss_head=chunked"),
     "mp_1f1b-ckpt-bf16": ("strategy=mp", "devices=2", "precision=bf16", "strategy.schedule=1f1b", MB2,
                           "activation_checkpointing=full"),
 }
 # most terms of the model at least once: state, fp32/bf16 activations, FSDP buffers (fp32 and
 # mixed precision), tp/sp splits, GPipe's logits, interleaved in-flight counts, the second
-# embedding gradient, checkpointing (FSDP without resharding and the hybrids: the whole table)
+# embedding gradient, checkpointing, the chunked loss head's gradients in flight (FSDP without resharding and the hybrids: the whole table)
 SAMPLE = ["single-fp32", "fsdp-bf16", "tp_sp-bf16", "mp_gpipe-fp32", "mp_interleaved-bf16",
-          "fsdp-ckpt-fp32"]
+          "fsdp-ckpt-fp32", "mp_gpipe-chunked-fp32"]
 SELECTED = list(CASES) if os.environ.get("SCALEBENCH_MEMORY_TABLE") == "all" else SAMPLE
 
 
