@@ -163,8 +163,8 @@ def _run_local(spec: RunSpec, out_dir: str, entry: Callable) -> dict[int, Any]:
 # a fixed low threshold (1 MiB, what issue 14 set for every CPU rank) makes every larger tensor
 # fresh pages each time it is allocated, page faults and zeroing included: mini's step went from
 # 155 to 207 ms (+33%, 4 alternations of the bare loop, issue 18). The price of the default is in
-# the memory figure: under FSDP at `small` a rank's RSS holds 30-46% more than its tensors
-# (what the allocator keeps), where `malloc_mmap_threshold=1048576` brings it within 15% of the
+# the memory figure: under FSDP at `small` (seq 128, batch 2) a rank's RSS is 41-87% above the
+# memory model (what the allocator keeps), where `malloc_mmap_threshold=1048576` brings it within 15% of the
 # memory model (tests/test_memory.py runs so). The user's own environment wins over both.
 def malloc_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a CPU rank's glibc malloc reads: MALLOC_MMAP_THRESHOLD_ from the config

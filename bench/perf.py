@@ -123,7 +123,16 @@ def _spawn(target, *args_per_process: tuple) -> Any:
     return out
 
 
+def _as_a_rank(spec) -> None:
+    """The environment bench.launch gives a CPU rank (before torch loads in this process): the
+    bare loop and the references run under the same, or the comparison measures the difference."""
+    from bench.launch import malloc_env
+    os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)
+    os.environ.update(malloc_env(spec, os.environ))
+
+
 def _bare_proc(spec, profile: bool, q) -> None:
+    _as_a_rank(spec)
     from bench.bare import bare_loop
     q.put(bare_loop(spec, profile))
 
@@ -331,6 +340,7 @@ REFERENCE_STEPS = ("warmup_steps=1", "steps=4")
 
 
 def _reference_proc(name: str, spec, q) -> None:
+    _as_a_rank(spec)
     from bench.references import reference_loop
     q.put(reference_loop(name, spec))
 

@@ -344,11 +344,17 @@ def chunked_head_not_under_pipeline_fsdp(cfg: BenchConfig, t: Placement, lay: La
     # stage's forward, where FSDP has resharded the output matrix again
     if cfg.loss_head is LossHead.chunked and lay.pipeline is not None and lay.data_parallel is DataParallel.fsdp:
         return "loss_head=chunked does not run on a pipeline under FSDP; use loss_head=plain (or auto)"
+    if cfg.loss_head is LossHead.chunked and t.precision is Precision.fp16:
+        # its gradient (softmax - onehot) / N is cast to fp16 in forward, before GradScaler's scale
+        # reaches it in backward: entries near 1/(V N) underflow to zero
+        return "loss_head=chunked does not run in fp16 (unscaled gradients underflow); use precision=bf16 or loss_head=plain"
 
 
-# `auto` takes the chunked head where a micro-batch's fp32 logits pass this: at 4 layers, width
-# 256, vocabulary 50304, seq 256, batch 8 (412 MB of logits) it was 1.04x (fp32) and 1.17x (bf16)
-# the plain head's speed; at mini (4 MiB) 0.975x (bench.perf --heads, one core, issue 18)
+# `auto` takes the chunked head where a micro-batch's fp32 logits pass this. Measured on one CPU
+# core, whole training steps alternated in one process (issue 18, a standalone script, not a shipped
+# command): at 4 layers, width 256, vocabulary 50304, seq 256, batch 8 (412 MB of logits) 1.04x
+# (fp32) and 1.17x (bf16) the plain head's speed, before its log-sum-exp was made in place; at mini
+# (4 MiB) 0.975x. On a GPU the same rule is a guess: no GPU was lent to measure it
 CHUNKED_FROM_BYTES = 64 * 2**20
 
 
@@ -356,10 +362,11 @@ def resolve_loss_head(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -
     """The loss head a point runs (bench/loss.py): the key's, or for `auto` the faster here."""
     if cfg.loss_head is not LossHead.auto:
         return cfg.loss_head.value
-    if lay.pipeline is not None and lay.data_parallel is DataParallel.fsdp:
+    if lay.pipeline is not None and lay.data_parallel is DataParallel.fsdp or t.precision is Precision.fp16:
         return LossHead.plain.value
+    # per device: each replica of nn.DataParallel computes its own loss inside its forward
     micro = batch // (lay.pipeline.microbatches if lay.pipeline is not None else 1)
-    logits = micro * lay.devices_per_process * t.seq_len * cfg.size.vocab_size * 4
+    logits = micro * t.seq_len * cfg.size.vocab_size * 4
     return (LossHead.chunked if logits > CHUNKED_FROM_BYTES else LossHead.plain).value
 
 

@@ -26,9 +26,8 @@ REFERENCES = ("nanogpt", "hf-gpt2")
 def available(name: str) -> str | None:
     """None when reference `name` can run here, else why not."""
     if name == "hf-gpt2":
-        try:
-            import transformers  # noqa: F401  (only whether it imports)
-        except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("transformers") is None:
             return "transformers is not installed (pip install transformers to include it)"
     return None
 

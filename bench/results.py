@@ -174,6 +174,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         loss_head=spec.get("loss_head", "plain"),  # results before the key: the plain head
         # the allocator policy of a CPU rank (the rank's own record; results before it: issue 14's 1 MiB)
         malloc_mmap_threshold=(m["malloc_mmap_threshold"] if "malloc_mmap_threshold" in m
+                               else cfg["malloc_mmap_threshold"] if "malloc_mmap_threshold" in cfg  # a failed run
                                else LEGACY_MMAP_THRESHOLD if row["accelerator"] == "cpu" else None),
         repeat=r.get("repeat", 0), repeats=r.get("repeats", 1),
         n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])

@@ -6,7 +6,7 @@ import torch
 
 from bench.loss import linear_cross_entropy
 from bench.model import build_model
-from bench.plan import InvalidConfig, resolve_loss_head
+from bench.plan import InvalidConfig
 from bench.spec import GPTShape
 from conftest import plan
 
@@ -78,3 +78,35 @@ def test_chunked_head_on_a_pipeline_under_fsdp_is_refused():
     with pytest.raises(InvalidConfig, match="loss_head=plain"):
         plan("size=mini", "accelerator=cpu", "strategy=hybrid", "devices=2", "strategy.pp=2", "strategy.tp=1",
              "strategy.microbatches=2", "loss_head=chunked", "oversubscribe=true")
+
+
+def test_fp16_takes_the_plain_head():
+    """fp16's gradient scaling reaches the chunked head's gradients only in backward, after
+    forward cast them to fp16: refused, and `auto` picks plain (shape and batch where it would
+    otherwise take chunked)."""
+    from bench.plan import Host
+    gpu = Host(cores=16, gpus=1, gpu_bf16=True, gpu_memory_bytes=(80 * 2**30,), ram_bytes=2**37,
+               ram_available_bytes=2**37)
+    big = ("size=small", "accelerator=cuda", "seq_len=1024", "batch_size=8")
+    assert plan(*big, "precision=bf16", host=gpu).loss_head == "chunked"
+    assert plan(*big, "precision=fp16", host=gpu).loss_head == "plain"
+    with pytest.raises(InvalidConfig, match="fp16"):
+        plan(*big, "precision=fp16", "loss_head=chunked", host=gpu)
+
+
+def test_a_dataparallel_replica_gets_the_targets():
+    """nn.DataParallel's replicas run the wrapper's forward: the targets must reach the model,
+    which returns the replica's loss (the head inside its forward)."""
+    import contextlib
+
+    from bench.parallel.parallelize import _Autocast
+
+    class Ctx:
+        def autocast(self):
+            return contextlib.nullcontext()
+
+    shape = GPTShape(n_layer=1, n_head=2, n_embd=16, vocab_size=50, block_size=8)
+    m = build_model(shape, torch.device("cpu"), seed=0)
+    x = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(3))
+    loss = _Autocast(m, Ctx())(x[:, :-1], x[:, 1:])
+    assert loss.dim() == 0 and torch.equal(loss, m(x[:, :-1], x[:, 1:]))

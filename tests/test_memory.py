@@ -8,7 +8,7 @@ size=small, seq 128, batch 2, on 2 devices, for every strategy and schedule, fp3
 with and without checkpointing. One warm-up step first: the window is a steady step (in the
 first, the allocator has nothing freed yet to reuse, and the peak reads lower). glibc's mmap
 threshold fixed at 1 MiB (`malloc_mmap_threshold`): under its own dynamic policy (the default,
-for speed) an FSDP rank's RSS also holds what the allocator keeps, 30-46% more at small. The whole table (30 jobs, about 9 minutes here) runs with
+for speed) an FSDP rank's RSS also holds what the allocator keeps, 41-87% above the model here. The whole table (30 jobs, about 9 minutes here) runs with
 SCALEBENCH_MEMORY_TABLE=all; by default a sample of 7 that touches most terms of the model (8 minutes are too long for CI).
 """
 import os

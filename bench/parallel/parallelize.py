@@ -182,9 +182,9 @@ class _Autocast(nn.Module):
         super().__init__()
         self.module, self._ctx = module, ctx
 
-    def forward(self, x):
+    def forward(self, x, targets=None):
         with self._ctx.autocast():
-            return self.module(x)
+            return self.module(x, targets)  # each replica's own loss (bench/model.py GPT.forward)
 
 
 def apply_dataparallel(model: nn.Module, n_gpus: int, ctx: Ctx) -> nn.Module:
