@@ -202,7 +202,8 @@ class BenchConfig:
     loss_head: LossHead = key(LossHead.auto, "output layer + cross entropy: `plain` (whole logits), `chunked` "
                                              "(chunk by chunk, never the whole logits; bench/loss.py), `auto`: "
                                              "chunked where a micro-batch's fp32 logits pass 64 MiB (faster there "
-                                             "by measurement), else plain")
+                                             "by measurement), else plain. chunked is refused in fp16 and on a "
+                                             "pipeline under FSDP (auto takes plain there)")
     compile: bool = key(False, "torch.compile each block; compilation runs in the warm-up (needs "
                                "warmup_steps>=2), reported as compile_s, never timed")
     colocated: int = key(1, "run a 1-device point as N independent copies at once on this node, each its own "

@@ -9,8 +9,9 @@ loss, and at once the chunk's gradients (softmax - onehot) / N: dh = g W, dW += 
 only scales what forward made by the incoming gradient. This is the fused linear cross entropy
 of Liger-Kernel (Hsu et al. 2024, "Liger Kernel: Efficient Triton Kernels for LLM Training",
 section 3.3) and of Wijmans et al. 2024 ("Cut Your Losses in Large-Vocabulary Language
-Models") written in PyTorch: peak memory O(chunk x V) instead of O(N x V), and the logits are
-read from cache-sized blocks rather than from memory.
+Models") written in PyTorch: peak memory O(chunk x V) instead of O(N x V). Not a fused
+kernel: each chunk still makes its logits in memory and passes over them a few times (max, exp,
+sum, divide); on CUDA, Liger-Kernel's Triton kernel would fuse those (not wired in here).
 """
 from __future__ import annotations
 

@@ -375,19 +375,22 @@ def references(repeats: int, precisions: list[str], overrides: list[str]) -> Non
             print(f"  {prec} {i + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1] * 1e3:,.0f} ms" for n in names),
                   flush=True)
         fpt = flops.flops_per_token(spec.shape.n_layer, spec.shape.n_embd, spec.shape.vocab_size, spec.seq_len)
-        print(f"\n{prec}, loss head {spec.loss_head}: {'trainer':<10} {'step ms':>9} {'tokens/s':>9} {'MFU':>5}")
+        print(f"\n{prec} (the suite's loss head: {spec.loss_head})\n  {'trainer':<10} {'step ms':>9} {'tokens/s':>9} "
+              f"{'MFU':>5}")
         for n in names:
             tps = spec.tokens_per_step / statistics.median(times[n])
-            print(f"  {'':<26}{n:<10} {statistics.median(times[n]) * 1e3:>9,.0f} {tps:>9,.0f} "
+            print(f"  {n:<10} {statistics.median(times[n]) * 1e3:>9,.0f} {tps:>9,.0f} "
                   f"{fpt * tps / peak if peak else float('nan'):>5.2f}")
         refs = [n for n in names if n != "suite"]
         # per round: the suite's speed over the round's best reference (the runs of one round are adjacent)
         speed = [min(times[n][i] for n in refs) / times["suite"][i] for i in range(repeats)] if refs else []
         if speed:
             ratio, lo, hi, _ = paired_ratio([min(times[n][i] for n in refs) for i in range(repeats)], times["suite"])
-            print(f"  suite / best reference: {statistics.median(speed):.2f}x (median of {repeats} rounds; "
-                  f"geometric mean 95% interval {lo:.2f}x to {hi:.2f}x)")
-            targets.append((f"trainer / best reference, {prec}", statistics.median(speed), 1.2))
+            spread = (f"geometric mean 95% interval {lo:.2f}x to {hi:.2f}x" if repeats > 1
+                      else "one round: no interval")
+            print(f"  the suite's speed over the best reference's: {statistics.median(speed):.2f}x "
+                  f"(median of {repeats} round(s); {spread})")
+            targets.append((f"trainer's speed / best reference's, {prec}", statistics.median(speed), 1.2))
         if prec == "fp32" and peak:
             targets.append(("MFU fp32 (of the measured peak, same threads)",
                             fpt * spec.tokens_per_step / statistics.median(times["suite"]) / peak, 0.75))
