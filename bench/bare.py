@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench import cores
@@ -27,22 +28,36 @@ KINDS = (("matmul (mm, addmm, bmm, linear)", ("aten::mm", "aten::addmm", "aten::
 def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[str, float] | None]:
     """Run warm-up + measured steps of `spec` (strategy ignored: one device). Returns the
     measured step times (s) and, with `profile`, ms per step by kind of op over two more steps."""
-    import torch
+    return run_loop(spec, _suite_model, profile)
 
-    from bench.data import make_batches
+
+def _suite_model(spec: RunSpec, device: Any) -> tuple[Callable, Any]:
+    """The suite's model and optimizer: (loss of (x, y), optimizer)."""
     from bench.model import build_model
     from bench.trainer import make_optimizer
-    cuda = spec.accelerator is Accelerator.cuda
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if not cuda:
-        torch.set_num_threads(spec.cpu_threads_per_device)
-        cores.pin(0, spec.cpu_threads_per_device)
     model = build_model(spec.shape, device, spec.seed)
     model.loss_head = spec.loss_head  # the point's loss head: forward(x, targets) returns the loss
     if spec.compile:
         for block in model.layers.values():
             block.compile()
-    opt = make_optimizer(list(model.parameters()), spec.lr, device)
+    return model, make_optimizer(list(model.parameters()), spec.lr, device)  # model(x, y): the loss
+
+
+def run_loop(spec: RunSpec, make: Callable[[RunSpec, Any], tuple[Callable, Any]],
+             profile: bool = False) -> tuple[list[float], dict[str, float] | None]:
+    """The plain training loop around `make(spec, device)` -> (loss of (x, y), optimizer): one
+    device pinned as a rank is, data made up front, autocast for bf16, a synchronisation per
+    step on a GPU. The bare loop and the reference trainers (bench/references.py) both run here.
+    Returns the measured step times (s) and, with `profile`, ms per step by kind of op."""
+    import torch
+
+    from bench.data import make_batches
+    cuda = spec.accelerator is Accelerator.cuda
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if not cuda:
+        torch.set_num_threads(spec.cpu_threads_per_device)
+        cores.pin(0, spec.cpu_threads_per_device)
+    loss_of, opt = make(spec, device)
     n = spec.warmup_steps + spec.steps
     data = make_batches("synthetic", None, spec.seed, n, 1, 1, 0, spec.batch_size, spec.seq_len,
                         spec.shape.vocab_size).to(device)
@@ -51,7 +66,7 @@ def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[s
     def step(i: int) -> None:
         x, y = data[i, 0, :, :-1], data[i, 0, :, 1:]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(x, y)  # nanoGPT's forward(idx, targets)
+            loss = loss_of(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

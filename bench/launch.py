@@ -77,13 +77,12 @@ def launch(spec: RunSpec, out_dir: str, entry: Callable[[RunSpec, str], dict[str
                 _kill_tree()
                 return
 
-    env = {"OMP_NUM_THREADS": str(spec.cpu_threads_per_device), NODE_TAG_ENV: node_tag()}  # inherited by the ranks
+    env = {**rank_env(spec, os.environ), NODE_TAG_ENV: node_tag()}  # inherited by the ranks
     if spec.accelerator is Accelerator.cuda and "NCCL_DEBUG" not in os.environ:
         # NCCL's own account of its transports (NVLink/P2P, SHM, IB, sockets), read after the run
         os.makedirs(os.path.join(out_dir, ".nccl"), exist_ok=True)
         env.update(NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,NET",
                    NCCL_DEBUG_FILE=os.path.join(out_dir, ".nccl", "%h.%p.log"))
-    env.update(malloc_env(spec, os.environ))
     n_cores = spec.procs * spec.cpu_threads_per_device if spec.accelerator is Accelerator.cpu else 0
     hosting = False
     claim = None
@@ -166,6 +165,12 @@ def _run_local(spec: RunSpec, out_dir: str, entry: Callable) -> dict[int, Any]:
 # the memory figure: under FSDP at `small` (seq 128, batch 2) a rank's RSS is 41-87% above the
 # memory model (what the allocator keeps), where `malloc_mmap_threshold=1048576` brings it within 15% of the
 # memory model (tests/test_memory.py runs so). The user's own environment wins over both.
+def rank_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
+    """What a rank's process runs under beyond `environ`: its threads (OMP_NUM_THREADS) and its
+    allocator (malloc_env). bench.perf gives its bare loop and reference trainers the same."""
+    return {"OMP_NUM_THREADS": str(spec.cpu_threads_per_device), **malloc_env(spec, environ)}
+
+
 def malloc_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
     """The environment a CPU rank's glibc malloc reads: MALLOC_MMAP_THRESHOLD_ from the config
     key when set and the user's environment does not set it already; nothing otherwise."""

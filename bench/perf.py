@@ -126,9 +126,8 @@ def _spawn(target, *args_per_process: tuple) -> Any:
 def _as_a_rank(spec) -> None:
     """The environment bench.launch gives a CPU rank (before torch loads in this process): the
     bare loop and the references run under the same, or the comparison measures the difference."""
-    from bench.launch import malloc_env
-    os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads_per_device)
-    os.environ.update(malloc_env(spec, os.environ))
+    from bench.launch import rank_env
+    os.environ.update(rank_env(spec, os.environ))
 
 
 def _bare_proc(spec, profile: bool, q) -> None:

@@ -8,16 +8,13 @@
 * `hf-gpt2`: Hugging Face's `GPT2LMHeadModel` (dropout off), its own loss (labels shifted
   inside), AdamW; only where `transformers` is installed (it is not a dependency).
 
-Same shape, batch, data (`data.make_batches`), threads and pinning as the bare loop
-(bench/bare.py). Each returns the measured step times (s).
+Same shape, batch, data (`data.make_batches`), threads, pinning and loop as the bare loop
+(bench/bare.py `run_loop`). Each returns the measured step times (s).
 """
 from __future__ import annotations
 
 import math
-import time
 
-from bench import cores
-from bench.config import Precision
 from bench.spec import RunSpec
 
 REFERENCES = ("nanogpt", "hf-gpt2")
@@ -97,24 +94,8 @@ def _hf_gpt2(spec: RunSpec):
 
 def reference_loop(name: str, spec: RunSpec) -> list[float]:
     """Warm-up + measured steps of reference trainer `name` on `spec`'s shape, batch, data,
-    precision and threads (CPU). Returns the measured step times (s)."""
-    import torch
-
-    from bench.data import make_batches
-    torch.set_num_threads(spec.cpu_threads_per_device)
-    cores.pin(0, spec.cpu_threads_per_device)
-    step_fn, opt = {"nanogpt": _nanogpt, "hf-gpt2": _hf_gpt2}[name](spec)
-    n = spec.warmup_steps + spec.steps
-    data = make_batches("synthetic", None, spec.seed, n, 1, 1, 0, spec.batch_size, spec.seq_len, spec.shape.vocab_size)
-    bf16 = spec.precision is Precision.bf16
-    times = []
-    for i in range(n):
-        x, y = data[i, 0, :, :-1], data[i, 0, :, 1:]
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = step_fn(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return times[spec.warmup_steps:]
+    precision and threads (CPU), in the bare loop's own loop (bench.bare.run_loop). Returns
+    the measured step times (s)."""
+    from bench.bare import run_loop
+    build = {"nanogpt": _nanogpt, "hf-gpt2": _hf_gpt2}[name]
+    return run_loop(spec, lambda spec, device: build(spec))[0]
