@@ -7,12 +7,17 @@ still run; `plan_steps` is the list, a pure function of the GPU count):
   2. one sweep on 1 GPU, `size=small`, bf16: single, dp, fsdp, tp, mp (GPipe) and
      dataparallel; then `single` in fp32, fp16 and with `compile=true`;
   3. where the machine has 2+ GPUs, dp, fsdp and tp on 2 GPUs;
-  4. `bench.perf` in bf16 on one GPU for small, medium, large and xl: MFU against the
-     datasheet's dense bf16 peak (an H200's 989 TFLOP/s, bench/peaks.py) and against the
-     measured matmul peak;
-  5. the report of every result (`DIR/report.pdf` and its page CSVs).
+  4. `bench.perf` in bf16 on one GPU for small, medium, large and xl at seq 1024, batch 16
+     (16,384 tokens a step: at the default 2,048 a step of `small` is a few milliseconds of
+     kernel launches, not a measure of the chip): MFU against the datasheet's dense bf16 peak
+     (an H200's 989 TFLOP/s, bench/peaks.py) and against the measured matmul peak;
+  5. `single` with `compile=true` (after perf: compilation is the step most likely to be slow);
+  6. the report of every result (`DIR/report.pdf` and its page CSVs).
 
-Everything lands in DIR: `results/`, `report.pdf`, `log.txt` (every step's output, each
+Each step has a time limit (`Step.timeout_s`); a step past it is ended, with every process it
+started, and recorded with exit code 124, and the next step runs.
+
+Everything lands in DIR: `results/`, `report.pdf`, `perf.csv` (bench.perf's table), `log.txt` (every step's output, each
 line as it comes), `steps.csv` (each step: command, exit code, seconds) and `figures.csv`
 (per result: tokens/s, MFU against both peaks, NVML's used peak beside torch's reserved and
 the predicted memory, energy and tokens/J). Sized for about 8 minutes on one H200-class GPU.
@@ -29,8 +34,10 @@ import csv
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -41,6 +48,7 @@ PY = sys.executable
 class Step:
     name: str
     argv: tuple[str, ...]  # after `python -m`
+    timeout_s: float = 300.0  # past it the step and its processes are ended (exit code 124)
 
 
 def plan_steps(out: str, gpus: int, rehearsal: bool) -> list[Step]:
@@ -51,28 +59,28 @@ def plan_steps(out: str, gpus: int, rehearsal: bool) -> list[Step]:
     if rehearsal:
         size, run = "tiny", ["accelerator=cpu", "steps=3", "warmup_steps=2", "seq_len=64", *common]
         perf = ("bench.perf", "accelerator=cpu", "--sizes", "tiny", "--precisions", "bf16", "--repeats", "1",
-                "--no-dp", "--profile", "never")
+                "--no-dp", "--profile", "never", "--csv", os.path.join(out, "perf.csv"))
         two = True
     else:
         size, run = "small", ["accelerator=cuda", "steps=10", "warmup_steps=3", *common]
-        perf = ("bench.perf", "accelerator=cuda", "--sizes", "small,medium,large,xl", "--precisions", "bf16",
-                "--repeats", "1", "--no-dp", "--profile", "never")
+        perf = ("bench.perf", "accelerator=cuda", "seq_len=1024", "batch_size=16", "--sizes", "small,medium,large,xl",
+                "--precisions", "bf16", "--repeats", "1", "--no-dp", "--profile", "never", "--csv", os.path.join(out, "perf.csv"))
         two = gpus >= 2
     steps = [
-        Step("gpu tests", ("pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests")),
+        Step("gpu tests", ("pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"), 180.0),
         Step("1 device, bf16, every strategy",
              ("bench.run", "-m", f"size={size}", "strategy=single,dp,fsdp,tp,mp,dataparallel",
               "strategy.schedule=gpipe", "devices=1", "precision=bf16", *run)),
         Step("single: fp32, fp16", ("bench.run", "-m", f"size={size}", "strategy=single", "devices=1",
-                                    "precision=fp32,fp16", *run)),
-        Step("single: compile", ("bench.run", "-m", f"size={size}", "strategy=single", "devices=1",
-                                 "precision=bf16", "compile=true", *run)),
+                                    "precision=fp32,fp16", *run), 180.0),
     ]
     if two:
         steps.append(Step("2 devices, bf16", ("bench.run", "-m", f"size={size}", "strategy=dp,fsdp,tp", "devices=2",
                                               "precision=bf16", *run)))
-    steps.append(Step("perf, bf16", perf))
-    steps.append(Step("report", ("bench.report", results, "-o", os.path.join(out, "report.pdf"))))
+    steps += [Step("perf, bf16", perf),
+              Step("single: compile", ("bench.run", "-m", f"size={size}", "strategy=single", "devices=1",
+                                       "precision=bf16", "compile=true", *run), 240.0),
+              Step("report", ("bench.report", results, "-o", os.path.join(out, "report.pdf")), 180.0)]
     return steps
 
 
@@ -105,12 +113,37 @@ def run_step(step: Step, log) -> tuple[int, float]:
     log.write(head)
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as p:
-        for line in p.stdout:
-            print(line, end="", flush=True)
-            log.write(line)
-            log.flush()
-    return p.returncode, time.perf_counter() - t0
+    # its own session: on timeout the whole group goes (the launcher's ranks, compile workers)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          start_new_session=True) as p:
+        timer = threading.Timer(step.timeout_s, _end_group, (p.pid,))
+        timer.daemon = True
+        timer.start()
+        try:
+            for line in p.stdout:
+                print(line, end="", flush=True)
+                log.write(line)
+                log.flush()
+            p.wait()
+        finally:
+            timer.cancel()
+    took = time.perf_counter() - t0
+    if took >= step.timeout_s:
+        note = f"=== {step.name}: ended after its limit of {step.timeout_s:.0f} s (exit code 124)\n"
+        print(note, end="", flush=True)
+        log.write(note)
+        return 124, took
+    return p.returncode, took
+
+
+def _end_group(pid: int) -> None:
+    """SIGTERM the step's process group, then SIGKILL what is left 10 s later."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(wait)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-dp", action="store_true", help="skip the 1 -> 2 device data-parallel rows")
     ap.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
                     help="profile the bare loop by kind of op: where a target is missed (auto), always, never")
+    ap.add_argument("--csv", default=None, metavar="FILE", help="also write the table (one row per size, "
+                    "precision and compile; milliseconds, tokens/s, MFU, the peaks it is taken against) to FILE")
     ap.add_argument("--references", action="store_true", help="only the trainer against minimal reference "
                     "trainers (bench/references.py: nanoGPT's architecture; Hugging Face's GPT-2 when installed) "
                     f"at a GPT-2-like shape ({' '.join(REFERENCE_SHAPE)}), alternated --repeats times, and stop")
@@ -272,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
         if r["compile"] and r["compile_s"] is not None:
             print(f"  compile: {r['size']} {r['precision']}: {r['compile_s']:.1f} s of compilation in the warm-up, "
                   "not in the measured window")
+
+    if a.csv:
+        _write_csv(a.csv, rows, peaks)
 
     speedups, bare_speedups = {}, {}
     for size in sizes:
@@ -329,6 +334,28 @@ def main(argv: list[str] | None = None) -> None:
         for kind, ms in sorted(table.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<36} {ms:>9,.1f} ms  {ms / total:>5.0%}")
     print(f"\n(perf took {time.perf_counter() - t_start:,.0f} s)")
+
+
+CSV_FIELDS = ("size", "precision", "compile", "seq_len", "batch_size", "steps", "repeats", "suite_ms", "bare_ms",
+              "overhead", "overhead_lo", "overhead_hi", "overhead_p", "tokens_per_s", "bare_tokens_per_s", "mfu",
+              "bare_mfu", "mfu_datasheet", "fixed_s", "compile_s")
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
+    """The table perf printed, one row per measured configuration, with the device and the
+    peaks each MFU is taken against (measured matmul peak of the row's precision, FLOP/s; the
+    datasheet's dense bf16 peak, FLOP/s, on a GPU the table knows)."""
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, "device", "peak_measured_flops_per_s",
+                                          "peak_datasheet_bf16_flops_per_s"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: r[k] for k in CSV_FIELDS if k not in ("seq_len", "batch_size")},
+                        "seq_len": r["spec"].seq_len, "batch_size": r["spec"].batch_size, "device": peaks["device"],
+                        "peak_measured_flops_per_s": peaks[r["precision"]],
+                        "peak_datasheet_bf16_flops_per_s": peaks.get("datasheet_bf16")})
+    print(f"table: {path}")
 
 
 # issue 18's shape: GPT-2's vocabulary, where the output layer and its loss are most of the work

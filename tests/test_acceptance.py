@@ -16,14 +16,14 @@ def _runs(steps):
 def test_gpu_plan_has_every_step_of_the_issue(tmp_path):
     one = plan_steps(str(tmp_path), gpus=1, rehearsal=False)
     names = [s.name for s in one]
-    assert names[0] == "gpu tests" and names[-2:] == ["perf, bf16", "report"]
+    assert names[0] == "gpu tests" and names[-3:] == ["perf, bf16", "single: compile", "report"]
     assert "2 devices, bf16" not in names  # one GPU: no 2-device step
     joined = [" ".join(s.argv) for s in one]
     assert any("strategy=single,dp,fsdp,tp,mp,dataparallel" in j and "precision=bf16" in j and "size=small" in j
                for j in joined)
     assert any("precision=fp32,fp16" in j for j in joined) and any("compile=true" in j for j in joined)
     perf = next(s for s in one if s.name == "perf, bf16")
-    assert "small,medium,large,xl" in perf.argv and "bf16" in perf.argv
+    assert "small,medium,large,xl" in perf.argv and "bf16" in perf.argv and "seq_len=1024" in perf.argv
     two = plan_steps(str(tmp_path), gpus=2, rehearsal=False)
     assert any("strategy=dp,fsdp,tp" in " ".join(s.argv) and "devices=2" in s.argv for s in two)
 
@@ -55,3 +55,45 @@ def test_figures_reads_results(tmp_path):
     [row] = figures(str(tmp_path / "results"))
     assert row["precision"] == "bf16" and row["mem_nvml_used_peak_bytes"] == 7 and row["mfu_datasheet"] == 0.4
     assert row["mem_torch_max_reserved_bytes"] == 6 and row["mem_predicted_bytes"] == 5 and row["point"] == "s/p"
+
+
+def test_a_step_past_its_limit_is_ended_with_its_children(tmp_path, monkeypatch):
+    """A hung step (here: a module that starts a child and sleeps) is ended, child too, after
+    its limit, recorded 124, and the command goes on."""
+    import io
+    import os
+    import time
+
+    from bench.acceptance import Step, run_step
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "sleeper.py").write_text(
+        "import subprocess, sys, time\n"
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(c.pid))\n"
+        "print('started', flush=True)\n"
+        "time.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    log = io.StringIO()
+    t0 = time.monotonic()
+    rc, took = run_step(Step("hang", ("sleeper",), timeout_s=2.0), log)
+    assert rc == 124 and 2.0 <= took < 30 and time.monotonic() - t0 < 30
+    assert "started" in log.getvalue() and "ended after its limit of 2 s" in log.getvalue()
+    child = int(pidfile.read_text())
+    for _ in range(50):  # the child was in the step's process group: gone (or a zombie being reaped)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the step's child outlived it")
+
+
+def test_a_quick_step_keeps_its_exit_code(tmp_path):
+    import io
+
+    from bench.acceptance import Step, run_step
+    rc, took = run_step(Step("version", ("pip", "--version"), timeout_s=60.0), io.StringIO())
+    assert rc == 0 and took < 60
