@@ -219,7 +219,9 @@ def scaling_data(df: pd.DataFrame) -> pd.DataFrame:
     # one device count measured with two node splits (8 on one node and 4 on each of 2): one
     # curve per node count there, as the points are different work
     split = pts.groupby("series")["devices"].transform(lambda d: d.duplicated().any())
-    pts.loc[split, "series"] = pts.loc[split, "series"] + "-n" + pts.loc[split, "nodes"].map(_int)
+    if split.any():  # (an empty selection keeps its int dtype, which a str column cannot add: pandas 3 + pyarrow)
+        pts.loc[split, "series"] = (pts.loc[split, "series"].astype(str) + "-n"
+                                    + pts.loc[split, "nodes"].map(_int).astype(str))
     rows = []
     for key, g in pts.groupby("series", sort=False):
         g = g.sort_values("devices")

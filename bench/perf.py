@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.references:
         return references(a.repeats, a.precisions.split(","), a.overrides)
 
-    accel = _spec(_cfg(["strategy=single", *a.overrides])).accelerator.value
+    # planned at the first size asked for: the default size (mini) may not hold e.g. seq_len=1024
+    first = [f"size={a.sizes.split(',')[0]}"] if a.sizes else []
+    accel = _spec(_cfg(["strategy=single", *first, *a.overrides])).accelerator.value
     sizes = (a.sizes or ("small,medium,large,xl" if accel == "cuda" else "mini,small")).split(",")
     precisions = a.precisions.split(",")
     t_start = time.perf_counter()

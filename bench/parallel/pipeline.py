@@ -95,7 +95,9 @@ def _naive(model: GPT, spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
         accum = batch.shape[0]
         total = torch.zeros((), device=ctx.device)
         for i in range(accum):
-            x, y = batch[i, :, :-1], batch[i, :, 1:]
+            # contiguous: the first stage checks its input's strides against what it inferred (a
+            # (B, T) tensor), and a slice of the (B, T + 1) rows has stride T + 1 (seen on CUDA)
+            x, y = batch[i, :, :-1].contiguous(), batch[i, :, 1:].contiguous()
             if not first:  # activations from the previous stage; the residual stream is fp32
                 x = torch.empty(B, T, C, device=ctx.device)
                 dist.recv(x, src=prev_rank)
@@ -142,7 +144,9 @@ def _scheduled(stages: list[GPT], spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
     def forward_backward(batch: torch.Tensor) -> torch.Tensor | None:
         total = torch.zeros((), device=ctx.device)
         for i in range(batch.shape[0]):
-            x, y = batch[i, :, :-1], batch[i, :, 1:]
+            # contiguous: the first stage checks its input's strides against what it inferred (a
+            # (B, T) tensor), and a slice of the (B, T + 1) rows has stride T + 1 (seen on CUDA)
+            x, y = batch[i, :, :-1].contiguous(), batch[i, :, 1:].contiguous()
             losses: list[torch.Tensor] = []
             args = (x,) if first else ()
             kwargs = {"target": y, "losses": losses} if last else {}
