@@ -1,7 +1,7 @@
 """Install scalebench into the current Python environment, choosing the right torch build.
 
     python -m bench.install           # torch + the package
-    python -m bench.install --test    # ... plus the test extra (pytest, pypdf)
+    python -m bench.install --test    # ... plus the test extra (pytest, pypdf, pyarrow)
 
 Why a script and not only `pip install -e .`: an unpinned `torch` from PyPI is a multi-GB
 CUDA build. On a machine without an NVIDIA driver we install the CPU build first; on a GPU
