@@ -9,8 +9,9 @@ still run; `plan_steps` is the list, a pure function of the GPU count):
   3. where the machine has 2+ GPUs, dp, fsdp and tp on 2 GPUs;
   4. `bench.perf` in bf16 on one GPU for small, medium, large and xl at seq 1024, batch 16
      (16,384 tokens a step: at the default 2,048 a step of `small` is a few milliseconds of
-     kernel launches, not a measure of the chip): MFU against the datasheet's dense bf16 peak
-     (an H200's 989 TFLOP/s, bench/peaks.py) and against the measured matmul peak;
+     kernel launches, not a measure of the chip), eager and with `compile=true`: MFU against
+     the datasheet's dense bf16 peak (an H200's 989 TFLOP/s, bench/peaks.py) and against the
+     measured matmul peak;
   5. `single` with `compile=true` (after perf: compilation is the step most likely to be slow);
   6. the report of every result (`DIR/report.pdf` and its page CSVs).
 
@@ -64,7 +65,8 @@ def plan_steps(out: str, gpus: int, rehearsal: bool) -> list[Step]:
     else:
         size, run = "small", ["accelerator=cuda", "steps=10", "warmup_steps=3", *common]
         perf = ("bench.perf", "accelerator=cuda", "seq_len=1024", "batch_size=16", "--sizes", "small,medium,large,xl",
-                "--precisions", "bf16", "--repeats", "1", "--no-dp", "--profile", "never", "--csv", os.path.join(out, "perf.csv"))
+                "--precisions", "bf16", "--compile", "--repeats", "1", "--no-dp", "--profile", "never",
+                "--csv", os.path.join(out, "perf.csv"))
         two = gpus >= 2
     steps = [
         Step("gpu tests", ("pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"), 180.0),

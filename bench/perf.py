@@ -56,7 +56,7 @@ TARGETS = {
     "bf16_speedup": Target("bf16 / fp32 throughput", ">=", 1.5, "{:.2f}x", "{:g}x"),
     "dp_efficiency": Target("data-parallel efficiency, 1 -> 2 devices", ">=", 0.90, "{:.3f}", "{:g}"),
     "fixed_cost_s": Target("fixed cost of a point", "<", 5.0, "{:.2f} s", "{:.0f} s"),
-    "mfu_gpu_bf16": Target("MFU bf16 (of the datasheet peak)", ">=", 0.45),
+    "mfu_gpu_bf16": Target("MFU bf16, xl (of the datasheet peak)", ">=", 0.45),
 }
 MIN_REPEATS_TO_JUDGE = 5  # ABBA pairs: one run a side is between-process noise, not the harness
 
@@ -71,7 +71,8 @@ def checks(rows: list[dict[str, Any]], speedups: dict[str, float], dp_eff: float
            accel: str) -> list[tuple[str, str, float, Any]]:
     """Which target each measured figure is judged against: (target key, subject, value,
     what to profile when missed). Overheads only where each side ran MIN_REPEATS_TO_JUDGE
-    times; MFU against the measured peak on a CPU, the datasheet's on a GPU."""
+    times; MFU against the measured peak on a CPU (mini fp32), the datasheet's on a GPU (xl
+    bf16, eager and compiled)."""
     out: list[tuple[str, str, float, Any]] = []
     eager = [r for r in rows if not r["compile"]]
     for r in eager:
@@ -82,8 +83,10 @@ def checks(rows: list[dict[str, Any]], speedups: dict[str, float], dp_eff: float
         out += [("mfu_fp32_mini", "", r["mfu"], r) for r in eager if (r["size"], r["precision"]) == ("mini", "fp32")]
         out += [("bf16_speedup", size, sp, ("speedup", size)) for size, sp in speedups.items()]
     else:
-        out += [("mfu_gpu_bf16", r["size"], r["mfu_datasheet"], r) for r in eager
-                if r["precision"] == "bf16" and r["mfu_datasheet"] is not None]
+        # the GPU's MFU target is xl's (issue 17: published trainers reach 0.40-0.50 on H100-class
+        # chips at GPT-2 XL and up; smaller shapes cannot fill the chip), eager and compiled alike
+        out += [("mfu_gpu_bf16", r["size"] + (" compile" if r["compile"] else ""), r["mfu_datasheet"], r)
+                for r in rows if r["size"] == "xl" and r["precision"] == "bf16" and r["mfu_datasheet"] is not None]
     if dp_eff is not None:
         out.append(("dp_efficiency", "", dp_eff, None))
     out.append(("fixed_cost_s", "", fixed_s, None))

@@ -24,6 +24,7 @@ def test_gpu_plan_has_every_step_of_the_issue(tmp_path):
     assert any("precision=fp32,fp16" in j for j in joined) and any("compile=true" in j for j in joined)
     perf = next(s for s in one if s.name == "perf, bf16")
     assert "small,medium,large,xl" in perf.argv and "bf16" in perf.argv and "seq_len=1024" in perf.argv
+    assert "--compile" in perf.argv
     two = plan_steps(str(tmp_path), gpus=2, rehearsal=False)
     assert any("strategy=dp,fsdp,tp" in " ".join(s.argv) and "devices=2" in s.argv for s in two)
 

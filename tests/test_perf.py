@@ -36,8 +36,11 @@ def test_what_is_judged_against_what():
     assert keys == [("overhead", "mini fp32"), ("overhead_sign", "mini fp32"), ("overhead", "mini bf16"),
                     ("overhead_sign", "mini bf16"), ("mfu_fp32_mini", ""),
                     ("bf16_speedup", "mini"), ("dp_efficiency", ""), ("fixed_cost_s", "")]
-    gpu = checks([_row("xl", "bf16", mfu_datasheet=0.47), _row("xl", "fp32")], {}, None, 3.0, "cuda")
-    assert [(k, v) for k, _, v, _ in gpu if k == "mfu_gpu_bf16"] == [("mfu_gpu_bf16", 0.47)]
+    gpu = checks([_row("small", "bf16", mfu_datasheet=0.24), _row("xl", "bf16", mfu_datasheet=0.42),
+                  _row("xl", "bf16", mfu_datasheet=0.47, compile=True), _row("xl", "fp32")], {}, None, 3.0, "cuda")
+    # on a GPU, MFU is judged for xl bf16 only (the target), eager and compiled each
+    assert [(k, subject, v) for k, subject, v, _ in gpu if k == "mfu_gpu_bf16"] == [
+        ("mfu_gpu_bf16", "xl", 0.42), ("mfu_gpu_bf16", "xl compile", 0.47)]
 
 
 @pytest.mark.slow
