@@ -95,9 +95,7 @@ def _naive(model: GPT, spec: RunSpec, ctx: Ctx, pp_mesh: DeviceMesh):
         accum = batch.shape[0]
         total = torch.zeros((), device=ctx.device)
         for i in range(accum):
-            # contiguous: the first stage checks its input's strides against what it inferred (a
-            # (B, T) tensor), and a slice of the (B, T + 1) rows has stride T + 1 (seen on CUDA)
-            x, y = batch[i, :, :-1].contiguous(), batch[i, :, 1:].contiguous()
+            x, y = batch[i, :, :-1], batch[i, :, 1:]
             if not first:  # activations from the previous stage; the residual stream is fp32
                 x = torch.empty(B, T, C, device=ctx.device)
                 dist.recv(x, src=prev_rank)
