@@ -105,6 +105,8 @@ def test_invalid_points_name_the_fix(overrides, needle):
     (["strategy=mp", "devices=2", "precision=fp16"], "fp16 is not supported with pipeline parallelism"),
     (["strategy=dataparallel", "launcher=multinode", "launcher.rdzv_endpoint=h:1"],
      "runs in one process on one node"),
+    (["precision=fp16", "loss_head=chunked"],
+     "loss_head=chunked does not run in fp16 (unscaled gradients underflow); use precision=bf16 or loss_head=plain"),
 ])
 def test_invalid_gpu_points_name_the_fix(overrides, needle):
     with pytest.raises(InvalidConfig, match=None) as e:
