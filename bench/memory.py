@@ -13,13 +13,16 @@ from bench.config import Checkpointing, Precision, Schedule
 from bench.flops import FP32_BYTES
 from bench.spec import LOSS_CHUNK_TOKENS, DataParallel, RunSpec
 
-# What a device holds outside the model's tensors. On a GPU the CUDA context, cuBLAS and NCCL
-# workspaces take 0.3-0.6 GB outside torch's allocator (REFERENCE.md; not measurable here, no
-# GPU); NVML counts them. On a CPU the rank's runtime (Python, torch, gloo) is measured by every
-# run as its RSS before the build (`mem_baseline_bytes`, about 240 MiB on this project's CPU
-# machine); the planner reserves CPU_RANK_BASELINE_BYTES (bench/plan.py) per rank for it, so
-# the model's CPU runtime term is 0.
-RUNTIME_BYTES = {"cpu": 0, "cuda": 512 * 2**20}
+# What a device holds outside the model's tensors. On a GPU: the CUDA context, the NCCL
+# communicator (created eagerly at init) and what the first kernels load, which NVML counts and
+# torch's allocator does not. REFERENCE.md gives 0.3-0.6 GB for the context alone; measured on
+# one H200 (2026-11-30, torch 2.11.0+cu130, NCCL 2.28.9; reports/examples/gpu-h200.acceptance.log.txt),
+# NVML's used memory before the build was 1,177 MiB in bf16 and 1,275 MiB in fp32/fp16 runs,
+# so 1,280 MiB here (every run records its own as `mem_baseline_bytes`). On a CPU the rank's
+# runtime (Python, torch, gloo) is measured by every run as its RSS before the build (about
+# 240 MiB on this project's CPU machine); the planner reserves CPU_RANK_BASELINE_BYTES
+# (bench/plan.py) per rank for it, so the model's CPU runtime term is 0.
+RUNTIME_BYTES = {"cpu": 0, "cuda": 1280 * 2**20}
 
 
 @dataclass(frozen=True)
