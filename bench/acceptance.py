@@ -43,6 +43,10 @@ import time
 from dataclasses import dataclass
 
 PY = sys.executable
+OUTPUTS = ("results/, report.pdf (+ report.csv, report.md, a CSV per page), perf.csv, figures.csv, steps.csv, "
+           "log.txt, sweep-reports/")
+# the gpu-marked tests of this checkout (the step needs pytest: `python -m bench.install --test`)
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,8 @@ def plan_steps(out: str, gpus: int, rehearsal: bool) -> list[Step]:
     common = [f"results_root={results}", f"report_dir={os.path.join(out, 'sweep-reports')}"]
     if rehearsal:
         size, run = "tiny", ["accelerator=cpu", "steps=3", "warmup_steps=2", "seq_len=64", *common]
-        perf = ("bench.perf", "accelerator=cpu", "--sizes", "tiny", "--precisions", "bf16", "--repeats", "1",
-                "--no-dp", "--profile", "never", "--csv", os.path.join(out, "perf.csv"))
+        perf = ("bench.perf", "accelerator=cpu", "--sizes", "tiny", "--precisions", "bf16", "--compile", "--repeats",
+                "1", "--no-dp", "--profile", "never", "--csv", os.path.join(out, "perf.csv"))
         two = True
     else:
         size, run = "small", ["accelerator=cuda", "steps=10", "warmup_steps=3", *common]
@@ -69,7 +73,7 @@ def plan_steps(out: str, gpus: int, rehearsal: bool) -> list[Step]:
                 "--csv", os.path.join(out, "perf.csv"))
         two = gpus >= 2
     steps = [
-        Step("gpu tests", ("pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"), 180.0),
+        Step("gpu tests", ("pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", TESTS), 180.0),
         Step("1 device, bf16, every strategy",
              ("bench.run", "-m", f"size={size}", "strategy=single,dp,fsdp,tp,mp,dataparallel",
               "strategy.schedule=gpipe", "devices=1", "precision=bf16", *run)),
@@ -103,6 +107,10 @@ def figures(results: str) -> list[dict]:
             else None,
             "mem_torch_max_reserved_bytes": m.get("mem_torch_max_reserved_bytes"),
             "mem_predicted_bytes": pred.get("total_bytes"), "mem_source": m.get("mem_source"),
+            # the like-for-like pair: the measured peak above the runtime baseline, the model's part
+            "mem_baseline_bytes": m.get("mem_baseline_bytes"),
+            "mem_peak_above_baseline_bytes": m.get("mem_peak_above_baseline_bytes"),
+            "mem_predicted_model_bytes": pred.get("model_bytes"),
             "energy_j": m.get("energy_j"), "tokens_per_j": m.get("tokens_per_j"), "error": r.get("error"),
         })
     return rows
@@ -156,13 +164,18 @@ def _end_group(pid: int, ended: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.acceptance", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="folder for results, report.pdf, log.txt, steps.csv, figures.csv")
-    ap.add_argument("--cpu-rehearsal", action="store_true", help="the same steps where a CPU can (see above)")
+    ap.add_argument("--out", required=True, help="a new or empty folder for " + OUTPUTS)
+    ap.add_argument("--cpu-rehearsal", action="store_true", help="the same steps where a CPU can: size tiny, a "
+                    "few steps, 2 CPU devices for the 2-device step (fp16 and dataparallel recorded invalid)")
     a = ap.parse_args(argv)
     from bench import hardware
     gpus = hardware.gpus()["count"]
     if not gpus and not a.cpu_rehearsal:
         print("error: no NVIDIA GPU found (NVML); on a CPU use --cpu-rehearsal", file=sys.stderr)
+        return 2
+    if os.path.isdir(a.out) and os.listdir(a.out):
+        # a second run into the same folder would pool its results with the first's in the report
+        print(f"error: --out {a.out} is not empty; give a new folder (each run its own)", file=sys.stderr)
         return 2
     os.makedirs(a.out, exist_ok=True)
     steps = plan_steps(os.path.abspath(a.out), gpus, a.cpu_rehearsal)
@@ -188,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [d for d in done if d["exit_code"] != 0]
     print("\nacceptance:", ", ".join(f"{d['step']} {'ok' if d['exit_code'] == 0 else 'FAILED'} ({d['seconds']:.0f} s)"
                                      for d in done))
-    print(f"{len(rows)} result(s); figures.csv, steps.csv, log.txt and report.pdf in {a.out}")
+    print(f"{len(rows)} result(s) in {a.out}: {OUTPUTS}")
     return 1 if failed else 0
 
 

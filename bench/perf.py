@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", default=[], help="config overrides for every run, e.g. seq_len=256")
     ap.add_argument("--sizes", default=None, help="comma list (default: mini,small on CPU; small,medium,large,xl on GPU)")
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16, fp16 (fp16: GPUs only)")
     ap.add_argument("--repeats", type=int, default=5, help="suite/bare alternations for sizes up to mini "
                     "(bigger sizes run once on a CPU)")
     ap.add_argument("--compile", action="store_true", help="also measure compile=true (torch.compile per block)")
@@ -347,17 +347,21 @@ CSV_FIELDS = ("size", "precision", "compile", "seq_len", "batch_size", "steps", 
               "bare_mfu", "mfu_datasheet", "fixed_s", "compile_s")
 
 
+# in the file the MFUs say their peak (a result's `mfu` is the datasheet's where one exists)
+CSV_NAMES = {"mfu": "mfu_measured_peak", "bare_mfu": "bare_mfu_measured_peak"}
+
+
 def _write_csv(path: str, rows: list[dict[str, Any]], peaks: dict[str, Any]) -> None:
     """The table perf printed, one row per measured configuration, with the device and the
     peaks each MFU is taken against (measured matmul peak of the row's precision, FLOP/s; the
     datasheet's dense bf16 peak, FLOP/s, on a GPU the table knows)."""
     import csv
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, "device", "peak_measured_flops_per_s",
+        w = csv.DictWriter(f, fieldnames=[*(CSV_NAMES.get(k, k) for k in CSV_FIELDS), "device", "peak_measured_flops_per_s",
                                           "peak_datasheet_bf16_flops_per_s"])
         w.writeheader()
         for r in rows:
-            w.writerow({**{k: r[k] for k in CSV_FIELDS if k not in ("seq_len", "batch_size")},
+            w.writerow({**{CSV_NAMES.get(k, k): r[k] for k in CSV_FIELDS if k not in ("seq_len", "batch_size")},
                         "seq_len": r["spec"].seq_len, "batch_size": r["spec"].batch_size, "device": peaks["device"],
                         "peak_measured_flops_per_s": peaks[r["precision"]],
                         "peak_datasheet_bf16_flops_per_s": peaks.get("datasheet_bf16")})

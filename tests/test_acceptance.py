@@ -50,12 +50,24 @@ def test_figures_reads_results(tmp_path):
     d.mkdir(parents=True)
     (d / "result.json").write_text(json.dumps({
         "status": "ok", "config": {"size": {"name": "small"}, "strategy": {"name": "dp"}, "devices": 1},
-        "spec": {"precision": "bf16"}, "prediction": {"total_bytes": 5},
+        "spec": {"precision": "bf16"}, "prediction": {"total_bytes": 5, "model_bytes": 2},
         "metrics": {"tokens_per_s": 10.0, "mfu": 0.4, "mem_peak_bytes": 7, "mem_source": "nvml (used, peak over the window)",
-                    "mem_torch_max_reserved_bytes": 6, "energy_j": 2.0, "tokens_per_j": 5.0}}))
+                    "mem_torch_max_reserved_bytes": 6, "energy_j": 2.0, "tokens_per_j": 5.0,
+                    "mem_baseline_bytes": 3, "mem_peak_above_baseline_bytes": 4}}))
     [row] = figures(str(tmp_path / "results"))
     assert row["precision"] == "bf16" and row["mem_nvml_used_peak_bytes"] == 7 and row["mfu_datasheet"] == 0.4
     assert row["mem_torch_max_reserved_bytes"] == 6 and row["mem_predicted_bytes"] == 5 and row["point"] == "s/p"
+    # the like-for-like pair beside the totals: measured above the runtime baseline, the model's part
+    assert (row["mem_baseline_bytes"], row["mem_peak_above_baseline_bytes"], row["mem_predicted_model_bytes"]) == (3, 4, 2)
+
+
+def test_a_used_out_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    """A second run into the same folder would pool both runs' results in one report."""
+    from bench.acceptance import main
+    (tmp_path / "log.txt").write_text("an earlier run\n")
+    assert main(["--out", str(tmp_path), "--cpu-rehearsal"]) == 2
+    assert "is not empty; give a new folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt"]
 
 
 def test_a_step_past_its_limit_is_ended_with_its_children(tmp_path, monkeypatch):
