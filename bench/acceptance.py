@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                     "few steps, 2 CPU devices for the 2-device step (fp16 and dataparallel recorded invalid)")
     a = ap.parse_args(argv)
     from bench import hardware
-    gpus = hardware.gpus()["count"]
+    info = hardware.gpus()
+    gpus = info["count"]
     if not gpus and not a.cpu_rehearsal:
-        print("error: no NVIDIA GPU found (NVML); on a CPU use --cpu-rehearsal", file=sys.stderr)
+        why = ("this torch is a CPU build; install a CUDA build of torch" if info["cuda"] is None and info["driver"]
+               else f"NVML: {info['nvml']}")
+        print(f"error: no NVIDIA GPU this torch can use ({why}); on a CPU use --cpu-rehearsal", file=sys.stderr)
         return 2
     if os.path.isdir(a.out) and os.listdir(a.out):
         # a second run into the same folder would pool its results with the first's in the report
