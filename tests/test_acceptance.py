@@ -76,6 +76,7 @@ def test_a_step_past_its_limit_is_ended_with_its_children(tmp_path, monkeypatch)
     import io
     import os
     import time
+    from pathlib import Path
 
     from bench.acceptance import Step, run_step
     pidfile = tmp_path / "child.pid"
@@ -98,7 +99,7 @@ def test_a_step_past_its_limit_is_ended_with_its_children(tmp_path, monkeypatch)
         except ProcessLookupError:
             break
         try:
-            if open(f"/proc/{child}/stat").read().split()[2] == "Z":
+            if Path(f"/proc/{child}/stat").read_text().split()[2] == "Z":
                 break
         except FileNotFoundError:  # reaped between the two looks
             break
