@@ -361,8 +361,8 @@ def _write_csv(path: str, rows: list[dict[str, Any]], peaks: dict[str, Any]) -> 
                                           "peak_datasheet_bf16_flops_per_s"])
         w.writeheader()
         for r in rows:
-            w.writerow({**{CSV_NAMES.get(k, k): r[k] for k in CSV_FIELDS if k not in ("seq_len", "batch_size")},
-                        "seq_len": r["spec"].seq_len, "batch_size": r["spec"].batch_size, "device": peaks["device"],
+            row = {**r, "seq_len": r["spec"].seq_len, "batch_size": r["spec"].batch_size}
+            w.writerow({**{CSV_NAMES.get(k, k): row[k] for k in CSV_FIELDS}, "device": peaks["device"],
                         "peak_measured_flops_per_s": peaks[r["precision"]],
                         "peak_datasheet_bf16_flops_per_s": peaks.get("datasheet_bf16")})
     print(f"table: {path}")
@@ -419,9 +419,10 @@ def references(repeats: int, precisions: list[str], overrides: list[str]) -> Non
                   f"{fpt * tps / peak if peak else float('nan'):>5.2f}")
         refs = [n for n in names if n != "suite"]
         # per round: the suite's speed over the round's best reference (the runs of one round are adjacent)
-        speed = [min(times[n][i] for n in refs) / times["suite"][i] for i in range(repeats)] if refs else []
+        best = [min(times[n][i] for n in refs) for i in range(repeats)] if refs else []
+        speed = [b / t for b, t in zip(best, times["suite"])]
         if speed:
-            ratio, lo, hi, _ = paired_ratio([min(times[n][i] for n in refs) for i in range(repeats)], times["suite"])
+            _, lo, hi, _ = paired_ratio(best, times["suite"])
             spread = (f"geometric mean 95% interval {lo:.2f}x to {hi:.2f}x" if repeats > 1
                       else "one round: no interval")
             print(f"  the suite's speed over the best reference's: {statistics.median(speed):.2f}x "
