@@ -53,7 +53,8 @@ class Candidate:
         unit = parallel.STRATEGIES[s.name]
         lay = unit.layout(self.cfg.devices * self.cfg.launcher.nodes, s)
         pipe = lay.pipeline
-        name = parallel.label(s.name, pipe.schedule.value if pipe else None, lay.tp, lay.pp, lay.sequence_parallel)
+        name = parallel.label(s.name, pipe.schedule.value if pipe else None, lay.tp, lay.pp, lay.sequence_parallel,
+                              vocab_parallel=s.vocab_parallel)
         if lay.reshard_after_forward is False:
             name += " keep"
         if pipe is not None and pipe.microbatches > 1:

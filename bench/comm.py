@@ -25,6 +25,9 @@ The volumes (REFERENCE.md, "Collectives"), in this project's implementation (ben
   the input's gradient back to whole: torch's DTensor.from_local backward); a recomputed
   forward (activation checkpointing) repeats the forward two. With sequence parallelism each all-reduce becomes an all-gather and a reduce-scatter of
   the same full tensor (the same bus bytes: 2(n-1)/n x S). Activations in the compute dtype.
+* Vocabulary-parallel output layer (`strategy.vocab_parallel`, the default under tensor parallel;
+  Megatron-LM's): per micro-batch the embedding's all-reduce (forward), the output layer's input
+  gradient's (backward), and the loss's small all-reduces of per-token statistics.
 * Pipeline: per micro-batch and stage boundary one send forward (the residual stream,
   micro_batch x seq x H, fp32: autocast keeps the residual stream fp32) and one backward (its
   gradient); once per step the tied embedding's gradient (V x H, fp32) all-reduced between
@@ -118,13 +121,15 @@ def root_on_stage(H: int, V: int, T_max: int, pp: int, stage: int) -> int:
 
 def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, sequence_parallel: bool = False,
                reshard_after_forward: bool | None = None, checkpointing: bool = False,
-               compute_bytes: int = FP32, stage: int | None = None, megatron: bool = False) -> list[Comm]:
+               compute_bytes: int = FP32, stage: int | None = None, megatron: bool = False,
+               vocab_parallel: bool = False, loss_chunks: int = 1) -> list[Comm]:
     """Every message of one optimizer step of one rank (the most loaded stage's when `stage` is
     None: the last, which holds the output layer). `data_parallel`: DDP | FSDP | None.
     `megatron`: Megatron-LM's implementation instead of this project's: fused QKV (two
     backward all-reduces per block, not four), a vocabulary-parallel embedding, and pipeline
     sends with the scatter/gather optimisation (each rank sends its 1/tp of the activations in
-    the compute dtype)."""
+    the compute dtype). `vocab_parallel` (implied by `megatron`): the tied matrix split by
+    vocabulary over tp, in `loss_chunks` chunks of tokens per micro-batch (bench/loss.py)."""
     out: list[Comm] = []
     steps = s.microbatches * s.grad_accum  # micro-batches through this rank per optimizer step
     act = s.micro_batch * s.seq * s.H  # elements of one micro-batch's activations
@@ -147,6 +152,23 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
             out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tensor", tp, False,
                             "tensor-parallel all-reduce of block activations (2 forward, 2-4 backward per block)", 1, True,
                             blocking=True))
+        if vocab_parallel or megatron:
+            # the embedding's rows summed over the vocabulary slices (first stage, forward) and the
+            # output layer's input gradient (last stage, backward): fp32 here (embeddings and the
+            # final LayerNorm's output are never cast), the compute dtype in Megatron-LM
+            eb = compute_bytes if megatron else FP32
+            ends = (stage == 0) + (stage == pp - 1)
+            out.append(Comm("all_reduce", act * eb, ends * steps, "tensor", tp, False,
+                            "vocab-parallel embedding (forward) and output layer's input gradient (backward)",
+                            1, True, blocking=True))
+            if stage == pp - 1:
+                # the loss: per chunk of c tokens the rows' maxima (c fp32), then their exp-sums and
+                # target logits (2c); Megatron-LM: max, target, exp-sum, each over all N tokens
+                rows = act // s.H
+                c = -(-rows // (1 if megatron else loss_chunks))
+                n_ops = 3 if megatron else 2 * loss_chunks
+                out.append(Comm("all_reduce", c * FP32 * (1 if megatron else 1.5), n_ops * steps, "tensor", tp,
+                                False, "vocab-parallel cross entropy's row statistics", 1, True, blocking=True))
     if pp > 1:
         send = act * compute_bytes / tp if megatron else act * FP32
         out.append(Comm("sendrecv", send, 2 * steps * s.chunks, "pipeline", 2, False,
@@ -158,7 +180,7 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
                             "tied embedding gradient (this rank's shard), first and last stage", tp * (pp - 1),
                             blocking=True))
     if dp > 1 and data_parallel == DDP:
-        total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage, vocab_parallel=megatron) * FP32
+        total = rank_params(s.L, s.H, s.V, s.T_max, tp, pp, stage, vocab_parallel=megatron or vocab_parallel) * FP32
         n = max(1, math.ceil(total / DDP_BUCKET_BYTES))
         out.append(Comm("all_reduce", total / n, n, "data", dp, True, "DDP gradient all-reduce (fp32, 25 MiB buckets)",
                         tp * pp))

@@ -153,6 +153,9 @@ class StrategyConfig:
                      "tp, pp above 1", ge=1)
     sequence_parallel: bool = key(False, "`tp`/`hybrid` with tp: LayerNorms and the residual stream split "
                                          "by sequence")
+    vocab_parallel: bool = key(True, "`tp`/`hybrid` with tp: the tied embedding and output layer split by "
+                                     "vocabulary over the tp ranks (Megatron-LM's vocab-parallel embedding and "
+                                     "cross entropy); false: every tp rank holds and computes them whole")
     reshard_after_forward: bool = key(True, "`fsdp`/`hybrid`: free gathered block weights after forward "
                                             "(false: keep them for backward)")
 
@@ -284,11 +287,18 @@ def _later_keys(cfg: dict) -> dict:
             "malloc_mmap_threshold": (cfg.get("malloc_mmap_threshold", LEGACY_MMAP_THRESHOLD), LEGACY_MMAP_THRESHOLD)}
 
 
-def bench_hash(cfg: dict, exclude: tuple[str, ...] = ()) -> str:
+def bench_hash(cfg: dict, exclude: tuple[str, ...] = (), vocab_parallel: bool = False) -> str:
     """Hash of the keys that define what is measured (less `exclude`), over the plain
     config dict (`to_dict`): the config hash, and without the repeat axes the key that
     matches a point across repeats and machines."""
     keys = {k: cfg.get(k) for k in BENCH_KEYS if k not in exclude}
+    if isinstance(keys.get("strategy"), dict):
+        # a later strategy key, hashed only where it is on and its strategy splits the output layer
+        # (`vocab_parallel`: bench.parallel.vocab_parallel_on, the caller's): the results made before
+        # it replicated the output layer, as `vocab_parallel=false` does, and keep their hashes
+        keys["strategy"] = {k: v for k, v in keys["strategy"].items() if k != "vocab_parallel"}
+        if vocab_parallel:
+            keys["vocab_parallel"] = True
     for k, (value, default) in _later_keys(cfg).items():
         if value != default:  # only then, so that the hashes of earlier results stay as they were
             keys[k] = value

@@ -9,6 +9,7 @@ holds fixed; its legend says what distinguishes its lines.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import matplotlib
@@ -44,9 +45,20 @@ def variant(row) -> str:
     name = label(str(_get(row, "strategy")), sched if isinstance(sched, str) and sched else None,
                  tp=int(_get(row, "degree_tp") or 1), pp=int(_get(row, "degree_pp") or 1),
                  sequence_parallel=_get(row, "degree_sequence_parallel") is True,
+                 vocab_parallel=_vocab_parallel(row),
                  checkpointing=_get(row, "degree_activation_checkpointing"))
     co = int(_get(row, "colocated") or 1)
     return name + (f" x{co} co-located" if co > 1 else "")  # bench.project's calibration runs
+
+
+def _vocab_parallel(row) -> bool | None:
+    """The point's `strategy.vocab_parallel` as configured, at every device count of a series (the
+    result lists it among the options where it is on, bench.results._options, and records the
+    layout's in its degrees); None for results before the key, which do not say."""
+    opts = _get(row, "strategy_options")
+    if isinstance(opts, str) and json.loads(opts).get("vocab_parallel"):
+        return True
+    return False if _get(row, "degree_vocab_parallel") is False else None
 
 
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:

@@ -108,6 +108,7 @@ def computation(row: Mapping[str, Any]) -> str:
            "dp_kind": kind if dp > 1 or fsdp else None,
            "reshard": _reshard(row) if fsdp and dp > 1 else None,
            "sp": bool(_get(row, "degree_sequence_parallel")) if tp > 1 else False,
+           "vp": bool(_get(row, "degree_vocab_parallel")) if tp > 1 else False,
            "schedule": _get(row, "schedule") if pp > 1 else None,
            "chunks": int(_get(row, "degree_stages_per_rank") or 1) if pp > 1 else 1,
            **fields(row, MACHINE + tuple(k for k in WORK if k not in STRATEGY_FIELDS) + SCALE)}

@@ -12,6 +12,15 @@ section 3.3) and of Wijmans et al. 2024 ("Cut Your Losses in Large-Vocabulary La
 Models") written in PyTorch: peak memory O(chunk x V) instead of O(N x V). Not a fused
 kernel: each chunk still makes its logits in memory and passes over them a few times (max, exp,
 sum, divide); on CUDA, Liger-Kernel's Triton kernel would fuse those (not wired in here).
+
+Vocabulary-parallel (tensor parallel, `strategy.vocab_parallel`): the output matrix is split by
+vocabulary over the tp ranks (a DTensor sharded on dim 0, also the input embedding's: Megatron-LM's
+VocabParallelEmbedding and vocab_parallel_cross_entropy, Shoeybi et al. 2019, section 3;
+torchtitan's loss parallel). Each rank makes the logits of its V/tp columns only, chunk by
+chunk; per chunk one all-reduce (MAX) of the rows' maxima and one (SUM) of their exp-sums and
+target logits make the global log-sum-exp, and at the end one all-reduce (SUM) of the hidden
+states' gradient, whose parts the ranks' vocabulary slices each contribute. `plain` is the same
+with one chunk of all the tokens.
 """
 from __future__ import annotations
 
@@ -67,13 +76,89 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_h * grad_out, (grad_w * grad_out).to(ctx.weight_dtype), None, None
 
 
+class VocabParallelLinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(h_i W^T, y_i) with W split by rows over `group`: h (N, C) the same on every rank,
+    w (V_r, C) this rank's rows `start .. start + V_r` of the (V, C) matrix, y (N,) int64 global
+    ids -> scalar fp32, the same on every rank. Gradients formed in forward, as the chunked head's:
+    dh all-reduced (every rank gets the whole), dw this rank's rows only."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, group, start: int,
+                chunk: int) -> torch.Tensor:
+        import torch.distributed as dist
+        dt = compute_dtype(h.device, w)
+        with torch.autocast(h.device.type, enabled=False):
+            n, v_r = h.shape[0], w.shape[0]
+            wc, hc = w.to(dt), h.to(dt)
+            grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+            loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            for s in range(0, n, chunk):
+                hs, ys = hc[s:s + chunk], y[s:s + chunk]
+                local = ys - start
+                mine = (local >= 0) & (local < v_r)  # rows whose target is in this rank's slice
+                local = local.clamp(0, v_r - 1)
+                logits = (hs @ wc.t()).float()  # (c, V_r)
+                m = logits.amax(dim=-1)
+                dist.all_reduce(m, dist.ReduceOp.MAX, group=group)  # the row's max over all of V
+                target = logits.gather(1, local[:, None]).squeeze(1) * mine
+                p = logits.sub_(m[:, None]).exp_()  # exp(logits - max), in place
+                zt = torch.stack([p.sum(dim=-1), target])
+                dist.all_reduce(zt, group=group)  # exp-sums and target logits over all of V
+                z, target = zt[0], zt[1]
+                loss += (m + z.log() - target).sum()
+                # d loss_i / d logits = softmax - onehot, divided by N after the matmuls: in a 2-byte
+                # dtype, 1/N-scaled probabilities would underflow (the fp16 refusal of the chunked head)
+                p.div_(z[:, None])
+                rows = torch.arange(len(ys), device=p.device)
+                p[rows[mine], local[mine]] -= 1.0
+                g = p.to(dt)
+                grad_h[s:s + chunk] = (g @ wc).float()
+                grad_w += (g.t() @ hs).float()
+            dist.all_reduce(grad_h, group=group)  # each slice of V contributes to every row's dh
+        ctx.save_for_backward(grad_h.div_(n).to(h.dtype), grad_w.div_(n))
+        ctx.weight_dtype = w.dtype
+        return loss / n
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, (grad_w * grad_out).to(ctx.weight_dtype), None, None, None, None
+
+
+def vocab_shard(weight) -> tuple[torch.Tensor, object, int]:
+    """A (V, C) DTensor split by rows over a 1-D mesh -> (this rank's rows, differentiable; the
+    mesh's process group; the first row's global index). DTensor's Shard(0) cuts as torch.chunk
+    does: ceil(V / n) rows per rank, the last ones fewer (or none)."""
+    mesh = weight.device_mesh
+    per = -(-weight.shape[0] // mesh.size())
+    start = min(mesh.get_local_rank() * per, weight.shape[0])
+    local = weight.to_local()
+    assert local.shape[0] == min(per, weight.shape[0] - start), (tuple(local.shape), per, start)
+    return local, mesh.get_group(), start
+
+
+def _vocab_sharded(weight) -> bool:
+    """A DTensor split by rows over one mesh dimension (tensor parallel's vocab-parallel matrix;
+    FSDP's gathered parameters are plain tensors in forward)."""
+    from torch.distributed.tensor import DTensor, Shard
+    return isinstance(weight, DTensor) and tuple(weight.placements) == (Shard(0),)
+
+
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, head: str = "chunked",
                          chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
     """Mean next-token cross entropy of the output layer: h (B, T, C) final hidden states,
     weight (V, C) the (tied) output matrix, y (B, T) targets -> scalar fp32.
-    head: `plain` (whole logits) or `chunked` (ChunkedLinearCrossEntropy)."""
+    head: `plain` (whole logits) or `chunked` (ChunkedLinearCrossEntropy). A weight split by
+    vocabulary over tensor parallel (a DTensor, Shard(0)) takes VocabParallelLinearCrossEntropy,
+    in chunks of `chunk` tokens (`chunked`) or all at once (`plain`)."""
+    if head not in ("plain", "chunked"):
+        raise ValueError(f"loss head {head!r}: use plain or chunked")
+    if _vocab_sharded(weight):
+        local, group, start = vocab_shard(weight)
+        h, y = h.flatten(0, 1), y.flatten(0, 1)
+        return VocabParallelLinearCrossEntropy.apply(h, local, y, group, start,
+                                                     chunk if head == "chunked" else max(1, h.shape[0]))
     if head == "plain":
         return F.cross_entropy(F.linear(h, weight).float().flatten(0, 1), y.flatten(0, 1))
-    if head != "chunked":
-        raise ValueError(f"loss head {head!r}: use plain or chunked")
     return ChunkedLinearCrossEntropy.apply(h.flatten(0, 1), weight, y.flatten(0, 1), chunk)

@@ -100,7 +100,8 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
                     in_flight: float = 1, logits_in_flight: int = 1, checkpointing: bool = False,
                     device: str = "cpu", sequence_parallel: bool = False, compute_bytes: int = FP32_BYTES,
                     fsdp_reshard: bool | None = None, fsdp_mixed: bool = False, microsteps: int = 1,
-                    keeps_outputs: bool = False, chunked_head: bool = False) -> MemoryEstimate:
+                    keeps_outputs: bool = False, chunked_head: bool = False,
+                    vocab_parallel: bool = False) -> MemoryEstimate:
     """Peak bytes of one device holding `layers_on_device` blocks (plus the embeddings if
     `first`, the final LayerNorm and tied output layer if `last`), by part (how they add up:
     `MemoryEstimate.model_bytes`):
@@ -119,6 +120,8 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
       the chunked head (`chunked_head`, bench/loss.py) one chunk's fp32 logits (and their 2-byte
       copy under autocast) at a time, and per micro-batch in flight the gradients its forward
       already made: the output matrix's (V x H fp32) and the hidden states' (tokens x H);
+      vocabulary-parallel (`vocab_parallel`, tensor parallel) the same with V/tp columns, in
+      chunks under the chunked head, in one chunk of all the tokens under the plain one;
     - buffers: FSDP's gathered units (root kept gathered; the running block and the prefetched
       next, or every block without resharding; in compute precision with FSDP's mixed precision
       `fsdp_mixed`, else fp32) and one block's unsharded fp32 gradient before its
@@ -134,8 +137,9 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     """
     block = 12 * H * H // tp + 13 * H
     p = layers_on_device * block
+    vh = -(-V // tp) * H if vocab_parallel else V * H  # the tied matrix this device holds
     if first or last:
-        p += V * H
+        p += vh
     if first:
         p += T_max * H
     if last:
@@ -151,17 +155,18 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
         acts = int(in_flight * layers_on_device * per_layer)
     tokens_v = micro_batch * seq * V
     logits = 0
-    if last and chunked_head:
-        chunk_v = min(LOSS_CHUNK_TOKENS, micro_batch * seq) * V
+    if last and (chunked_head or vocab_parallel):
+        chunk = LOSS_CHUNK_TOKENS if chunked_head else micro_batch * seq
+        chunk_v = min(chunk, micro_batch * seq) * (vh // H)
         logits = chunk_v * (FP32_BYTES + (compute_bytes if compute_bytes < FP32_BYTES else 0))
-        logits += logits_in_flight * (V * H + micro_batch * seq * H) * FP32_BYTES
+        logits += logits_in_flight * (vh + micro_batch * seq * H) * FP32_BYTES
     elif last:
         logits = (logits_in_flight + 2) * tokens_v * FP32_BYTES
         if keeps_outputs:
             logits += logits_in_flight * tokens_v * compute_bytes
         elif compute_bytes < FP32_BYTES:
             logits += tokens_v * compute_bytes
-    root = (V * H if (first or last) else 0) + (T_max * H if first else 0)
+    root = (vh if (first or last) else 0) + (T_max * H if first else 0)
     gathered = compute_bytes if fsdp_mixed else FP32_BYTES
     buffers = 0
     if fsdp_reshard is not None:
@@ -172,10 +177,10 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     if compute_bytes < FP32_BYTES and not fsdp_mixed:
         # autocast casts what F.linear multiplies: the blocks' matrices, and the tied embedding
         # on the last stage (the output layer); embeddings (wte as input, wpe) are never cast
-        buffers += (layers_on_device * block + (V * H if last else 0)) * compute_bytes
+        buffers += (layers_on_device * block + (vh if last else 0)) * compute_bytes
     grad_bytes = gathered if fsdp_reshard is not None else FP32_BYTES
     if (first and last) or microsteps > 1:
-        buffers += (V * H if (first or last) else 4 * H * H // tp) * grad_bytes
+        buffers += (vh if (first or last) else 4 * H * H // tp) * grad_bytes
     return MemoryEstimate(params, params, 2 * params, acts, logits, RUNTIME_BYTES[device], buffers)
 
 
@@ -230,5 +235,5 @@ def predict_memory_stages(spec: RunSpec) -> list[MemoryEstimate]:
             fsdp_reshard=lay.reshard_after_forward if sharded else None, fsdp_mixed=sharded and compute < FP32_BYTES,
             microsteps=(pipe.microbatches if pipe else 1) * spec.grad_accum,
             keeps_outputs=pipe is not None and pipe.schedule is not Schedule.naive,
-            chunked_head=spec.loss_head == "chunked"))
+            chunked_head=spec.loss_head == "chunked", vocab_parallel=lay.vocab_parallel))
     return ests

@@ -88,7 +88,9 @@ class Placement:
 
 def config_hash(cfg: BenchConfig) -> str:
     """The hash of what a point measures (bench.config.bench_hash of the plain config)."""
-    return bench_hash(to_dict(cfg))
+    from bench.parallel import vocab_parallel_on
+    d = to_dict(cfg)
+    return bench_hash(d, vocab_parallel=vocab_parallel_on(d))
 
 
 def _divisors(n: int) -> str:
@@ -366,7 +368,8 @@ def resolve_loss_head(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -
         return LossHead.plain.value
     # per device: each replica of nn.DataParallel computes its own loss inside its forward
     micro = batch // (lay.pipeline.microbatches if lay.pipeline is not None else 1)
-    logits = micro * t.seq_len * cfg.size.vocab_size * 4
+    vocab = -(-cfg.size.vocab_size // lay.tp) if lay.vocab_parallel else cfg.size.vocab_size  # this rank's logits
+    logits = micro * t.seq_len * vocab * 4
     return (LossHead.chunked if logits > CHUNKED_FROM_BYTES else LossHead.plain).value
 
 

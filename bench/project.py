@@ -69,8 +69,8 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
 def flop_shares(L: int, H: int, V: int, seq: int, tp: int, pp: int, vocab_parallel: bool = False) -> list[float]:
     """Per pipeline stage (first to last), the fraction of a 1-device step's FLOPs one rank of
     it computes: its layers' 72 H^2 + 12 H T per token (divided by tp) and, on the last stage,
-    the output layer's 6 V H (replicated across tp in this project's tp, bench/parallel/tp.py;
-    split by tp where the output layer is vocabulary-parallel, as Megatron-LM's is). Sums to 1
+    the output layer's 6 V H (split by tp where it is vocabulary-parallel: `strategy.vocab_parallel`,
+    the default, as Megatron-LM's; whole on every tp rank with `vocab_parallel=false`). Sums to 1
     for tp = pp = 1."""
     from bench.flops import stage_layers
     per_layer, head = 72 * H * H + 12 * H * seq, 6 * V * H
@@ -109,7 +109,9 @@ class Point:
     checkpointing: bool
     compute_bytes: int
     devices: int
-    vocab_parallel: bool = False  # Megatron-LM's tp (bench.comm megatron=True); this project's replicates the output layer
+    vocab_parallel: bool = False  # the tied matrix split by vocabulary over tp (strategy.vocab_parallel)
+    megatron: bool = False  # Megatron-LM's implementation (bench.comm megatron=True; implies vocab_parallel)
+    loss_chunks: int = 1  # the loss head's chunks of tokens per micro-batch (bench/loss.py)
 
     @property
     def micro_batch(self) -> int:
@@ -118,6 +120,12 @@ class Point:
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.dp * self.grad_accum * self.seq
+
+
+def loss_chunks(head: str, micro_batch: int, seq: int) -> int:
+    """Chunks of tokens the loss head takes per micro-batch (bench/loss.py): 1 for `plain`."""
+    from bench.spec import LOSS_CHUNK_TOKENS
+    return -(-micro_batch * seq // LOSS_CHUNK_TOKENS) if head == "chunked" else 1
 
 
 def point_of(row: dict[str, Any]) -> Point:
@@ -129,7 +137,10 @@ def point_of(row: dict[str, Any]) -> Point:
                  int(g("degree_microbatches", 1)), int(g("degree_stages_per_rank", 1)),
                  g("degree_data_parallel"), bool(g("degree_sequence_parallel", False)),
                  g("degree_reshard_after_forward"), g("activation_checkpointing") == "full",
-                 4 if g("precision") == "fp32" else 2, int(g("devices")))
+                 4 if g("precision") == "fp32" else 2, int(g("devices")),
+                 vocab_parallel=bool(g("degree_vocab_parallel", False)),
+                 loss_chunks=loss_chunks(g("loss_head", "plain"), int(g("batch_size")) // int(g("degree_microbatches", 1)),
+                                         int(g("seq_len"))))
 
 
 @dataclass(frozen=True)
@@ -172,7 +183,8 @@ def components(p: Point, ref: Reference, cluster) -> dict[str, float]:
     whole = comm.rank_params(p.L, p.H, p.V, p.T_max, 1, 1, 0)
     for stage in range(p.pp):
         comms = comm.step_comms(s, p.dp, p.tp, p.pp, p.data_parallel, p.sequence_parallel, p.reshard,
-                                p.checkpointing, p.compute_bytes, stage, megatron=p.vocab_parallel)
+                                p.checkpointing, p.compute_bytes, stage, megatron=p.megatron,
+                                vocab_parallel=p.vocab_parallel, loss_chunks=p.loss_chunks)
         per_micro = sum(cost(c) for c in comms if c.per_microbatch) / (p.microbatches * p.grad_accum)
         syncs = max(syncs, sum(c.count for c in comms if c.blocking))
         taus0.append(fb * shares[stage])
@@ -423,6 +435,8 @@ def projected_spec(row: dict[str, Any], devices: int):
     register()
     cfg_d = dict(read_result(row["path"])["config"])
     cfg_d.pop("precision_requested", None)
+    # results before strategy.vocab_parallel replicated the output layer: project them as they ran
+    cfg_d["strategy"] = {"vocab_parallel": False, **(cfg_d.get("strategy") or {})}
     cfg_d.update(devices=devices, oversubscribe=False, launcher={**cfg_d.get("launcher", {}), "name": "local", "nodes": 1})
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BenchConfig), cfg_d))
     threads = int(cfg_d.get("cpu_threads_per_device") or 1)
@@ -439,7 +453,9 @@ def point_of_spec(spec) -> Point:
                  spec.grad_accum, lay.dp, lay.tp, lay.pp, pipe.microbatches if pipe else 1,
                  pipe.stages_per_rank if pipe else 1, lay.data_parallel.value if lay.data_parallel else None,
                  lay.sequence_parallel, lay.reshard_after_forward, spec.activation_checkpointing.value == "full",
-                 4 if spec.precision.value == "fp32" else 2, spec.devices)
+                 4 if spec.precision.value == "fp32" else 2, spec.devices, vocab_parallel=lay.vocab_parallel,
+                 loss_chunks=loss_chunks(spec.loss_head, spec.batch_size // (pipe.microbatches if pipe else 1),
+                                         spec.seq_len))
 
 
 def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, dof: int,

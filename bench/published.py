@@ -55,7 +55,7 @@ def layout(r: dict[str, float]) -> Point:
     chunks = 2 if pp > 1 and (L // pp) % 2 == 0 else 1
     return Point(L, int(r["heads"]), H, VOCAB, SEQ, SEQ, MICRO_BATCH * (m if pp > 1 else 1), 1 if pp > 1 else m,
                  dp, tp, pp, m if pp > 1 else 1, chunks, DDP if dp > 1 else None, False, None, True, 2, gpus,
-                 vocab_parallel=True)
+                 vocab_parallel=True, megatron=True)
 
 
 @dataclass(frozen=True)

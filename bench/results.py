@@ -130,7 +130,8 @@ def point_key(cfg: dict[str, Any]) -> str:
     """The benchmark configuration without the repeat axes: repeats of one point, and the
     same point measured on other machines, share it."""
     from bench.config import bench_hash
-    return bench_hash(cfg, exclude=REPEAT_KEYS)
+    from bench.parallel import vocab_parallel_on
+    return bench_hash(cfg, exclude=REPEAT_KEYS, vocab_parallel=vocab_parallel_on(cfg))
 
 
 def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
@@ -167,7 +168,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         global_batch_requested=cfg.get("global_batch_size"),  # set: strong scaling
         shape=(f"L{size['n_layer']} a{size['n_head']} H{size['n_embd']} V{size['vocab_size']} T{size['block_size']}"
                if all(k in size for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")) else None),
-        strategy_options=json.dumps({k: v for k, v in strat.items() if k != "name"}, sort_keys=True) if strat else None,
+        strategy_options=_options(cfg) if strat else None,
         compile=bool(cfg.get("compile")), threads=cfg.get("cpu_threads_per_device"),
         oversubscribe=bool(cfg.get("oversubscribe")), data_path=cfg.get("data_path"),
         colocated=int(cfg.get("colocated") or 1),
@@ -194,6 +195,17 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
     row["step_times_s"] = m.get("step_times_s")
     row["loss"] = m.get("loss")
     return row
+
+
+def _options(cfg: dict[str, Any]) -> str:
+    """The strategy's options as JSON (sorted keys). `vocab_parallel`, a later key, only where it is
+    on for a strategy it belongs to (bench.parallel.vocab_parallel_on): a point that replicates
+    the output layer keeps the identity of the results made before the key."""
+    from bench.parallel import vocab_parallel_on
+    opts = {k: v for k, v in cfg["strategy"].items() if k not in ("name", "vocab_parallel")}
+    if vocab_parallel_on(cfg):
+        opts["vocab_parallel"] = True
+    return json.dumps(opts, sort_keys=True)
 
 
 def _data_parallel_of(strat: dict[str, Any], devices: int | None) -> str | None:

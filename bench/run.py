@@ -168,6 +168,7 @@ def plan_run(cfg: BenchConfig, result: dict[str, Any], host: Host) -> Any:
                              "microbatches": pipe.microbatches if pipe else 1,
                              "stages_per_rank": pipe.stages_per_rank if pipe else 1,
                              "bubble_ideal": lay.bubble_ideal, "sequence_parallel": lay.sequence_parallel,
+                             "vocab_parallel": lay.vocab_parallel,
                              "reshard_after_forward": lay.reshard_after_forward,
                              "activation_checkpointing": spec.activation_checkpointing.value}
         pred = predict_memory(spec)

@@ -59,6 +59,7 @@ class Layout:
     tensor_parallel: bool = False
     pipeline: Pipeline | None = None
     sequence_parallel: bool = False  # tp: LayerNorms and the residual stream split by sequence
+    vocab_parallel: bool = False  # tp: the tied embedding / output layer split by vocabulary over tp
     reshard_after_forward: bool | None = None  # fsdp only: free gathered block weights after forward
     devices_per_process: int = 1  # nn.DataParallel: one process drives dp devices
 

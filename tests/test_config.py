@@ -104,8 +104,32 @@ def test_hashes_of_earlier_results_are_unchanged():
     rows = list(csv.DictReader(open(os.path.join(ROOT, "tests", "data", "config-hashes-c57a51d.csv"))))
     assert len(rows) > 40
     for r in rows[::3]:  # every size, strategy, schedule and hybrid of the set appear in this third
-        # they ran with glibc's mmap threshold fixed at 1 MiB and the plain loss head; the defaults
-        # now are glibc's own policy and `auto`: a new hash, since the work is not the same
-        overrides = r["overrides"].split(",") + ["malloc_mmap_threshold=1048576", "loss_head=plain"]
+        # they ran with glibc's mmap threshold fixed at 1 MiB, the plain loss head and (tp) the output
+        # layer whole on every rank; the defaults now are glibc's own policy, `auto` and a
+        # vocabulary-parallel output layer: a new hash, since the work is not the same
+        overrides = r["overrides"].split(",") + ["strategy.vocab_parallel=false", "malloc_mmap_threshold=1048576",
+                                                 "loss_head=plain"]
         assert config_hash(compose_cfg(*overrides)) == r["config_hash"], overrides
         assert config_hash(compose_cfg(*overrides[:-1])) != r["config_hash"], overrides
+
+
+def test_vocab_parallel_changes_the_hash_and_identity_of_tensor_parallel_points_only():
+    """`strategy.vocab_parallel` (on by default) is part of a point's hash and options where its
+    strategy runs tensor parallelism, at every device count (a series' 1-device point with it);
+    elsewhere it changes nothing, and a point that turns it off keeps the earlier results' hash."""
+    from bench.config import bench_hash, to_dict
+    from bench.results import _options
+    def both(*o):
+        return config_hash(compose_cfg(*o)), config_hash(compose_cfg(*o, "strategy.vocab_parallel=false"))
+    for point in (("strategy=tp", "devices=2"), ("strategy=tp", "devices=1"),
+                  ("strategy=hybrid", "devices=4", "strategy.tp=2", "strategy.pp=1")):
+        on, off = both(*point)
+        d = to_dict(compose_cfg(*point, "strategy.vocab_parallel=false"))
+        d["strategy"].pop("vocab_parallel")  # as results made before the key recorded it
+        assert on != off and off == bench_hash(d), point
+        assert '"vocab_parallel": true' in _options(to_dict(compose_cfg(*point)))
+        assert "vocab_parallel" not in _options(to_dict(compose_cfg(*point, "strategy.vocab_parallel=false")))
+    for point in (("strategy=dp", "devices=2"), ("strategy=hybrid", "devices=4", "strategy.pp=2")):
+        on, off = both(*point)
+        assert on == off, point
+        assert "vocab_parallel" not in _options(to_dict(compose_cfg(*point)))

@@ -100,3 +100,22 @@ def test_predict_memory_reads_the_layout():
     gpipe = memory.predict_memory(plan(*common, "strategy=mp", "devices=2", "strategy.schedule=gpipe",
                                        "strategy.microbatches=2", "precision=fp32"))
     assert gpipe.logits_bytes > 0  # the most loaded stage is the last here
+
+
+def test_vocab_parallel_splits_the_tied_matrix_and_the_head_by_tp():
+    tp = dict(MINI, tp=2)
+    whole, vp = estimate_memory(**tp), estimate_memory(**tp, vocab_parallel=True)
+    # state: 16 bytes per parameter, the 512 x 128 matrix halved
+    assert (whole.params_bytes - vp.params_bytes) * 4 == 256 * 128 * 16
+    # the head: one chunk of all 1,024 tokens' 256 logits (fp32), and the gradients forward made:
+    # the matrix slice's (256 x 128) and the hidden states' (1,024 x 128), fp32
+    assert vp.logits_bytes == 1024 * 256 * 4 + (256 * 128 + 1024 * 128) * 4
+    assert vp.buffers_bytes == 256 * 128 * 4  # the tied slice's second gradient (input and output side)
+    chunked = estimate_memory(**tp, vocab_parallel=True, chunked_head=True)
+    assert chunked.logits_bytes == vp.logits_bytes  # 1,024 tokens: one chunk either way
+    # through the planner: strategy=tp splits it unless told not to
+    assert plan("strategy=tp", "devices=2").layout.vocab_parallel
+    assert not plan("strategy=tp", "devices=2", "strategy.vocab_parallel=false").layout.vocab_parallel
+    assert not plan("strategy=tp", "devices=1").layout.vocab_parallel  # tp = 1: nothing to split
+    assert memory.predict_memory(plan("strategy=tp", "devices=2")).total_bytes \
+        < memory.predict_memory(plan("strategy=tp", "devices=2", "strategy.vocab_parallel=false")).total_bytes

@@ -93,10 +93,31 @@ def test_tensor_parallel_all_reduces_activations_twice_each_way():
     assert (c.size_bytes, c.count, c.overlappable) == (act, 2 * 2 + 4 * 2, False)
     ck = _one(comm.step_comms(S, 1, 2, 1, None, checkpointing=True), "all_reduce", "tensor")
     assert ck.count == 2 * 2 * 2 + 4 * 2  # the recomputed forward repeats its two
-    fused = _one(comm.step_comms(S, 1, 2, 1, None, megatron=True), "all_reduce", "tensor")
-    assert fused.count == 2 * 2 + 2 * 2  # Megatron's fused QKV: two backward
+    fused = [c for c in comm.step_comms(S, 1, 2, 1, None, megatron=True) if "block activations" in c.what]
+    assert [c.count for c in fused] == [2 * 2 + 2 * 2]  # Megatron's fused QKV: two backward
     sp = comm.step_comms(S, 1, 2, 1, None, sequence_parallel=True, compute_bytes=2)
     assert {(c.op, c.size_bytes, c.count) for c in sp} == {("all_gather", act // 2, 8), ("reduce_scatter", act // 2, 8)}
+
+
+def test_vocab_parallel_adds_the_embedding_and_head_all_reduces_and_the_loss_statistics():
+    act = 2 * 4 * 8  # micro_batch x seq x H elements; 8 tokens per micro-batch
+    plain = comm.step_comms(S, 1, 2, 1, None, compute_bytes=2)
+    vp = comm.step_comms(S, 1, 2, 1, None, compute_bytes=2, vocab_parallel=True)
+    new = [c for c in vp if c not in plain]
+    ends = [c for c in new if "embedding" in c.what]
+    stats = [c for c in new if "statistics" in c.what]
+    # the embedding's sum (forward) and the output layer's input gradient (backward): fp32, once each
+    assert [(c.op, c.size_bytes, c.count, c.blocking) for c in ends] == [("all_reduce", act * 4, 2, True)]
+    # one chunk of 8 tokens: the maxima (8 fp32) and exp-sums with target logits (16 fp32): 1.5 x 32 bytes avg
+    assert [(c.size_bytes, c.count) for c in stats] == [(1.5 * 8 * 4, 2)]
+    chunked = [c for c in comm.step_comms(S, 1, 2, 1, None, vocab_parallel=True, loss_chunks=2) if "statistics" in c.what]
+    assert [(c.size_bytes, c.count) for c in chunked] == [(1.5 * 4 * 4, 4)]  # 2 chunks of 4 tokens
+    # DDP's gradient shrinks by the vocabulary split of the tied matrix (16 x 8 -> 8 x 8 per rank)
+    ddp = lambda v: _one(comm.step_comms(S, 2, 2, 1, "ddp", vocab_parallel=v), "all_reduce", "data")  # noqa: E731
+    assert ddp(False).bytes_per_step - ddp(True).bytes_per_step == 4 * 8 * 8
+    # Megatron's: compute-dtype activations, three statistics over all 8 tokens
+    meg = [c for c in comm.step_comms(S, 1, 2, 1, None, compute_bytes=2, megatron=True) if c not in plain]
+    assert {(c.size_bytes, c.count) for c in meg if "block" not in c.what} == {(act * 2, 2), (8 * 4, 3)}
 
 
 def test_pipeline_sends_per_micro_batch_and_the_tied_gradient():

@@ -236,6 +236,15 @@ def test_variant_names_the_layout():
         == "hybrid tp=2"
     assert report.variant({"strategy": "tp", "degree_sequence_parallel": True,
                            "degree_activation_checkpointing": "full"}) == "tp+sp+ckpt"
+    # the output layer whole on every tp rank (strategy.vocab_parallel=false) is named, at every
+    # device count of its series; split (the default) or not recorded (earlier results) is not
+    whole = {"strategy": "tp", "degree_tp": 2, "degree_vocab_parallel": False, "strategy_options": "{}"}
+    assert report.variant(whole) == "tp+full-head"
+    assert report.variant({**whole, "degree_tp": 1}) == "tp+full-head"
+    assert report.variant({**whole, "degree_tp": 1, "strategy_options": '{"vocab_parallel": true}'}) == "tp"
+    assert report.variant({**whole, "degree_vocab_parallel": None}) == "tp"
+    assert report.variant({"strategy": "hybrid", "degree_tp": 1, "degree_pp": 2, "schedule": "gpipe",
+                           "degree_vocab_parallel": False}) == "hybrid/gpipe pp=2"  # no tp: nothing to split
 
 
 def test_summary_table_lists_failures():

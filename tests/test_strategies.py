@@ -84,6 +84,7 @@ CASES = {
     "mp_naive_grad_accum": ("strategy=mp", "devices=2", "batch_size=4", "grad_accum=2"),
     "tp": ("strategy=tp", "devices=2", "batch_size=8"),
     "tp_sequence_parallel": ("strategy=tp", "devices=2", "batch_size=8", "strategy.sequence_parallel=true"),
+    "tp_full_head": ("strategy=tp", "devices=2", "batch_size=8", "strategy.vocab_parallel=false"),
     "fsdp": ("strategy=fsdp", "devices=2", "batch_size=4"),
     "fsdp_keep_gathered_checkpointed": ("strategy=fsdp", "devices=2", "batch_size=4",
                                         "strategy.reshard_after_forward=false", "activation_checkpointing=full"),

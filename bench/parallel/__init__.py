@@ -36,8 +36,19 @@ def get(name: str) -> Strategy:
         raise KeyError(f"strategy={name} is not implemented; use one of {', '.join(STRATEGIES)}") from None
 
 
+def vocab_parallel_on(cfg: dict) -> bool:
+    """Whether a (plain dict) config splits the output layer by vocabulary: `strategy.vocab_parallel`
+    on, for a strategy that runs tensor parallelism (Strategy.vocab_split; at every device count,
+    so that a series' 1-device point shares the identity of its larger ones). What enters the
+    config hash and the identity (bench.config.bench_hash, bench.results)."""
+    strategy = cfg.get("strategy") or {}
+    unit = STRATEGIES.get(strategy.get("name"))
+    return bool(strategy.get("vocab_parallel") and unit is not None and unit.vocab_split(strategy))
+
+
 def label(strategy: str, schedule: str | None = None, tp: int = 1, pp: int = 1,
-          sequence_parallel: bool = False, checkpointing: str | None = None) -> str:
+          sequence_parallel: bool = False, checkpointing: str | None = None,
+          vocab_parallel: bool | None = None) -> str:
     """A layout's short name for reports: the strategy's own label ('mp/1f1b', 'hybrid tp=2')
     and the options that change it ('tp+sp', 'dp+ckpt'). A name the registry does not know
     (results from another version) keeps its name."""
@@ -45,6 +56,8 @@ def label(strategy: str, schedule: str | None = None, tp: int = 1, pp: int = 1,
     name = unit.label(schedule, tp, pp) if unit else strategy + (f"/{schedule}" if schedule else "")
     if sequence_parallel:
         name += "+sp"
+    if vocab_parallel is False and unit is not None and unit.vocab_split({"tp": tp}):
+        name += "+full-head"  # the default splits the output layer: say where every tp rank computes it whole
     if checkpointing == Checkpointing.full.value:
         name += "+ckpt"
     return name

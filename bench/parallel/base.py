@@ -48,6 +48,12 @@ class Strategy:
         list, decides what is invalid."""
         return [{}]
 
+    def vocab_split(self, opts: dict[str, Any]) -> bool:
+        """Whether `strategy.vocab_parallel` applies with these options (a plain dict): it splits
+        the output layer over tensor parallelism, so only where tp runs. At every device count,
+        so that a series' 1-device point shares the identity of its larger ones."""
+        return False
+
     def label(self, schedule: str | None, tp: int, pp: int) -> str:
         """Its name in reports: the name, and the pipeline schedule where it has one."""
         return self.name + (f"/{schedule}" if schedule else "")

@@ -22,6 +22,7 @@ class Hybrid(Strategy):
         return Layout(dp=devices // (tp * pp), tp=tp, pp=pp, data_parallel=DataParallel.fsdp,
                       tensor_parallel=tp > 1, pipeline=pipeline_of(opts) if pp > 1 else None,
                       sequence_parallel=opts.sequence_parallel and tp > 1,
+                      vocab_parallel=opts.vocab_parallel and tp > 1,
                       reshard_after_forward=opts.reshard_after_forward)
 
     def label(self, schedule, tp, pp):
@@ -36,6 +37,9 @@ class Hybrid(Strategy):
             yield (f"strategy=hybrid: dp x tp x pp must equal devices={where.devices}, but "
                    f"{tp * pp} does not divide it; use devices that are a multiple of {tp * pp}")
 
+
+    def vocab_split(self, opts):
+        return (opts.get("tp") or 1) > 1
 
     def variants(self, devices):
         """dp x tp with and without sequence parallel, and dp x pp with every schedule, for

@@ -30,7 +30,8 @@ def parallelize(spec: RunSpec, ctx: Ctx) -> Parallel:
 
       1. build on the meta device (no storage yet): the whole model, or under a pipeline only
          the blocks this rank's stage(s) hold;
-      2. tensor parallel: shard each block's Linear layers over the "tp" mesh dimension;
+      2. tensor parallel: shard each block's Linear layers over the "tp" mesh dimension, and
+         (vocab-parallel) the tied embedding / output matrix by vocabulary;
       3. activation checkpointing, then torch.compile, of each block (compile sees the
          checkpointed, sharded blocks, so one compilation serves them all);
       4. data parallel last (FSDP2 or DDP over "dp", or nn.DataParallel), so that it wraps
@@ -52,6 +53,8 @@ def parallelize(spec: RunSpec, ctx: Ctx) -> Parallel:
         m.loss_head = spec.loss_head  # the last stage's output layer + loss (bench/loss.py)
         if lay.tensor_parallel:
             apply_tp(m, ctx.mesh["tp"], lay.sequence_parallel)  # 2
+            if lay.vocab_parallel:
+                apply_vocab_parallel(m, ctx.mesh["tp"])  # 2
         prepare_blocks(m, spec)  # 3
     fsdp = lay.data_parallel is DataParallel.fsdp
     for m in chunks:
@@ -121,6 +124,18 @@ def apply_tp(model: GPT, mesh: DeviceMesh, sequence_parallel: bool) -> None:
             input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True))
         parallelize_module(blocks[-1], mesh, PrepareModuleOutput(
             output_layouts=(Shard(1),), desired_output_layouts=(Replicate(),), use_local_output=True))
+
+
+def apply_vocab_parallel(model: GPT, mesh: DeviceMesh) -> None:
+    """Split the tied token embedding / output matrix (V, H) by vocabulary over the 1-D
+    tensor-parallel `mesh` (Megatron-LM's VocabParallelEmbedding; torchtitan's RowwiseParallel
+    on the embedding): each rank holds V/tp rows. As the input embedding, a rank looks up the ids
+    in its slice, zeros the others and one all-reduce makes the whole (B, T, H) embedding; as the
+    output layer, bench/loss.py makes each rank's V/tp logits only (the loss's own all-reduces).
+    Without it every tp rank holds the whole matrix and computes the whole output layer."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import RowwiseParallel, parallelize_module
+    parallelize_module(model, mesh, {"wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())})
 
 
 # -- 3. checkpointing and compile ------------------------------------------------------------
