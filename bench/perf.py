@@ -17,6 +17,8 @@ One command, everything side by side in one run, nothing else running beside it:
 
 `--compile` adds torch.compile rows (compile time reported, never timed). On a GPU machine
 the same command measures against the GPU's measured and datasheet bf16 peaks.
+`--references` holds the trainer against minimal reference trainers; `--vocab-parallel` holds
+tensor parallel's vocabulary-parallel output layer against the whole one on every rank.
 """
 from __future__ import annotations
 
@@ -225,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--references", action="store_true", help="only the trainer against minimal reference "
                     "trainers (bench/references.py: nanoGPT's architecture; Hugging Face's GPT-2 when installed) "
                     f"at a GPT-2-like shape ({' '.join(REFERENCE_SHAPE)}), alternated --repeats times, and stop")
+    ap.add_argument("--vocab-parallel", action="store_true", help="only strategy=tp on 2 devices with the output "
+                    "layer split by vocabulary against whole on every rank (strategy.vocab_parallel=true/false), at "
+                    f"{' '.join(TP_HEAD_SHAPE)}, alternated --repeats times per precision, and stop")
     ap.add_argument("--front-door", action="store_true", help="only time the answer to bad input against "
                     "`import torch`, alternated --repeats times, and stop")
     a = ap.parse_args(argv)
@@ -236,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[QUIET_ENV] = "1"  # the ranks' progress lines; perf prints its own
     if a.references:
         return references(a.repeats, a.precisions.split(","), a.overrides)
+    if a.vocab_parallel:
+        return vocab_parallel(a.repeats, a.precisions.split(","), a.overrides)
 
     # planned at the first size asked for, else at small (in both defaults): the config's default
     # size (mini, context 256) would refuse e.g. seq_len=1024, which every GPU default size holds
@@ -434,6 +441,46 @@ def references(repeats: int, precisions: list[str], overrides: list[str]) -> Non
     print("\ntargets")
     for name, value, threshold in targets:
         print(f"  {'met   ' if value >= threshold else 'MISSED'} {name:<48} {value:>8.2f}  (target >= {threshold:g})")
+
+
+# GPT-2 small at a CPU-sized step (256 tokens): the output layer is 31% of the FLOPs
+TP_HEAD_SHAPE = ("size=small", "seq_len=128", "batch_size=2", "warmup_steps=1", "steps=4")
+
+
+def vocab_parallel(repeats: int, precisions: list[str], overrides: list[str]) -> None:
+    """`strategy=tp devices=2` with the output layer split by vocabulary (the default) against
+    whole on every rank (`strategy.vocab_parallel=false`), each run its own point through
+    run_point, in ABBA order `repeats` times per precision: median tokens/s of each, the speed-up
+    with the paired t interval and p (a pair is the unit), the peak memory above the baseline
+    beside the memory model's, and the loss (the same math: equal up to rounding)."""
+    print(f"scalebench perf --vocab-parallel, {time.strftime('%Y-%m-%d %H:%M')}: strategy=tp devices=2 "
+          f"{' '.join(TP_HEAD_SHAPE)}", flush=True)
+    sides = {"split": "true", "whole": "false"}
+    for prec in precisions:
+        tps: dict[str, list[float]] = {k: [] for k in sides}
+        mem: dict[str, list[float]] = {k: [] for k in sides}
+        pred, loss = {}, {}
+        for i in range(repeats):
+            for side in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
+                r = _suite(_cfg(["strategy=tp", "devices=2", *TP_HEAD_SHAPE, f"precision={prec}",
+                                 f"strategy.vocab_parallel={sides[side]}", *overrides]))
+                m = r["metrics"]
+                tps[side].append(m["tokens_per_s"])
+                if m.get("mem_peak_bytes") and m.get("mem_baseline_bytes") is not None:
+                    mem[side].append(m["mem_peak_bytes"] - m["mem_baseline_bytes"])
+                pred[side], loss[side] = r["prediction"]["model_bytes"], m["loss"][-1]
+            print(f"  {prec} {i + 1}/{repeats}: split {tps['split'][-1]:,.1f} tokens/s, whole "
+                  f"{tps['whole'][-1]:,.1f}", flush=True)
+        ratio, lo, hi, p = paired_ratio(tps["split"], tps["whole"])
+        faster = sum(a > b for a, b in zip(tps["split"], tps["whole"]))
+        print(f"\n{prec}: {'side':<6} {'tokens/s':>9} {'peak above baseline':>20} {'memory model':>13} {'last loss':>10}")
+        for side in sides:
+            peak = f"{statistics.median(mem[side]) / 2**20:,.0f} MiB" if mem[side] else "n/a"
+            print(f"  {side:<10} {statistics.median(tps[side]):>9,.1f} {peak:>20} {pred[side] / 2**20:>9,.0f} MiB "
+                  f"{loss[side]:>10.4f}")
+        spread = f"95% interval {lo:.2f}x to {hi:.2f}x, p = {p:.2g}" if repeats > 1 else "one pair: no interval"
+        print(f"  split / whole: {ratio:.2f}x (geometric mean of {repeats} pairs; {spread}); split faster in "
+              f"{faster} of {repeats}")
 
 
 def front_door(repeats: int) -> None:

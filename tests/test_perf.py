@@ -58,6 +58,20 @@ def test_perf_prints_the_table_targets_and_profile(tmp_path):
 
 
 @pytest.mark.slow
+def test_perf_holds_the_vocabulary_parallel_head_against_the_whole_one(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench.perf", "--vocab-parallel", "--precisions", "fp32", "--repeats", "2",
+                        "size=tiny", "seq_len=32", "accelerator=cpu"],
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert "fp32 1/2: split" in out and "fp32 2/2: split" in out  # ABBA: both orders ran
+    assert "split / whole:" in out and "(geometric mean of 2 pairs; 95% interval" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[-4:-1]}
+    assert rows["split"][-1] == rows["whole"][-1]  # the same loss, to the printed digits
+    assert float(rows["split"][-3].replace(",", "")) < float(rows["whole"][-3].replace(",", ""))  # the model: less
+
+
+@pytest.mark.slow
 def test_bare_loop_trains_as_the_suite_does(tmp_path):
     """The reference loop uses the suite's optimizer (no decay of biases and LayerNorms):
     with the same model, data and steps it reaches the suite's loss."""
