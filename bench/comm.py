@@ -111,12 +111,14 @@ def rank_params(L: int, H: int, V: int, T_max: int, tp: int, pp: int, stage: int
     return p
 
 
-def root_on_stage(H: int, V: int, T_max: int, pp: int, stage: int) -> int:
+def root_on_stage(H: int, V: int, T_max: int, pp: int, stage: int, vocab_shards: int = 1) -> int:
     """The root's parameters on a pipeline stage: embeddings on the first, the final LayerNorm
-    and the tied output matrix on the last, nothing in between; all of them without a pipeline."""
+    and the tied output matrix on the last, nothing in between; all of them without a pipeline.
+    The V x H matrix split `vocab_shards` ways (a vocabulary-parallel tp rank holds V/tp rows)."""
+    vh = V * H // vocab_shards
     if pp == 1:
-        return root_params(H, V, T_max)
-    return (V * H + T_max * H if stage == 0 else 0) + (2 * H + V * H if stage == pp - 1 else 0)
+        return root_params(H, V, T_max) - V * H + vh
+    return (vh + T_max * H if stage == 0 else 0) + (2 * H + vh if stage == pp - 1 else 0)
 
 
 def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, sequence_parallel: bool = False,
@@ -152,23 +154,26 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
             out.append(Comm("all_reduce", act * compute_bytes, fwd + bwd, "tensor", tp, False,
                             "tensor-parallel all-reduce of block activations (2 forward, 2-4 backward per block)", 1, True,
                             blocking=True))
-        if vocab_parallel or megatron:
-            # the embedding's rows summed over the vocabulary slices (first stage, forward) and the
-            # output layer's input gradient (last stage, backward): fp32 here (embeddings and the
-            # final LayerNorm's output are never cast), the compute dtype in Megatron-LM
-            eb = compute_bytes if megatron else FP32
-            ends = (stage == 0) + (stage == pp - 1)
-            out.append(Comm("all_reduce", act * eb, ends * steps, "tensor", tp, False,
-                            "vocab-parallel embedding (forward) and output layer's input gradient (backward)",
-                            1, True, blocking=True))
-            if stage == pp - 1:
-                # the loss: per chunk of c tokens the rows' maxima (c fp32), then their exp-sums and
-                # target logits (2c); Megatron-LM: max, target, exp-sum, each over all N tokens
-                rows = act // s.H
-                c = -(-rows // (1 if megatron else loss_chunks))
-                n_ops = 3 if megatron else 2 * loss_chunks
-                out.append(Comm("all_reduce", c * FP32 * (1 if megatron else 1.5), n_ops * steps, "tensor", tp,
-                                False, "vocab-parallel cross entropy's row statistics", 1, True, blocking=True))
+        if (vocab_parallel or megatron) and stage == 0:
+            # the embedding's looked-up rows summed over the vocabulary slices: fp32 here (autocast
+            # never casts an embedding) unless FSDP's mixed precision holds the matrix 2-byte; the
+            # compute dtype in Megatron-LM
+            mixed = data_parallel == FSDP and compute_bytes < FP32
+            out.append(Comm("all_reduce", act * (compute_bytes if megatron or mixed else FP32), steps, "tensor", tp,
+                            False, "vocab-parallel embedding: the looked-up rows summed (forward)", 1, True,
+                            blocking=True))
+        if (vocab_parallel or megatron) and stage == pp - 1:
+            # the output layer's input gradient, the vocabulary slices' parts summed: fp32, in the
+            # forward that forms it (bench/loss.py); in Megatron-LM's backward, in the compute dtype
+            out.append(Comm("all_reduce", act * (compute_bytes if megatron else FP32), steps, "tensor", tp, False,
+                            "vocab-parallel output layer: its input gradient's parts summed", 1, True, blocking=True))
+            # the loss: per chunk of c tokens the rows' maxima (c fp32), then their exp-sums and
+            # target logits (2c); Megatron-LM: max, target, exp-sum, each over all N tokens
+            rows = act // s.H
+            c = -(-rows // (1 if megatron else loss_chunks))
+            n_ops = 3 if megatron else 2 * loss_chunks
+            out.append(Comm("all_reduce", c * FP32 * (1 if megatron else 1.5), n_ops * steps, "tensor", tp,
+                            False, "vocab-parallel cross entropy's row statistics", 1, True, blocking=True))
     if pp > 1:
         send = act * compute_bytes / tp if megatron else act * FP32
         out.append(Comm("sendrecv", send, 2 * steps * s.chunks, "pipeline", 2, False,
@@ -186,7 +191,7 @@ def step_comms(s: Shape, dp: int, tp: int, pp: int, data_parallel: str | None, s
                         tp * pp))
     if dp > 1 and data_parallel == FSDP:
         blk = block_params(s.H) // tp
-        root = root_on_stage(s.H, s.V, s.T_max, pp, stage)
+        root = root_on_stage(s.H, s.V, s.T_max, pp, stage, tp if vocab_parallel or megatron else 1)
         gather = compute_bytes
         # per micro-batch: FSDP2 gathers in every forward (and, resharding, every backward); under
         # a pipeline each micro-batch's forward reshards (torch.distributed.pipelining keeps the

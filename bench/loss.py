@@ -1,4 +1,5 @@
-"""The loss head: output layer + next-token cross entropy, whole or in chunks of tokens.
+"""The loss head: output layer + next-token cross entropy, whole or in chunks of tokens; and
+the tied matrix's lookup where it is split by vocabulary (`embedding`).
 
 `plain`: logits = h W^T (N, V), then cross entropy; autograd keeps the fp32 log-softmax
 (N x V x 4 bytes) for backward, and under autocast the 2-byte logits as well.
@@ -37,6 +38,15 @@ def compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
+def accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b for an fp32 `acc` (the output matrix's gradient, V x C), without an fp32
+    temporary of its size: in place where a, b are fp32, else from their 2-byte product."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    else:
+        acc.add_(a @ b)
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(h_i W^T, y_i) over the N tokens; h (N, C), W (V, C), y (N,) int64 -> scalar fp32."""
 
@@ -65,7 +75,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 p[torch.arange(len(ys), device=p.device), ys] -= 1.0 / n
                 g = p.to(dt)
                 grad_h[s:s + chunk] = (g @ w).to(h.dtype)
-                grad_w += (g.t() @ hs).float()
+                accumulate_mm(grad_w, g.t(), hs)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss / n
@@ -114,7 +124,7 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 p[rows[mine], local[mine]] -= 1.0
                 g = p.to(dt)
                 grad_h[s:s + chunk] = (g @ wc).float()
-                grad_w += (g.t() @ hs).float()
+                accumulate_mm(grad_w, g.t(), hs)
             dist.all_reduce(grad_h, group=group)  # each slice of V contributes to every row's dh
         ctx.save_for_backward(grad_h.div_(n).to(h.dtype), grad_w.div_(n))
         ctx.weight_dtype = w.dtype
@@ -138,9 +148,41 @@ def vocab_shard(weight) -> tuple[torch.Tensor, object, int]:
     return local, mesh.get_group(), start
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Forward: all-reduce (sum) over `group`; backward: the gradient as it comes (each rank's
+    part of a sum gets the sum's gradient, which every tp rank holds whole). Megatron-LM's
+    reduce_from_tensor_model_parallel_region."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def embedding(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The token embedding: ids (B, T) int64, weight (V, C) -> (B, T, C). A weight split by
+    vocabulary (a DTensor, Shard(0) over tp) is looked up as Megatron-LM's VocabParallelEmbedding
+    does: each rank takes the ids in its rows (zeros for the rest) and one all-reduce sums them;
+    the gradient stays on the rank's rows (V/tp x C; DTensor's own embedding backward makes a
+    whole V x C gradient on every rank)."""
+    if not _vocab_sharded(weight):
+        return F.embedding(ids, weight)
+    local, group, start = vocab_shard(weight)
+    rel = ids - start
+    mine = (rel >= 0) & (rel < local.shape[0])
+    out = F.embedding(rel.masked_fill(~mine, 0), local) * mine.unsqueeze(-1)
+    return _SumOverRanks.apply(out, group)
+
+
 def _vocab_sharded(weight) -> bool:
-    """A DTensor split by rows over one mesh dimension (tensor parallel's vocab-parallel matrix;
-    FSDP's gathered parameters are plain tensors in forward)."""
+    """A DTensor split by rows over one mesh dimension: tensor parallel's vocabulary-parallel matrix.
+    (Under FSDP alone the forward sees the gathered plain tensor; under FSDP over tp, hybrid, the
+    gathered tp DTensor. No layout shards the tied matrix by rows over dp alone in forward.)"""
     from torch.distributed.tensor import DTensor, Shard
     return isinstance(weight, DTensor) and tuple(weight.placements) == (Shard(0),)
 

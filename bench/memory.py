@@ -107,7 +107,8 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     `MemoryEstimate.model_bytes`):
 
     - state: fp32 weights, fp32 gradients and AdamW's two fp32 moments (16 bytes/parameter,
-      REFERENCE.md); the blocks' matrices divided by tensor parallel `tp`; everything divided
+      REFERENCE.md); the blocks' matrices divided by tensor parallel `tp`, and the tied V x H
+      matrix too where it is vocabulary-parallel (`vocab_parallel`); everything divided
       by `shard` under FSDP's full sharding;
     - activations: `in_flight` micro-batches' worth of this device's blocks
       (`activation_bytes_per_layer`); with checkpointing each block keeps its fp32 input and
@@ -119,7 +120,8 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
       torch.distributed.pipelining's forward cache), the logits of every one in flight. Under
       the chunked head (`chunked_head`, bench/loss.py) one chunk's fp32 logits (and their 2-byte
       copy under autocast) at a time, and per micro-batch in flight the gradients its forward
-      already made: the output matrix's (V x H fp32) and the hidden states' (tokens x H);
+      already made: the output matrix's (V x H fp32) and the hidden states' (tokens x H), and
+      under autocast a chunk's 2-byte V x H product added into the first;
       vocabulary-parallel (`vocab_parallel`, tensor parallel) the same with V/tp columns, in
       chunks under the chunked head, in one chunk of all the tokens under the plain one;
     - buffers: FSDP's gathered units (root kept gathered; the running block and the prefetched
@@ -160,6 +162,8 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
         chunk_v = min(chunk, micro_batch * seq) * (vh // H)
         logits = chunk_v * (FP32_BYTES + (compute_bytes if compute_bytes < FP32_BYTES else 0))
         logits += logits_in_flight * (vh + micro_batch * seq * H) * FP32_BYTES
+        if compute_bytes < FP32_BYTES:  # a chunk's 2-byte product for the matrix's gradient (fp32: in place)
+            logits += vh * compute_bytes
     elif last:
         logits = (logits_in_flight + 2) * tokens_v * FP32_BYTES
         if keeps_outputs:
@@ -214,7 +218,7 @@ def predict_memory(spec: RunSpec) -> MemoryEstimate:
 def predict_memory_stages(spec: RunSpec) -> list[MemoryEstimate]:
     """Predicted peak of a device of each pipeline stage, first to last (one entry without a
     pipeline; see estimate_memory for the terms), from the
-    layout: tp splits the blocks' matrices, pp the layers, FSDP
+    layout: tp splits the blocks' matrices (and, vocabulary-parallel, the tied matrix), pp the layers, FSDP
     shards the state over dp, a pipeline keeps its schedule's micro-batches in flight (`pipeline_in_flight`;
     the last stage the logits of as many: all of them under GPipe), and a process that drives
     several devices (nn.DataParallel) holds all their activations."""

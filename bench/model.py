@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.loss import linear_cross_entropy
+from bench.loss import embedding, linear_cross_entropy
 from bench.spec import GPTShape  # noqa: F401  (the shape lives beside the spec: no torch there)
 
 
@@ -100,7 +100,7 @@ class GPT(nn.Module):
         if self.first:
             T = x.shape[1]
             pos = torch.arange(T, device=x.device)
-            x = self.wte(x) + self.wpe(pos)  # (B, T, C)
+            x = embedding(x, self.wte.weight) + self.wpe(pos)  # (B, T, C); split by vocabulary under tp
         for block in self.layers.values():
             x = block(x)
         if self.last:

@@ -368,8 +368,10 @@ def resolve_loss_head(cfg: BenchConfig, t: Placement, lay: Layout, batch: int) -
         return LossHead.plain.value
     # per device: each replica of nn.DataParallel computes its own loss inside its forward
     micro = batch // (lay.pipeline.microbatches if lay.pipeline is not None else 1)
-    vocab = -(-cfg.size.vocab_size // lay.tp) if lay.vocab_parallel else cfg.size.vocab_size  # this rank's logits
-    logits = micro * t.seq_len * vocab * 4
+    # the whole vocabulary's, also under a vocabulary-parallel output layer (a rank makes V/tp of
+    # them): the same head at every device count, so that a series keeps one identity; split, the
+    # two heads run one code path and differ only in the chunk (bench/loss.py)
+    logits = micro * t.seq_len * cfg.size.vocab_size * 4
     return (LossHead.chunked if logits > CHUNKED_FROM_BYTES else LossHead.plain).value
 
 

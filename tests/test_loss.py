@@ -4,7 +4,7 @@ picks by the logits' size; what cannot run is refused before anything starts."""
 import pytest
 import torch
 
-from bench.loss import linear_cross_entropy
+from bench.loss import embedding, linear_cross_entropy
 from bench.model import build_model
 from bench.plan import InvalidConfig
 from bench.spec import GPTShape
@@ -132,17 +132,27 @@ def _vocab_parallel_rank(rank, port, out):
         wd = distribute_tensor(w.detach().clone(), mesh, [Shard(0)]).requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = linear_cross_entropy(hh, wd, y, head, chunk=chunk)
-        loss.backward()
-        res[(head, chunk, bf16)] = (ref, (loss.detach(), hh.grad, wd.grad.full_tensor()))
-    if rank == 0:
-        torch.save(res, out)
+        (3 * loss).backward()  # an incoming gradient other than 1 (as grad_accum and fp16's scaler give)
+        assert wd.grad.placements == (Shard(0),) and wd.grad.to_local().shape[0] == (151, 150)[rank]
+        res[(head, chunk, bf16)] = (tuple(3 * t for t in ref), (3 * loss.detach(), hh.grad, wd.grad.full_tensor()))
+    # the lookup: each rank's rows, summed; the gradient on the rank's rows only
+    wd = distribute_tensor(w.detach().clone(), mesh, [Shard(0)]).requires_grad_()
+    wp = w.detach().clone().requires_grad_()
+    up = torch.randn(3, 40, 16, generator=g)
+    e, ep = embedding(y, wd), torch.nn.functional.embedding(y, wp)
+    (e * up).sum().backward()
+    (ep * up).sum().backward()
+    assert wd.grad.placements == (Shard(0),) and wd.grad.to_local().shape[0] == (151, 150)[rank]
+    res["embedding"] = ((ep.detach(), wp.grad), (e.detach(), wd.grad.full_tensor()))
+    torch.save(res, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
 def test_vocab_parallel_head_matches_plain_over_two_ranks(tmp_path):
     """The output matrix split by vocabulary over 2 gloo ranks (uneven: 151 + 150 rows), in one
-    chunk and in uneven chunks, fp32 and bf16: the plain head's loss and gradients (the hidden
-    states' gradient whole on every rank, the matrix's on its rows)."""
+    chunk and in uneven chunks, fp32 and bf16, with an incoming gradient of 3: the plain head's
+    loss and gradients (the hidden states' gradient whole on every rank, the matrix's on its
+    rows); and the lookup through the same split matrix: F.embedding's output and gradient."""
     import socket
 
     import torch.multiprocessing as mp
@@ -151,15 +161,22 @@ def test_vocab_parallel_head_matches_plain_over_two_ranks(tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "res.pt"
     mp.spawn(_vocab_parallel_rank, args=(port, str(out)), nprocs=2)
-    for (head, chunk, bf16), ((lp, hp, wp), (lv, hv, wv)) in torch.load(out).items():
-        tol = dict(atol=1e-4, rtol=2e-2) if bf16 else dict(atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(lv, lp, **(dict(atol=1e-3, rtol=1e-3) if bf16 else dict(atol=1e-6, rtol=1e-6)))
-        torch.testing.assert_close(hv, hp, **tol)
-        torch.testing.assert_close(wv, wp, **tol)
+    for rank in (0, 1):  # both ranks hold the whole loss and hidden-state gradient
+        res = torch.load(f"{out}.{rank}")
+        (ep, gp), (ev, gv) = res.pop("embedding")
+        torch.testing.assert_close(ev, ep, atol=1e-7, rtol=0)
+        torch.testing.assert_close(gv, gp, atol=1e-6, rtol=1e-6)
+        for (head, chunk, bf16), ((lp, hp, wp), (lv, hv, wv)) in res.items():
+            tol = dict(atol=3e-4, rtol=2e-2) if bf16 else dict(atol=3e-6, rtol=1e-5)
+            torch.testing.assert_close(lv, lp, **(dict(atol=3e-3, rtol=1e-3) if bf16 else dict(atol=3e-6, rtol=1e-6)))
+            torch.testing.assert_close(hv, hp, **tol)
+            torch.testing.assert_close(wv, wp, **tol)
 
 
-def test_tp_splits_the_head_where_it_is_vocabulary_parallel():
-    """`auto` judges the logits a rank holds: V/tp columns under a vocabulary-parallel output layer."""
-    base = ("size=small", "accelerator=cpu", "strategy=tp", "devices=2", "seq_len=128", "batch_size=4")
-    assert plan(*base, "strategy.vocab_parallel=false").loss_head == "chunked"  # 4 x 128 x 50304 x 4 B = 103 MB
-    assert plan(*base).loss_head == "plain"  # 4 x 128 x 25152 x 4 B = 51 MB
+def test_auto_takes_one_head_at_every_tp_degree():
+    """`auto` judges the whole vocabulary's logits (4 x 128 x 50304 x 4 B = 103 MB here), also where
+    a rank makes only V/tp of them: a tp series keeps one head, and so one identity, across its
+    device counts."""
+    base = ("size=small", "accelerator=cpu", "strategy=tp", "seq_len=128", "batch_size=4")
+    assert {plan(*base, f"devices={n}", *vp).loss_head for n in (1, 2)
+            for vp in ((), ("strategy.vocab_parallel=false",))} == {"chunked"}

@@ -129,13 +129,15 @@ def apply_tp(model: GPT, mesh: DeviceMesh, sequence_parallel: bool) -> None:
 def apply_vocab_parallel(model: GPT, mesh: DeviceMesh) -> None:
     """Split the tied token embedding / output matrix (V, H) by vocabulary over the 1-D
     tensor-parallel `mesh` (Megatron-LM's VocabParallelEmbedding; torchtitan's RowwiseParallel
-    on the embedding): each rank holds V/tp rows. As the input embedding, a rank looks up the ids
+    on the embedding, whose backward makes a whole V x H gradient on every rank): each rank holds
+    V/tp rows. As the input embedding, a rank looks up the ids
     in its slice, zeros the others and one all-reduce makes the whole (B, T, H) embedding; as the
-    output layer, bench/loss.py makes each rank's V/tp logits only (the loss's own all-reduces).
+    output layer, bench/loss.py makes each rank's V/tp logits only (the loss's own all-reduces);
+    both lookups are bench/loss.py's (`embedding`, `linear_cross_entropy`), on the local rows.
     Without it every tp rank holds the whole matrix and computes the whole output layer."""
-    from torch.distributed.tensor import Replicate
-    from torch.distributed.tensor.parallel import RowwiseParallel, parallelize_module
-    parallelize_module(model, mesh, {"wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())})
+    from torch.distributed.tensor import Shard, distribute_tensor
+    wte = model.wte
+    wte.weight = nn.Parameter(distribute_tensor(wte.weight, mesh, [Shard(0)]))
 
 
 # -- 3. checkpointing and compile ------------------------------------------------------------
