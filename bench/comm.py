@@ -26,8 +26,9 @@ The volumes (REFERENCE.md, "Collectives"), in this project's implementation (ben
   forward (activation checkpointing) repeats the forward two. With sequence parallelism each all-reduce becomes an all-gather and a reduce-scatter of
   the same full tensor (the same bus bytes: 2(n-1)/n x S). Activations in the compute dtype.
 * Vocabulary-parallel output layer (`strategy.vocab_parallel`, the default under tensor parallel;
-  Megatron-LM's): per micro-batch the embedding's all-reduce (forward), the output layer's input
-  gradient's (backward), and the loss's small all-reduces of per-token statistics.
+  Megatron-LM's): per micro-batch the embedding's all-reduce, the output layer's input
+  gradient's (in the loss's forward here, which forms the gradients; in the backward in
+  Megatron-LM), and the loss's small all-reduces of per-token statistics.
 * Pipeline: per micro-batch and stage boundary one send forward (the residual stream,
   micro_batch x seq x H, fp32: autocast keeps the residual stream fp32) and one backward (its
   gradient); once per step the tied embedding's gradient (V x H, fp32) all-reduced between

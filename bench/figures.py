@@ -51,14 +51,13 @@ def variant(row) -> str:
     return name + (f" x{co} co-located" if co > 1 else "")  # bench.project's calibration runs
 
 
-def _vocab_parallel(row) -> bool | None:
-    """The point's `strategy.vocab_parallel` as configured, at every device count of a series (the
-    result lists it among the options where it is on, bench.results._options, and records the
-    layout's in its degrees); None for results before the key, which do not say."""
+def _vocab_parallel(row) -> bool:
+    """The point's `strategy.vocab_parallel` as configured, at every device count of a series: the
+    result lists it among the options where it is on (bench.results._options). Off, or a result
+    from before the key (which replicated the output layer, and shares the hash and identity of
+    an `off` point): False; bench.parallel.label names it only where tp runs."""
     opts = _get(row, "strategy_options")
-    if isinstance(opts, str) and json.loads(opts).get("vocab_parallel"):
-        return True
-    return False if _get(row, "degree_vocab_parallel") is False else None
+    return isinstance(opts, str) and bool(json.loads(opts).get("vocab_parallel"))
 
 
 def with_variant(df: pd.DataFrame) -> pd.DataFrame:

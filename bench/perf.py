@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.references:
         return references(a.repeats, a.precisions.split(","), a.overrides)
     if a.vocab_parallel:
+        if a.sizes or a.compile or a.no_dp:
+            ap.error("--vocab-parallel takes its shape as overrides (e.g. size=mini seq_len=256), not "
+                     "--sizes, --compile or --no-dp")
         return vocab_parallel(a.repeats, a.precisions.split(","), a.overrides)
 
     # planned at the first size asked for, else at small (in both defaults): the config's default
@@ -451,10 +454,11 @@ def vocab_parallel(repeats: int, precisions: list[str], overrides: list[str]) ->
     """`strategy=tp devices=2` with the output layer split by vocabulary (the default) against
     whole on every rank (`strategy.vocab_parallel=false`), each run its own point through
     run_point, in ABBA order `repeats` times per precision: median tokens/s of each, the speed-up
-    with the paired t interval and p (a pair is the unit), the peak memory above the baseline
-    beside the memory model's, and the loss (the same math: equal up to rounding)."""
+    with the paired t interval and p (a pair, the two runs adjacent in time, is the unit), the
+    median peak memory above the baseline beside the memory model's, and the last loss (the same
+    math: equal up to rounding)."""
     print(f"scalebench perf --vocab-parallel, {time.strftime('%Y-%m-%d %H:%M')}: strategy=tp devices=2 "
-          f"{' '.join(TP_HEAD_SHAPE)}", flush=True)
+          f"{' '.join([*TP_HEAD_SHAPE, *overrides])} (a later key wins)", flush=True)
     sides = {"split": "true", "whole": "false"}
     for prec in precisions:
         tps: dict[str, list[float]] = {k: [] for k in sides}
@@ -479,8 +483,8 @@ def vocab_parallel(repeats: int, precisions: list[str], overrides: list[str]) ->
             print(f"  {side:<10} {statistics.median(tps[side]):>9,.1f} {peak:>20} {pred[side] / 2**20:>9,.0f} MiB "
                   f"{loss[side]:>10.4f}")
         spread = f"95% interval {lo:.2f}x to {hi:.2f}x, p = {p:.2g}" if repeats > 1 else "one pair: no interval"
-        print(f"  split / whole: {ratio:.2f}x (geometric mean of {repeats} pairs; {spread}); split faster in "
-              f"{faster} of {repeats}")
+        print(f"  split / whole: {ratio:.2f}x (geometric mean of the {repeats} pair(s)' ratios; {spread}); split "
+              f"faster in {faster} of {repeats}")
 
 
 def front_door(repeats: int) -> None:

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from bench import figures  # noqa: E402
-from bench.figures import A4, variant  # noqa: E402,F401  (variant: re-exported for callers)
+from bench.figures import A4, variant  # noqa: E402  (variant: also re-exported for callers)
 from bench.results import load  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType, selectable text
@@ -43,7 +43,11 @@ def table_frame(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=["size", "strategy", "devices", "status"])
     t = df.reindex(columns=TABLE_COLS).copy()
-    t["repeat"] = [repeat_text(r) for r in df.to_dict("records")]
+    records = df.to_dict("records")
+    t["repeat"] = [repeat_text(r) for r in records]
+    # the layout's label (bench.parallel.label: 'tp+full-head', 'tp+sp', 'dp+ckpt'), not only the
+    # strategy's name: two layouts of one strategy must not read as one in the table
+    t["strategy"] = [variant(r) if isinstance(r.get("strategy"), str) else r.get("strategy") for r in records]
     t["step_ms"] = t.pop("step_time_s") * 1e3
     t["iqr_ms"] = t.pop("step_time_s_iqr") * 1e3
     t["peak_MiB"] = t.pop("mem_peak_bytes") / 2**20

@@ -1,5 +1,7 @@
 """Report pages on constructed result rows: the numbers behind each figure (never pooled across
 what changes the work or the machine), the page CSVs, and the PDF."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +25,10 @@ def row(**kw):
             "mem_peak_bytes": GIB, "mem_predicted_bytes": 0.9 * GIB, "capacity_bytes": 24 * GIB, "mfu": None,
             "mfu_measured_peak": 0.5, "degree_dp": None, "degree_tp": 1, "degree_pp": 1, "degree_microbatches": 1,
             "degree_data_parallel": None, "degree_bubble_ideal": None, "loss_last": 5.8, "repeat": 0, "repeats": 1}
+    if kw.get("strategy") == "tp" or (kw.get("strategy") == "hybrid" and kw.get("degree_tp", 1) > 1):
+        # as bench.results records a tp point now: the output layer split by vocabulary (the default)
+        kw.setdefault("strategy_options", "{}")
+        kw["strategy_options"] = json.dumps({**json.loads(kw["strategy_options"]), "vocab_parallel": True})
     base.update(kw)
     d, strat = base["devices"], base["strategy"]
     if base["degree_dp"] is None:
@@ -232,17 +238,18 @@ def test_variant_names_the_layout():
     assert report.variant({"strategy": "hybrid", "schedule": "gpipe", "degree_tp": 1, "degree_pp": 2}) \
         == "hybrid/gpipe pp=2"
     assert report.variant({"strategy": "from-a-later-version", "schedule": None}) == "from-a-later-version"
-    assert report.variant({"strategy": "hybrid", "schedule": float("nan"), "degree_tp": 2.0, "degree_pp": 1.0}) \
-        == "hybrid tp=2"
-    assert report.variant({"strategy": "tp", "degree_sequence_parallel": True,
+    split = '{"vocab_parallel": true}'
+    assert report.variant({"strategy": "hybrid", "schedule": float("nan"), "degree_tp": 2.0, "degree_pp": 1.0,
+                           "strategy_options": split}) == "hybrid tp=2"
+    assert report.variant({"strategy": "tp", "degree_sequence_parallel": True, "strategy_options": split,
                            "degree_activation_checkpointing": "full"}) == "tp+sp+ckpt"
-    # the output layer whole on every tp rank (strategy.vocab_parallel=false) is named, at every
-    # device count of its series; split (the default) or not recorded (earlier results) is not
+    # the output layer whole on every tp rank (strategy.vocab_parallel=false, and results from before
+    # the key, which replicated it) is named, at every device count of its series; split is not
     whole = {"strategy": "tp", "degree_tp": 2, "degree_vocab_parallel": False, "strategy_options": "{}"}
     assert report.variant(whole) == "tp+full-head"
     assert report.variant({**whole, "degree_tp": 1}) == "tp+full-head"
     assert report.variant({**whole, "degree_tp": 1, "strategy_options": '{"vocab_parallel": true}'}) == "tp"
-    assert report.variant({**whole, "degree_vocab_parallel": None}) == "tp"
+    assert report.variant({**whole, "degree_vocab_parallel": None, "strategy_options": None}) == "tp+full-head"
     assert report.variant({"strategy": "hybrid", "degree_tp": 1, "degree_pp": 2, "schedule": "gpipe",
                            "degree_vocab_parallel": False}) == "hybrid/gpipe pp=2"  # no tp: nothing to split
 

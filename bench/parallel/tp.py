@@ -6,8 +6,8 @@ MLP's second layer row-wise, so a block costs two all-reduces forward and, in ba
 per column-parallel input (Q, K, V and the MLP's first layer: four; bench/comm.py).
 The tied token embedding / output matrix is split by vocabulary (`strategy.vocab_parallel`, on by
 default: Megatron-LM's vocab-parallel embedding and cross entropy, bench/loss.py), which costs an
-all-reduce of the embedding forward, one of the output layer's input gradient backward and the
-loss's small ones; with `vocab_parallel=false` every rank holds and computes the whole output
+all-reduce of the embedding, one of the output layer's input gradient (in the loss's forward,
+which forms the gradients) and the loss's small ones; with `vocab_parallel=false` every rank holds and computes the whole output
 layer. The position embedding and LayerNorms stay replicated (every rank computes them on the
 same data, so their gradients agree without communication). With
 `strategy.sequence_parallel=true` (Korthikanti et al.) the residual stream between blocks is
