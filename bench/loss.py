@@ -156,7 +156,8 @@ class _SumOverRanks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
         import torch.distributed as dist
-        dist.all_reduce(x, group=group)
+        dist.all_reduce(x, group=group)  # in place: autograd is told (mark_dirty)
+        ctx.mark_dirty(x)
         return x
 
     @staticmethod

@@ -130,8 +130,8 @@ def apply_vocab_parallel(model: GPT, mesh: DeviceMesh) -> None:
     """Split the tied token embedding / output matrix (V, H) by vocabulary over the 1-D
     tensor-parallel `mesh` (Megatron-LM's VocabParallelEmbedding; torchtitan's RowwiseParallel
     on the embedding, whose backward makes a whole V x H gradient on every rank): each rank holds
-    V/tp rows. As the input embedding, a rank looks up the ids
-    in its slice, zeros the others and one all-reduce makes the whole (B, T, H) embedding; as the
+    V/tp rows. As the input embedding, a rank looks up the ids in its slice, zeros the others and
+    one all-reduce makes the whole (B, T, H) embedding; as the
     output layer, bench/loss.py makes each rank's V/tp logits only (the loss's own all-reduces);
     both lookups are bench/loss.py's (`embedding`, `linear_cross_entropy`), on the local rows.
     Without it every tp rank holds the whole matrix and computes the whole output layer."""
