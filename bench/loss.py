@@ -26,7 +26,9 @@ with one chunk of all the tokens.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, Shard
 
 from bench.spec import LOSS_CHUNK_TOKENS
 
@@ -95,7 +97,6 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, y: torch.Tensor, group, start: int,
                 chunk: int) -> torch.Tensor:
-        import torch.distributed as dist
         dt = compute_dtype(h.device, w)
         with torch.autocast(h.device.type, enabled=False):
             n, v_r = h.shape[0], w.shape[0]
@@ -155,7 +156,6 @@ class _SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        import torch.distributed as dist
         dist.all_reduce(x, group=group)  # in place: autograd is told (mark_dirty)
         ctx.mark_dirty(x)
         return x
@@ -184,7 +184,6 @@ def _vocab_sharded(weight) -> bool:
     """A DTensor split by rows over one mesh dimension: tensor parallel's vocabulary-parallel matrix.
     (Under FSDP alone the forward sees the gathered plain tensor; under FSDP over tp, hybrid, the
     gathered tp DTensor. No layout shards the tied matrix by rows over dp alone in forward.)"""
-    from torch.distributed.tensor import DTensor, Shard
     return isinstance(weight, DTensor) and tuple(weight.placements) == (Shard(0),)
 
 
