@@ -16,6 +16,7 @@ from typing import Any
 from bench import cores
 from bench.config import Accelerator, Precision
 from bench.spec import RunSpec
+from bench.telemetry import os_counters, per_step
 
 # where the time of a step goes, by kind of kernel (self time of the aten ops)
 KINDS = (("matmul (mm, addmm, bmm, linear)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")),
@@ -25,9 +26,11 @@ KINDS = (("matmul (mm, addmm, bmm, linear)", ("aten::mm", "aten::addmm", "aten::
          ("GELU, LayerNorm, softmax, loss", ("gelu", "layer_norm", "softmax", "nll_loss", "cross_entropy", "logsumexp")))
 
 
-def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[str, float] | None]:
+def bare_loop(spec: RunSpec, profile: bool = False) -> tuple[list[float], dict[str, float] | None, dict[str, float]]:
     """Run warm-up + measured steps of `spec` (strategy ignored: one device). Returns the
-    measured step times (s) and, with `profile`, ms per step by kind of op over two more steps."""
+    measured step times (s), with `profile` ms per step by kind of op over two more steps (else
+    None), and the process's page faults and preemptions per measured step (as the suite records
+    them: bench.telemetry.per_step)."""
     return run_loop(spec, _suite_model, profile)
 
 
@@ -44,11 +47,12 @@ def _suite_model(spec: RunSpec, device: Any) -> tuple[Callable, Any]:
 
 
 def run_loop(spec: RunSpec, make: Callable[[RunSpec, Any], tuple[Callable, Any]],
-             profile: bool = False) -> tuple[list[float], dict[str, float] | None]:
+             profile: bool = False) -> tuple[list[float], dict[str, float] | None, dict[str, float]]:
     """The plain training loop around `make(spec, device)` -> (loss of (x, y), optimizer): one
     device pinned as a rank is, data made up front, autocast for bf16, a synchronisation per
     step on a GPU. The bare loop and the reference trainers (bench/references.py) both run here.
-    Returns the measured step times (s) and, with `profile`, ms per step by kind of op."""
+    Returns the measured step times (s), with `profile` ms per step by kind of op, and the
+    page faults and preemptions per measured step."""
     import torch
 
     from bench.data import make_batches
@@ -75,9 +79,12 @@ def run_loop(spec: RunSpec, make: Callable[[RunSpec, Any], tuple[Callable, Any]]
 
     times = []
     for i in range(n):
+        if i == spec.warmup_steps:
+            counters0 = os_counters()
         t0 = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - t0)
+    counters = per_step(counters0, os_counters(), spec.steps)
     table = None
     if profile:
         from torch.profiler import ProfilerActivity
@@ -88,7 +95,7 @@ def run_loop(spec: RunSpec, make: Callable[[RunSpec, Any], tuple[Callable, Any]]
             for i in range(k):
                 step(i)
         table = by_kind(prof, cuda, k)
-    return times[spec.warmup_steps:], table
+    return times[spec.warmup_steps:], table, counters
 
 
 def by_kind(prof: Any, cuda: bool, steps: int) -> dict[str, float]:

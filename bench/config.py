@@ -123,6 +123,10 @@ class LauncherKind(str, Enum):
 # The longest timeout a key accepts (about 31 years: no limit, in practice). The launcher's
 # watchdog waits with threading, which refuses more than threading.TIMEOUT_MAX (about 9.2e9 s
 # on Linux) and would then leave the job without any timeout.
+# CPU ranks' allocator by default (bench.launch.malloc_env): glibc's largest mmap threshold, and a
+# trim threshold that is never reached, so each step reuses the pages the last one freed (issue 18)
+STEADY_MMAP_THRESHOLD = 32 * 2**20
+STEADY_TRIM_THRESHOLD = 2**40
 MAX_TIMEOUT_S = 1e9
 
 
@@ -213,10 +217,21 @@ class BenchConfig:
                             "process and cores, none communicating: the rate a device keeps while its neighbours "
                             "compute (shared memory bandwidth, caches); bench.project calibrates on it", ge=1)
     malloc_mmap_threshold: Optional[int] = key(
-        None, "CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_, bytes (your environment's value wins). null: glibc's "
-              "own dynamic policy, what a training job gets; 1048576 keeps RSS close to the live tensors (memory "
-              "studies) at a speed cost: every block above it is fresh pages each time (mini: +33% step time)",
-        ge=0, le=32 * 2**20)
+        STEADY_MMAP_THRESHOLD, "CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_, bytes (your environment's value wins). "
+              "33554432 (32 MiB, glibc's largest) with malloc_trim_threshold's default: the heap keeps what a step "
+              "frees for the next, so steady steps take no page faults whatever the process did before; null: "
+              "glibc's own dynamic policy, whose trimming makes a step fault pages back in (how many depends on "
+              "the process's history: it made the suite's step slower than a bare loop's, issue 18); 1048576 "
+              "with malloc_trim_threshold=null keeps RSS close to the live tensors (memory studies) at a speed "
+              "cost: every block above it is fresh pages each time (mini: +33% step time)",
+        ge=0, le=STEADY_MMAP_THRESHOLD)
+    malloc_trim_threshold: Optional[int] = key(
+        STEADY_TRIM_THRESHOLD, "CPU ranks: glibc's MALLOC_TRIM_THRESHOLD_, bytes (your environment's value "
+              "wins): free space at the heap's top above it goes back to the system. 1099511627776 (1 TiB): never, "
+              "freed memory is kept for the next step, as by the caching allocators (tcmalloc, jemalloc) that "
+              "torch's CPU launcher torch.backends.xeon.run_cpu preloads; null: glibc's "
+              "(128 KiB, or twice its dynamic mmap threshold). Setting it turns glibc's dynamic mmap threshold "
+              "off, so it needs malloc_mmap_threshold set too", ge=0)
     oversubscribe: bool = key(False, "allow more CPU ranks than cores: for correctness tests only, "
                                      "never for benchmarks; recorded in the result")
     timeout_s: float = key(1800.0, "seconds for the whole job; past it every rank is ended (`timeout`)", gt=0,
@@ -284,7 +299,9 @@ def _later_keys(cfg: dict) -> dict:
             "loss_head": (cfg.get("loss_head", "plain"), "plain"),  # earlier results: the plain head
             # results before the key ran their CPU ranks with a fixed 1 MiB threshold (issue 14): they
             # keep their hashes, and a run with glibc's own policy (the default now) gets a new one
-            "malloc_mmap_threshold": (cfg.get("malloc_mmap_threshold", LEGACY_MMAP_THRESHOLD), LEGACY_MMAP_THRESHOLD)}
+            "malloc_mmap_threshold": (cfg.get("malloc_mmap_threshold", LEGACY_MMAP_THRESHOLD), LEGACY_MMAP_THRESHOLD),
+            # before the key every CPU rank ran with glibc's own trim threshold
+            "malloc_trim_threshold": (cfg.get("malloc_trim_threshold"), None)}
 
 
 def bench_hash(cfg: dict, exclude: tuple[str, ...] = (), vocab_parallel: bool = False) -> str:

@@ -39,6 +39,40 @@ def pin(index: int, threads: int) -> list[int]:
     return mine
 
 
+def spare() -> list[int]:
+    """The cores this process may run on that no rank of its job computes on (CORES_ENV lists
+    the job's): where the launcher waits. [] without a launcher's list. Call before `pin`."""
+    listed = os.environ.get(CORES_ENV)
+    if not listed:
+        return []
+    job = {int(c) for c in listed.split(",")}
+    return [c for c in usable() if c not in job]
+
+
+def threads() -> set[int]:
+    """This process's thread ids (Linux: /proc/self/task; elsewhere empty)."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def move_threads(tids: set[int], to: list[int]) -> int:
+    """Put the threads `tids` of this process on the cores `to`. Returns how many moved (0 where
+    `to` is empty; a thread that has ended meanwhile is skipped). By id, not by name: a new
+    thread names itself only once it first runs, which on a pinned rank's busy core may be late."""
+    if not to or not hasattr(os, "sched_setaffinity"):
+        return 0
+    moved = 0
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, to)
+            moved += 1
+        except OSError:
+            pass
+    return moved
+
+
 def lock_dir() -> str:
     """The folder of the per-core locks: shared by every scalebench job of this user on this
     host (LOCK_DIR_ENV overrides it: tests use their own, so they never wait for a real sweep)."""

@@ -38,7 +38,7 @@ import psutil
 from bench import cores
 from bench.cluster import is_local_host, nccl_transports
 from bench.config import Accelerator
-from bench.protocol import INIT_ENV, MMAP_THRESHOLD_ENV, NODE_TAG_ENV, holds_rank0, node_tag, read_rank_errors
+from bench.protocol import INIT_ENV, MMAP_THRESHOLD_ENV, NODE_TAG_ENV, TRIM_THRESHOLD_ENV, holds_rank0, node_tag, read_rank_errors
 from bench.spec import RunSpec
 
 GOODBYE_TIMEOUT_S = 30.0  # how long the store's host waits for the other nodes to leave first
@@ -172,11 +172,13 @@ def rank_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def malloc_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment a CPU rank's glibc malloc reads: MALLOC_MMAP_THRESHOLD_ from the config
-    key when set and the user's environment does not set it already; nothing otherwise."""
-    if spec.accelerator is not Accelerator.cpu or spec.malloc_mmap_threshold is None or MMAP_THRESHOLD_ENV in environ:
+    """The environment a CPU rank's glibc malloc reads: MALLOC_MMAP_THRESHOLD_ and
+    MALLOC_TRIM_THRESHOLD_ from their config keys, each where the key is set and the user's
+    environment does not set that variable already; nothing on a GPU."""
+    if spec.accelerator is not Accelerator.cpu:
         return {}
-    return {MMAP_THRESHOLD_ENV: str(spec.malloc_mmap_threshold)}
+    keys = ((MMAP_THRESHOLD_ENV, spec.malloc_mmap_threshold), (TRIM_THRESHOLD_ENV, spec.malloc_trim_threshold))
+    return {var: str(value) for var, value in keys if value is not None and var not in environ}
 
 
 def loopback_env(spec: RunSpec) -> dict[str, str]:

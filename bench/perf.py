@@ -60,6 +60,7 @@ TARGETS = {
     "fixed_cost_s": Target("fixed cost of a point", "<", 5.0, "{:.2f} s", "{:.0f} s"),
     "mfu_gpu_bf16": Target("MFU bf16 (of the datasheet peak)", ">=", 0.45),  # judged at xl: checks()
 }
+COUNTERS = ("minor_page_faults_per_step", "involuntary_context_switches_per_step")  # bench.telemetry.per_step
 MIN_REPEATS_TO_JUDGE = 5  # ABBA pairs: one run a side is between-process noise, not the harness
 
 
@@ -114,35 +115,38 @@ def _spec(cfg: BenchConfig):
     return make_spec(cfg, Host.from_fingerprint(hardware.fingerprint()))
 
 
-def _spawn(target, *args_per_process: tuple) -> Any:
+def _spawn(target, *args_per_process: tuple, env: dict[str, str] | None = None) -> Any:
     """Run `target(*args, queue)` in fresh spawned processes (one per args tuple) and return
-    the first thing one of them puts on the queue: each measurement in a clean process."""
+    the first thing one of them puts on the queue: each measurement in a clean process, started
+    under `env` as well as this process's environment."""
+    from bench.launch import scoped_env
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     ps = [ctx.Process(target=target, args=(*args, q)) for args in args_per_process]
-    for p in ps:
-        p.start()
+    with scoped_env(env or {}):
+        for p in ps:
+            p.start()
     out = q.get()
     for p in ps:
         p.join()
     return out
 
 
-def _as_a_rank(spec) -> None:
-    """The environment bench.launch gives a CPU rank (before torch loads in this process): the
-    bare loop and the references run under the same, or the comparison measures the difference."""
+def _rank_env(spec) -> dict[str, str]:
+    """The environment bench.launch gives a CPU rank: the bare loop and the references start
+    under the same, or the comparison measures the difference. At the process's start, not
+    inside it: glibc's malloc reads its MALLOC_* variables once, before Python runs."""
     from bench.launch import rank_env
-    os.environ.update(rank_env(spec, os.environ))
+    return rank_env(spec, os.environ)
 
 
 def _bare_proc(spec, profile: bool, q) -> None:
-    _as_a_rank(spec)
     from bench.bare import bare_loop
     q.put(bare_loop(spec, profile))
 
 
-def _bare(spec, profile: bool = False) -> tuple[list[float], dict | None]:
-    return _spawn(_bare_proc, (spec, profile))
+def _bare(spec, profile: bool = False) -> tuple[list[float], dict | None, dict[str, float]]:
+    return _spawn(_bare_proc, (spec, profile), env=_rank_env(spec))
 
 
 def _suite(cfg: BenchConfig) -> dict[str, Any]:
@@ -181,14 +185,18 @@ def _measure_row(cfg: BenchConfig, repeats: int, peaks: dict[str, float]) -> dic
     does not land on one side); one row of the table."""
     spec = _spec(cfg)
     suite, bare, fixed, window, compile_s = [], [], [], [], []
+    counters: dict[str, list[dict[str, float]]] = {"suite": [], "bare": []}  # page faults, preemptions per step
     for i in range(repeats):
         for which in (("suite", "bare") if i % 2 == 0 else ("bare", "suite")):
             if which == "bare":
-                bare.append(statistics.median(_bare(spec)[0]))
+                times, _, c = _bare(spec)
+                bare.append(statistics.median(times))
+                counters["bare"].append(c)
                 continue
             r = _suite(cfg)
             m = r["metrics"]
             suite.append(m["step_time_s"])
+            counters["suite"].append({k: m[k] for k in COUNTERS})
             window.append(m["window_s"])
             fixed.append(r["duration_s"] - m["window_s"] - sum(m["warmup_times_s"]))
             compile_s.append(m.get("compile_s"))
@@ -208,7 +216,8 @@ def _measure_row(cfg: BenchConfig, repeats: int, peaks: dict[str, float]) -> dic
                 bare_tokens_per_s=bare_tps, mfu=fpt * tps / peak, bare_mfu=fpt * bare_tps / peak,
                 mfu_datasheet=fpt * tps / datasheet if datasheet else None,
                 fixed_s=statistics.median(fixed), window_s=statistics.median(window),
-                compile_s=compile_s[0], steps=spec.steps, repeats=repeats, spec=spec)
+                compile_s=compile_s[0], steps=spec.steps, repeats=repeats, spec=spec,
+                **{f"{side}_{k}": statistics.median(c[k] for c in cs) for side, cs in counters.items() for k in COUNTERS})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -287,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  harness overhead, {r['size']} {r['precision']}: suite slower in {r['slower_pairs']} of "
                   f"{r['repeats']} pairs; geometric mean 95% interval {r['overhead_lo']:+.1%} to {r['overhead_hi']:+.1%}, "
                   f"paired t-test p = {r['overhead_p']:.2f}")
+        print(f"  per step, {r['size']} {r['precision']} (median over the runs), suite / bare: minor page faults "
+              f"{r['suite_minor_page_faults_per_step']:,.0f} / {r['bare_minor_page_faults_per_step']:,.0f}, involuntary "
+              f"context switches {r['suite_involuntary_context_switches_per_step']:.1f} / "
+              f"{r['bare_involuntary_context_switches_per_step']:.1f}")
         if r["compile"] and r["compile_s"] is not None:
             print(f"  compile: {r['size']} {r['precision']}: {r['compile_s']:.1f} s of compilation in the warm-up, "
                   "not in the measured window")
@@ -343,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         seen.add(key)
         import dataclasses
-        _, table = _bare(dataclasses.replace(r["spec"], warmup_steps=1, steps=1), profile=True)
+        _, table, _ = _bare(dataclasses.replace(r["spec"], warmup_steps=1, steps=1), profile=True)
         total = sum(table.values()) or 1.0
         print(f"\nprofile, bare loop, {r['size']} {r['precision']}{' compiled' if r['compile'] else ''} "
               "(torch.profiler, self time per step):")
@@ -354,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
 
 CSV_FIELDS = ("size", "precision", "compile", "seq_len", "batch_size", "steps", "repeats", "suite_ms", "bare_ms",
               "overhead", "overhead_lo", "overhead_hi", "overhead_p", "tokens_per_s", "bare_tokens_per_s", "mfu",
-              "bare_mfu", "mfu_datasheet", "fixed_s", "compile_s")
+              "bare_mfu", "mfu_datasheet", "fixed_s", "compile_s", *(f"{side}_{k}" for side in ("suite", "bare")
+                                                                       for k in COUNTERS))
 
 
 # in the file the MFUs say their peak (a result's `mfu` is the datasheet's where one exists)
@@ -386,7 +400,6 @@ REFERENCE_STEPS = ("warmup_steps=1", "steps=4")
 
 
 def _reference_proc(name: str, spec, q) -> None:
-    _as_a_rank(spec)
     from bench.references import reference_loop
     q.put(reference_loop(name, spec))
 
@@ -417,7 +430,7 @@ def references(repeats: int, precisions: list[str], overrides: list[str]) -> Non
                     times[n].append(r["metrics"]["step_time_s"])
                     peak = r["metrics"].get("peak_flops_measured_per_s") or peak
                 else:
-                    times[n].append(statistics.median(_spawn(_reference_proc, (n, spec))))
+                    times[n].append(statistics.median(_spawn(_reference_proc, (n, spec), env=_rank_env(spec))))
             print(f"  {prec} {i + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1] * 1e3:,.0f} ms" for n in names),
                   flush=True)
         fpt = flops.flops_per_token(spec.shape.n_layer, spec.shape.n_embd, spec.shape.vocab_size, spec.seq_len)

@@ -148,9 +148,17 @@ def label_is_a_plain_name(cfg: BenchConfig) -> str | None:
                 "(e.g. hardware_label=EPYC-9654-2c-24GB)")
 
 
+def trim_needs_mmap_threshold(cfg: BenchConfig) -> str | None:
+    # glibc turns its dynamic mmap threshold off once the trim threshold is set, leaving it at 128 KiB:
+    # every tensor above that would be fresh pages each time it is allocated
+    if cfg.malloc_trim_threshold is not None and cfg.malloc_mmap_threshold is None:
+        return ("malloc_trim_threshold is set but malloc_mmap_threshold=null: glibc then fixes its mmap threshold "
+                "at 128 KiB; set malloc_mmap_threshold too (33554432 is the default) or malloc_trim_threshold=null")
+
+
 CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
     strategy_exists, numbers_in_range, width_divides_by_heads, text_needs_byte_vocab, compile_needs_warmup,
-    label_is_a_plain_name]
+    label_is_a_plain_name, trim_needs_mmap_threshold]
 
 
 # -- 2. where it runs -------------------------------------------------------------------------
@@ -404,7 +412,8 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
         cpu_threads_per_device=cfg.cpu_threads_per_device, activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
         timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated,
-        malloc_mmap_threshold=cfg.malloc_mmap_threshold, loss_head=resolve_loss_head(cfg, t, lay, batch))
+        malloc_mmap_threshold=cfg.malloc_mmap_threshold, malloc_trim_threshold=cfg.malloc_trim_threshold,
+        loss_head=resolve_loss_head(cfg, t, lay, batch))
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 # driver -> ranks
 CORES_ENV = "SCALEBENCH_CORES"  # the cores the ranks of this job share out, in order ("0,1")
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc malloc's mmap threshold (bench.launch.malloc_env)
+TRIM_THRESHOLD_ENV = "MALLOC_TRIM_THRESHOLD_"  # glibc malloc's trim threshold (bench.launch.malloc_env)
 INIT_ENV = "SCALEBENCH_INIT_METHOD"  # the process group's init method (file:// on one machine); unset: env://
 NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # the launcher's tag (host-pid): nodes may share the job folder
 # user / tests -> everything

@@ -173,10 +173,9 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         oversubscribe=bool(cfg.get("oversubscribe")), data_path=cfg.get("data_path"),
         colocated=int(cfg.get("colocated") or 1),
         loss_head=spec.get("loss_head", "plain"),  # results before the key: the plain head
-        # the allocator policy of a CPU rank (the rank's own record; results before it: issue 14's 1 MiB)
-        malloc_mmap_threshold=(m["malloc_mmap_threshold"] if "malloc_mmap_threshold" in m
-                               else cfg["malloc_mmap_threshold"] if "malloc_mmap_threshold" in cfg  # a failed run
-                               else LEGACY_MMAP_THRESHOLD if row["accelerator"] == "cpu" else None),
+        # the allocator policy of a CPU rank (results before the keys: issue 14's 1 MiB, glibc's trim)
+        malloc_mmap_threshold=_allocator(m, cfg, "malloc_mmap_threshold", row["accelerator"], LEGACY_MMAP_THRESHOLD),
+        malloc_trim_threshold=_allocator(m, cfg, "malloc_trim_threshold", row["accelerator"], None),
         repeat=r.get("repeat", 0), repeats=r.get("repeats", 1),
         n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])
                   if all(k in size for k in ("n_layer", "n_embd", "vocab_size", "block_size")) else None),
@@ -196,6 +195,15 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
     row["loss"] = m.get("loss")
     return row
 
+
+
+def _allocator(m: dict[str, Any], cfg: dict[str, Any], key: str, accelerator: str, before: int | None) -> int | None:
+    """A CPU rank's allocator setting `key`: the rank's own record (the environment it ran
+    under), else for a failed run the config's, else `before` (results from before the key);
+    None on a GPU, where the keys do not apply."""
+    if key in m:
+        return m[key]
+    return cfg.get(key, before) if accelerator == "cpu" else None
 
 def _options(cfg: dict[str, Any]) -> str:
     """The strategy's options as JSON (sorted keys). `vocab_parallel`, a later key, only where it is

@@ -134,6 +134,7 @@ class RunSpec:
     colocated: int = 1  # independent copies of a 1-device point run at once (procs counts them all)
     loss_head: str = "plain"  # resolved: plain | chunked (bench/loss.py)
     malloc_mmap_threshold: int | None = None  # CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_ (None: glibc's own policy)
+    malloc_trim_threshold: int | None = None  # CPU ranks: glibc's MALLOC_TRIM_THRESHOLD_ (None: glibc's own)
 
     @property
     def tokens_per_step(self) -> int:

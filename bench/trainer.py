@@ -22,7 +22,7 @@ import torch.distributed as dist
 from bench.parallel.rank import Ctx, Parallel
 from bench.protocol import FAULT_ENV, QUIET_ENV, parse_fault
 from bench.spec import RunSpec
-from bench.telemetry import Sampler
+from bench.telemetry import Sampler, os_counters, per_step
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -95,6 +95,7 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
             if ctx.world > 1:
                 dist.barrier()
             t_window = time.perf_counter()
+            counters0 = os_counters()
             if sampler is not None:
                 sampler.start()
         inject(fault, ctx.rank, step)
@@ -122,12 +123,14 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
             warmup_times.append(dt)
             progress("warm-up", step + 1, spec.warmup_steps, f"{dt:.3f} s/step")
     window = time.perf_counter() - t_window
+    counters = per_step(counters0, os_counters(), spec.steps)
     if sampler is not None:
         sampler.stop()
 
-    # reductions after the window: slowest rank per step, mean loss over loss ranks (= dp)
-    # on the device: NCCL reduces CUDA tensors only (gloo takes CPU ones, the device there)
-    step_t = torch.tensor(times + opt_times + [window], dtype=torch.float64, device=ctx.device)
+    # reductions after the window: slowest rank per step, mean loss over loss ranks (= dp), the
+    # most faults and preemptions of any rank; on the device: NCCL reduces CUDA tensors only (gloo
+    # takes CPU ones, the device there)
+    step_t = torch.tensor(times + opt_times + [window, *counters.values()], dtype=torch.float64, device=ctx.device)
     loss_t = torch.stack([l.float() for l in losses]).double()
     if ctx.world > 1:
         dist.all_reduce(step_t, op=dist.ReduceOp.MAX)
@@ -137,7 +140,8 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         loss_t /= n_loss
     step_t, loss_t = step_t.cpu(), loss_t.cpu()
     n = len(times)
-    times, opt_times, window = step_t[:n].tolist(), step_t[n:2 * n].tolist(), step_t[-1].item()
+    times, opt_times, window = step_t[:n].tolist(), step_t[n:2 * n].tolist(), step_t[2 * n].item()
+    counters = dict(zip(counters, step_t[2 * n + 1:].tolist()))
     q1, med, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
     tokens_per_s = spec.tokens_per_step * spec.steps / window
     loss_list = loss_t.tolist()
@@ -159,6 +163,8 @@ def train(par: Parallel, spec: RunSpec, ctx: Ctx, batches: torch.Tensor,
         # optimizer's part of a step, slowest rank, median; what bench.project scales by parameters
         "optimizer_time_s": statistics.median(opt_times) if ctx.device.type == "cpu" else None,
         "warmup_times_s": warmup_times,
+        # the rank's own figures over the window, the highest of any rank (bench.telemetry.os_counters)
+        **counters,
         # compilation happens in the warm-up: its cost is the warm-up's excess over steady steps
         "compile_s": max(0.0, sum(warmup_times) - len(warmup_times) * med) if spec.compile else None,
     }

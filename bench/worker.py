@@ -25,9 +25,10 @@ from bench.config import Accelerator, Precision
 from bench.data import make_batches
 from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
-from bench.protocol import DUMP_ENV, FAULT_ENV, INIT_ENV, MMAP_THRESHOLD_ENV, mark_rank0, write_rank_error
+from bench.protocol import (DUMP_ENV, FAULT_ENV, INIT_ENV, MMAP_THRESHOLD_ENV, TRIM_THRESHOLD_ENV, mark_rank0,
+                            write_rank_error)
 from bench.spec import RunSpec
-from bench.telemetry import PeakMeter, Sampler
+from bench.telemetry import PeakMeter, Sampler, release_heap
 from bench.trainer import Progress, train
 
 
@@ -149,6 +150,7 @@ def _release() -> None:
     gc.collect()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    release_heap()  # a CPU rank keeps what it frees (malloc_trim_threshold): not into the next point
 
 
 @dataclass
@@ -174,8 +176,15 @@ def _join(spec: RunSpec, rank: int, local_rank: int, world: int) -> Proc:
     else:
         device = torch.device("cpu")
         torch.set_num_threads(spec.cpu_threads_per_device)
+        spare, before = cores.spare(), cores.threads()
         cores.pin(local_rank, spec.cpu_threads_per_device)  # its own cores: ranks never share one
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+        if world == 1:
+            # no collective will run, but gloo's transport thread wakes every 10 ms whatever happens
+            # (gloo/transport/tcp/loop.cc: epoll_wait with a 10 ms timeout), about 16 preemptions of a
+            # 160 ms step on the rank's core: the group's threads go to the launcher's core where one
+            # is spare (issue 18)
+            cores.move_threads(cores.threads() - before, spare)
     return Proc(rank, local_rank, world, device, t0, baseline_rss=psutil.Process().memory_info().rss)
 
 
@@ -231,8 +240,9 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
         dump_params(par, out_dir, rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
     # the allocator policy the rank ran under (the config key's, or the user's own environment)
-    threshold = os.environ.get(MMAP_THRESHOLD_ENV) if device.type == "cpu" else None
-    metrics["malloc_mmap_threshold"] = int(threshold) if threshold and threshold.isdigit() else None
+    for var, name in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
+        value = os.environ.get(var) if device.type == "cpu" else None
+        metrics[name] = int(value) if value and value.isdigit() else None
     if os.environ.get(DUMP_ENV):
         dump_params(par, out_dir, rank)
     del par, batches

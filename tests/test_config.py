@@ -104,11 +104,11 @@ def test_hashes_of_earlier_results_are_unchanged():
     rows = list(csv.DictReader(open(os.path.join(ROOT, "tests", "data", "config-hashes-c57a51d.csv"))))
     assert len(rows) > 40
     for r in rows[::3]:  # every size, strategy, schedule and hybrid of the set appear in this third
-        # they ran with glibc's mmap threshold fixed at 1 MiB, the plain loss head and (tp) the output
-        # layer whole on every rank; the defaults now are glibc's own policy, `auto` and a
-        # vocabulary-parallel output layer: a new hash, since the work is not the same
+        # they ran with glibc's mmap threshold fixed at 1 MiB and its own trim threshold, the plain loss
+        # head and (tp) the output layer whole on every rank; the defaults now are a 32 MiB threshold and
+        # no trimming, `auto` and a vocabulary-parallel output layer: a new hash, since the work is not the same
         overrides = r["overrides"].split(",") + ["strategy.vocab_parallel=false", "malloc_mmap_threshold=1048576",
-                                                 "loss_head=plain"]
+                                                 "malloc_trim_threshold=null", "loss_head=plain"]
         assert config_hash(compose_cfg(*overrides)) == r["config_hash"], overrides
         assert config_hash(compose_cfg(*overrides[:-1])) != r["config_hash"], overrides
 

@@ -1,5 +1,8 @@
 """Core placement and claims: one rule for every process that pins; claims keep jobs apart."""
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +52,30 @@ def test_claimed_hands_the_cores_over_and_restores_everything(tmp_path, monkeypa
         assert claim.cores[0] not in os.sched_getaffinity(0)  # the launcher keeps off the rank's core
     assert CORES_ENV not in os.environ and os.sched_getaffinity(0) == before
     assert cores.CoreClaim(cores.usable(), 2, patience_s=0).shared is False  # released
+
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a core the job does not use")
+def test_a_lone_ranks_gloo_threads_leave_its_core(tmp_path):
+    """A 1-rank job's gloo threads tick every 10 ms and run no collective: the threads the group
+    made go onto the cores the job leaves spare (the launcher's); the rank keeps its own core."""
+    first, *rest = sorted(os.sched_getaffinity(0))
+    code = f"""
+import json, os
+os.environ["{CORES_ENV}"] = "{first}"
+import torch.distributed as dist
+from bench import cores
+spare, before = cores.spare(), cores.threads()
+cores.pin(0, 1)
+dist.init_process_group("gloo", init_method="file://{tmp_path}/store", rank=0, world_size=1)
+moved = cores.move_threads(cores.threads() - before, spare)
+import time
+time.sleep(0.2)  # the threads name themselves once they first run
+loop = [sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")
+        if open(f"/proc/self/task/{{t}}/comm").read().startswith("gloo_tcp_loop")]
+print(json.dumps([spare, moved, loop, sorted(os.sched_getaffinity(0))]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    spare, moved, loop, own = json.loads(out.stdout.strip().splitlines()[-1])
+    assert spare == rest and moved >= 1 and loop and all(c == rest for c in loop) and own == [first]

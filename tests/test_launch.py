@@ -5,7 +5,7 @@ import time
 import psutil
 import pytest
 
-from conftest import launch_job, plan
+from conftest import GPU_HOST, launch_job, plan
 
 
 @pytest.mark.slow
@@ -29,20 +29,37 @@ def test_a_one_machine_job_listens_on_loopback_only(tmp_path):
     assert listening <= {"127.0.0.1", "::1"}, listening
 
 
-def test_malloc_env_follows_the_key_and_leaves_the_users_own_alone():
+def test_malloc_env_follows_the_keys_and_leaves_the_users_own_alone():
     from bench.launch import malloc_env
     default = plan("size=tiny", "accelerator=cpu")
-    tight = plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576")
-    assert malloc_env(default, {}) == {}  # glibc's own policy: what a training job gets
+    tight = plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576", "malloc_trim_threshold=null")
+    glibc = plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=null", "malloc_trim_threshold=null")
+    # the default: blocks up to 32 MiB from the heap, never trimmed (each step reuses the last one's pages)
+    assert malloc_env(default, {}) == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1099511627776"}
     assert malloc_env(tight, {}) == {"MALLOC_MMAP_THRESHOLD_": "1048576"}
-    assert malloc_env(tight, {"MALLOC_MMAP_THRESHOLD_": "65536"}) == {}  # the user's wins
+    assert malloc_env(glibc, {}) == {}  # glibc's own dynamic policy
+    # the user's wins, variable by variable
+    assert malloc_env(tight, {"MALLOC_MMAP_THRESHOLD_": "65536"}) == {}
+    assert malloc_env(default, {"MALLOC_TRIM_THRESHOLD_": "0"}) == {"MALLOC_MMAP_THRESHOLD_": "33554432"}
+    assert malloc_env(plan("size=tiny", "accelerator=cuda", "devices=1", host=GPU_HOST), {}) == {}  # CPU ranks only
+
+
+def test_trim_threshold_without_an_mmap_threshold_is_refused_before_launch():
+    """glibc fixes its mmap threshold at 128 KiB once the trim threshold is set: one line that
+    names both keys."""
+    from bench.plan import InvalidConfig
+    with pytest.raises(InvalidConfig, match="malloc_mmap_threshold"):
+        plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=null")
 
 
 def test_a_rank_records_the_allocator_policy_it_ran_under(tmp_path):
     spec = plan("size=tiny", "accelerator=cpu", "seq_len=32", "warmup_steps=1", "steps=1",
-                "malloc_mmap_threshold=2097152")
+                "malloc_mmap_threshold=2097152", "malloc_trim_threshold=4194304")
     out = launch_job(spec, tmp_path)
     assert out.status == "ok", out.error
-    assert out.metrics["malloc_mmap_threshold"] == 2097152
+    assert (out.metrics["malloc_mmap_threshold"], out.metrics["malloc_trim_threshold"]) == (2097152, 4194304)
+    # what the OS did to the rank over the window, per step: counted, never negative
+    assert out.metrics["minor_page_faults_per_step"] >= 0
+    assert out.metrics["involuntary_context_switches_per_step"] >= 0
     # no sampler thread on a CPU (VmHWM gives the window's peak): RSS read at the window's two ends only
     assert out.metrics["memory_per_rank"][0]["samples"] == 2

@@ -7,8 +7,10 @@ part of the prediction (`MemoryEstimate.model_bytes`). Target (issue 14): within
 size=small, seq 128, batch 2, on 2 devices, for every strategy and schedule, fp32 and bf16,
 with and without checkpointing. One warm-up step first: the window is a steady step (in the
 first, the allocator has nothing freed yet to reuse, and the peak reads lower). glibc's mmap
-threshold fixed at 1 MiB (`malloc_mmap_threshold`): under its own dynamic policy (the default,
-for speed) an FSDP rank's RSS also holds what the allocator keeps, 41-87% above the model here. The whole table (30 jobs, about 9 minutes here) runs with
+threshold fixed at 1 MiB and its own trim threshold (`malloc_mmap_threshold`, `malloc_trim_threshold`):
+under the default (blocks up to 32 MiB from a heap that is never trimmed, for speed) or glibc's own
+dynamic policy a rank's RSS also holds what the allocator keeps (under FSDP 41-87% above the model here,
+with glibc's policy). The whole table (30 jobs, about 9 minutes here) runs with
 SCALEBENCH_MEMORY_TABLE=all; by default a sample of 7 that touches most terms of the model (8 minutes are too long for CI).
 """
 import os
@@ -21,7 +23,7 @@ from conftest import launch_job, plan
 pytestmark = pytest.mark.slow
 TOL = 0.15
 BASE = ("accelerator=cpu", "size=small", "seq_len=128", "batch_size=2", "warmup_steps=1", "steps=1",
-        "oversubscribe=true", "malloc_mmap_threshold=1048576")
+        "oversubscribe=true", "malloc_mmap_threshold=1048576", "malloc_trim_threshold=null")
 MB2 = "strategy.microbatches=2"
 TABLE = {
     "single": ("strategy=single",),

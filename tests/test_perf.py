@@ -89,8 +89,44 @@ def test_bare_loop_trains_as_the_suite_does(tmp_path):
     assert all(p.dim() >= 2 for p in model.parameters() if id(p) in decayed)
     before, threads = os.sched_getaffinity(0), torch.get_num_threads()
     try:  # bare_loop pins its process as a rank's (its own process in bench.perf): give the tests theirs back
-        times, table = bare_loop(spec)
+        times, table, counters = bare_loop(spec)
     finally:
         os.sched_setaffinity(0, before)
         torch.set_num_threads(threads)
     assert len(times) == 2 and table is None
+    assert set(counters) == {"minor_page_faults_per_step", "involuntary_context_switches_per_step"}
+
+
+def _heap_kept_mib(q) -> None:
+    """A spawned child: RSS kept after malloc + touch + free of one 16 MiB block (MiB)."""
+    import ctypes
+
+    import psutil
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    before = psutil.Process().memory_info().rss
+    p = libc.malloc(16 * 2**20)
+    ctypes.memset(p, 1, 16 * 2**20)
+    libc.free(ctypes.c_void_p(p))
+    q.put((psutil.Process().memory_info().rss - before) / 2**20)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_bare_loop_starts_under_the_ranks_allocator_policy():
+    """glibc reads MALLOC_* once, as the process starts: bench.perf's bare loop and reference
+    trainers must be started under the rank's environment, not given it once running. Under the
+    default policy (32 MiB mmap threshold, no trimming) a freed 16 MiB block stays in the heap;
+    under glibc's own it was mmapped and goes back at once."""
+    from bench.config import STEADY_MMAP_THRESHOLD, STEADY_TRIM_THRESHOLD
+    from bench.perf import _spawn
+    steady = {"MALLOC_MMAP_THRESHOLD_": str(STEADY_MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(STEADY_TRIM_THRESHOLD)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    old = os.environ.copy()
+    os.environ.clear()
+    os.environ.update(clean)
+    try:
+        assert _spawn(_heap_kept_mib, (), env=steady) > 15
+        assert _spawn(_heap_kept_mib, ()) < 1
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
