@@ -61,10 +61,12 @@ def run_loop(spec: RunSpec, make: Callable[[RunSpec, Any], tuple[Callable, Any]]
     if not cuda:
         torch.set_num_threads(spec.cpu_threads_per_device)
         cores.pin(0, spec.cpu_threads_per_device)
-    loss_of, opt = make(spec, device)
+    # data, then model and optimizer: the order a rank makes them in (bench.worker.measure), so that
+    # under the same allocator policy the two processes lay their heaps out alike
     n = spec.warmup_steps + spec.steps
     data = make_batches("synthetic", None, spec.seed, n, 1, 1, 0, spec.batch_size, spec.seq_len,
                         spec.shape.vocab_size).to(device)
+    loss_of, opt = make(spec, device)
     bf16 = spec.precision is Precision.bf16
 
     def step(i: int) -> None:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor, Shard
 
-from bench.spec import LOSS_CHUNK_TOKENS
+from bench.spec import loss_chunk_tokens
 
 
 def compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
@@ -188,19 +188,22 @@ def _vocab_sharded(weight) -> bool:
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, head: str = "chunked",
-                         chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+                         chunk: int | None = None) -> torch.Tensor:
     """Mean next-token cross entropy of the output layer: h (B, T, C) final hidden states,
     weight (V, C) the (tied) output matrix, y (B, T) targets -> scalar fp32.
     head: `plain` (whole logits) or `chunked` (ChunkedLinearCrossEntropy). A weight split by
     vocabulary over tensor parallel (a DTensor, Shard(0)) takes VocabParallelLinearCrossEntropy,
-    in chunks of `chunk` tokens (`chunked`) or all at once (`plain`)."""
+    in chunks of `chunk` tokens (`chunked`) or all at once (`plain`). `chunk` None: the device's
+    (bench.spec.loss_chunk_tokens, by the rows this rank holds)."""
     if head not in ("plain", "chunked"):
         raise ValueError(f"loss head {head!r}: use plain or chunked")
     if _vocab_sharded(weight):
         local, group, start = vocab_shard(weight)
+        chunk = chunk or loss_chunk_tokens(local.device.type, local.shape[0])
         h, y = h.flatten(0, 1), y.flatten(0, 1)
         return VocabParallelLinearCrossEntropy.apply(h, local, y, group, start,
                                                      chunk if head == "chunked" else max(1, h.shape[0]))
     if head == "plain":
         return F.cross_entropy(F.linear(h, weight).float().flatten(0, 1), y.flatten(0, 1))
+    chunk = chunk or loss_chunk_tokens(weight.device.type, weight.shape[0])
     return ChunkedLinearCrossEntropy.apply(h.flatten(0, 1), weight, y.flatten(0, 1), chunk)

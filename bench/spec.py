@@ -11,13 +11,28 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bench.config import Accelerator, Checkpointing, Data, Precision, Schedule, to_dict
+from bench.config import STEADY_MMAP_THRESHOLD, Accelerator, Checkpointing, Data, Precision, Schedule, to_dict
 from bench.flops import bubble_fraction
 
 
-# tokens per chunk of the chunked loss head (bench/loss.py; the memory model counts one chunk's
-# logits): 1024 x 50304 fp32 logits = 196 MiB at GPT-2's vocabulary
+# tokens per chunk of the chunked loss head on a GPU, and the most on a CPU (bench/loss.py; the
+# memory model counts one chunk's logits): 1024 x 50304 fp32 logits = 196 MiB at GPT-2's vocabulary
 LOSS_CHUNK_TOKENS = 1024
+
+
+def loss_chunk_tokens(device: str, vocab_rows: int) -> int:
+    """Tokens per chunk of the chunked loss head, where the output matrix has `vocab_rows` rows
+    (V, or V/tp split by vocabulary). A GPU: LOSS_CHUNK_TOKENS. A CPU: as many as keep one
+    chunk's fp32 logits (tokens x vocab_rows x 4 bytes) within glibc's largest mmap threshold
+    (STEADY_MMAP_THRESHOLD, 32 MiB), in multiples of 64, from 64 to LOSS_CHUNK_TOKENS: a block
+    above it is its own mmap, fresh pages at every chunk (GPT-2's vocabulary: 128 tokens; at
+    issue 18's shape, 4 layers of width 256, seq 256, batch 8, 2 threads, fp32, that took a
+    step from 1,322 to 1,227 ms and its page faults from 100,610 to 0, one process, 6 blocks
+    alternated; in bf16 0.93x and 1.04x in two such runs)."""
+    if device != "cpu":
+        return LOSS_CHUNK_TOKENS
+    fits = STEADY_MMAP_THRESHOLD // (max(1, vocab_rows) * 4) // 64 * 64
+    return max(64, min(LOSS_CHUNK_TOKENS, fits))
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,15 @@ def test_auto_takes_one_head_at_every_tp_degree():
     base = ("size=small", "accelerator=cpu", "strategy=tp", "seq_len=128", "batch_size=4")
     assert {plan(*base, f"devices={n}", *vp).loss_head for n in (1, 2)
             for vp in ((), ("strategy.vocab_parallel=false",))} == {"chunked"}
+
+
+def test_a_cpu_chunk_keeps_its_logits_under_the_mmap_ceiling():
+    """On a CPU a chunk's fp32 logits stay within glibc's largest mmap threshold (32 MiB), so
+    they come from the heap and not fresh pages each chunk; a GPU keeps 1024 tokens."""
+    from bench.spec import LOSS_CHUNK_TOKENS, loss_chunk_tokens
+    assert loss_chunk_tokens("cuda", 50304) == LOSS_CHUNK_TOKENS == 1024
+    assert loss_chunk_tokens("cpu", 50304) == 128  # 2**25 / (50304 * 4) = 166.8 -> 128, a multiple of 64
+    assert loss_chunk_tokens("cpu", 25152) == 320  # split over tp=2: 333.6 -> 320
+    assert loss_chunk_tokens("cpu", 512) == 1024  # small vocabularies: the GPU's chunk at most
+    assert loss_chunk_tokens("cpu", 10**7) == 64  # never under 64 tokens
+    assert 128 * 50304 * 4 <= 2**25 < 192 * 50304 * 4
