@@ -40,13 +40,20 @@ def compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+def accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                  buf: torch.Tensor | None = None) -> torch.Tensor | None:
     """acc += a @ b for an fp32 `acc` (the output matrix's gradient, V x C), without an fp32
-    temporary of its size: in place where a, b are fp32, else from their 2-byte product."""
+    temporary of its size: in place where a, b are fp32, else through their 2-byte product in
+    `buf` (made on the first call; pass back what this returns), one buffer for all the chunks:
+    a new V x C product per chunk was a fresh mmap each time on a CPU above 32 MiB (small, bf16)."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-    else:
-        acc.add_(a @ b)
+        return None
+    if buf is None:
+        buf = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
+    torch.mm(a, b, out=buf)
+    acc.add_(buf)
+    return buf
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -62,6 +69,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.empty_like(h)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            buf = None  # the 2-byte V x C product, one for every chunk (accumulate_mm)
             for s in range(0, n, chunk):
                 hs, ys = hc[s:s + chunk], y[s:s + chunk]
                 logits = (hs @ w.t()).float()  # (c, V)
@@ -77,7 +85,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 p[torch.arange(len(ys), device=p.device), ys] -= 1.0 / n
                 g = p.to(dt)
                 grad_h[s:s + chunk] = (g @ w).to(h.dtype)
-                accumulate_mm(grad_w, g.t(), hs)
+                buf = accumulate_mm(grad_w, g.t(), hs, buf)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss / n
@@ -104,6 +112,7 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
             grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
             grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
             loss = torch.zeros((), dtype=torch.float32, device=h.device)
+            buf = None  # the 2-byte V_r x C product, one for every chunk (accumulate_mm)
             for s in range(0, n, chunk):
                 hs, ys = hc[s:s + chunk], y[s:s + chunk]
                 local = ys - start
@@ -125,7 +134,7 @@ class VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 p[rows[mine], local[mine]] -= 1.0
                 g = p.to(dt)
                 grad_h[s:s + chunk] = (g @ wc).float()
-                accumulate_mm(grad_w, g.t(), hs)
+                buf = accumulate_mm(grad_w, g.t(), hs, buf)
             dist.all_reduce(grad_h, group=group)  # each slice of V contributes to every row's dh
         ctx.save_for_backward(grad_h.div_(n).to(h.dtype), grad_w.div_(n))
         ctx.weight_dtype = w.dtype
