@@ -208,11 +208,13 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"loss head {head!r}: use plain or chunked")
     if _vocab_sharded(weight):
         local, group, start = vocab_shard(weight)
-        chunk = chunk or loss_chunk_tokens(local.device.type, local.shape[0])
+        chunk = chunk or loss_chunk_tokens(local.device.type, local.shape[0],
+                                           compute_dtype(h.device, local) == torch.float32)
         h, y = h.flatten(0, 1), y.flatten(0, 1)
         return VocabParallelLinearCrossEntropy.apply(h, local, y, group, start,
                                                      chunk if head == "chunked" else max(1, h.shape[0]))
     if head == "plain":
         return F.cross_entropy(F.linear(h, weight).float().flatten(0, 1), y.flatten(0, 1))
-    chunk = chunk or loss_chunk_tokens(weight.device.type, weight.shape[0])
+    chunk = chunk or loss_chunk_tokens(weight.device.type, weight.shape[0],
+                                       compute_dtype(h.device, weight) == torch.float32)
     return ChunkedLinearCrossEntropy.apply(h.flatten(0, 1), weight, y.flatten(0, 1), chunk)

@@ -158,7 +158,7 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     tokens_v = micro_batch * seq * V
     logits = 0
     if last and (chunked_head or vocab_parallel):
-        chunk = loss_chunk_tokens(device, vh // H) if chunked_head else micro_batch * seq
+        chunk = loss_chunk_tokens(device, vh // H, compute_bytes == FP32_BYTES) if chunked_head else micro_batch * seq
         chunk_v = min(chunk, micro_batch * seq) * (vh // H)
         logits = chunk_v * (FP32_BYTES + (compute_bytes if compute_bytes < FP32_BYTES else 0))
         logits += logits_in_flight * (vh + micro_batch * seq * H) * FP32_BYTES

@@ -122,12 +122,12 @@ class Point:
         return self.batch_size * self.dp * self.grad_accum * self.seq
 
 
-def loss_chunks(head: str, micro_batch: int, seq: int, device: str, vocab_rows: int) -> int:
+def loss_chunks(head: str, micro_batch: int, seq: int, device: str, vocab_rows: int, fp32: bool) -> int:
     """Chunks of tokens the loss head takes per micro-batch (bench/loss.py, chunks of
     bench.spec.loss_chunk_tokens on `device` for an output matrix of `vocab_rows` rows, V or
-    V/tp split by vocabulary): 1 for `plain`."""
+    V/tp split by vocabulary, matmuls in fp32 or not): 1 for `plain`."""
     from bench.spec import loss_chunk_tokens
-    return -(-micro_batch * seq // loss_chunk_tokens(device, vocab_rows)) if head == "chunked" else 1
+    return -(-micro_batch * seq // loss_chunk_tokens(device, vocab_rows, fp32)) if head == "chunked" else 1
 
 
 def point_of(row: dict[str, Any]) -> Point:
@@ -143,7 +143,8 @@ def point_of(row: dict[str, Any]) -> Point:
                  vocab_parallel=bool(g("degree_vocab_parallel", False)),
                  loss_chunks=loss_chunks(g("loss_head", "plain"), int(g("batch_size")) // int(g("degree_microbatches", 1)),
                                          int(g("seq_len")), g("accelerator", "cpu"),
-                                         -(-V // int(g("degree_tp", 1))) if g("degree_vocab_parallel", False) else V))
+                                         -(-V // int(g("degree_tp", 1))) if g("degree_vocab_parallel", False) else V,
+                                         g("precision") == "fp32"))
 
 
 @dataclass(frozen=True)
@@ -459,7 +460,8 @@ def point_of_spec(spec) -> Point:
                  4 if spec.precision.value == "fp32" else 2, spec.devices, vocab_parallel=lay.vocab_parallel,
                  loss_chunks=loss_chunks(spec.loss_head, spec.batch_size // (pipe.microbatches if pipe else 1),
                                          spec.seq_len, spec.accelerator.value,
-                                         -(-s.vocab_size // lay.tp) if lay.vocab_parallel else s.vocab_size))
+                                         -(-s.vocab_size // lay.tp) if lay.vocab_parallel else s.vocab_size,
+                                         spec.precision.value == "fp32"))
 
 
 def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, dof: int,

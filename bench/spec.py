@@ -20,16 +20,20 @@ from bench.flops import bubble_fraction
 LOSS_CHUNK_TOKENS = 1024
 
 
-def loss_chunk_tokens(device: str, vocab_rows: int) -> int:
+def loss_chunk_tokens(device: str, vocab_rows: int, fp32: bool) -> int:
     """Tokens per chunk of the chunked loss head, where the output matrix has `vocab_rows` rows
-    (V, or V/tp split by vocabulary). A GPU: LOSS_CHUNK_TOKENS. A CPU: as many as keep one
-    chunk's fp32 logits (tokens x vocab_rows x 4 bytes) within glibc's largest mmap threshold
+    (V, or V/tp split by vocabulary) and the head's matmuls run in fp32 (`fp32`) or a 2-byte
+    dtype. A GPU, or 2-byte matmuls: LOSS_CHUNK_TOKENS. A CPU in fp32: as many as keep one
+    chunk's logits (tokens x vocab_rows x 4 bytes) within glibc's largest mmap threshold
     (STEADY_MMAP_THRESHOLD, 32 MiB), in multiples of 64, from 64 to LOSS_CHUNK_TOKENS: a block
     above it is its own mmap, fresh pages at every chunk (GPT-2's vocabulary: 128 tokens; at
-    issue 18's shape, 4 layers of width 256, seq 256, batch 8, 2 threads, fp32, that took a
-    step from 1,322 to 1,227 ms and its page faults from 100,610 to 0, one process, 6 blocks
-    alternated; in bf16 0.93x and 1.04x in two such runs)."""
-    if device != "cpu":
+    issue 18's shape, 4 layers of width 256, seq 256, batch 8, 2 threads, that took a step from
+    1,322 to 1,227 ms and its page faults from 100,610 to 0, one process, 6 blocks alternated).
+    Not in bf16: each chunk's 2-byte V x C product for the matrix's gradient goes through an fp32
+    block of that size inside the CPU's matmul, so more chunks made more fresh pages (`small`:
+    about 0.5M faults a step at 1024 tokens, 0.8-1.1M at 128), and the step was no faster at the
+    reference shape (0.93x, 1.04x, 1.04x in three such runs)."""
+    if device != "cpu" or not fp32:
         return LOSS_CHUNK_TOKENS
     fits = STEADY_MMAP_THRESHOLD // (max(1, vocab_rows) * 4) // 64 * 64
     return max(64, min(LOSS_CHUNK_TOKENS, fits))
