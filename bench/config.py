@@ -120,13 +120,14 @@ class LauncherKind(str, Enum):
     multinode = "multinode"  # torch elastic across machines
 
 
+# CPU ranks' allocator by default (bench.launch.malloc_env): glibc's largest mmap threshold, and a
+# trim threshold that is never reached, so each step reuses the heap blocks (up to 32 MiB) the last
+# one freed (issue 18)
+STEADY_MMAP_THRESHOLD = 32 * 2**20
+STEADY_TRIM_THRESHOLD = 2**40
 # The longest timeout a key accepts (about 31 years: no limit, in practice). The launcher's
 # watchdog waits with threading, which refuses more than threading.TIMEOUT_MAX (about 9.2e9 s
 # on Linux) and would then leave the job without any timeout.
-# CPU ranks' allocator by default (bench.launch.malloc_env): glibc's largest mmap threshold, and a
-# trim threshold that is never reached, so each step reuses the pages the last one freed (issue 18)
-STEADY_MMAP_THRESHOLD = 32 * 2**20
-STEADY_TRIM_THRESHOLD = 2**40
 MAX_TIMEOUT_S = 1e9
 
 
@@ -219,7 +220,8 @@ class BenchConfig:
     malloc_mmap_threshold: Optional[int] = key(
         STEADY_MMAP_THRESHOLD, "CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_, bytes (your environment's value wins). "
               "33554432 (32 MiB, glibc's largest) with malloc_trim_threshold's default: the heap keeps what a step "
-              "frees for the next, so steady steps take no page faults whatever the process did before; null: "
+              "frees for the next, so steady steps fault no pages in for blocks up to 32 MiB whatever the process did "
+              "before (a larger block is still its own mmap); null: "
               "glibc's own dynamic policy, whose trimming makes a step fault pages back in (how many depends on "
               "the process's history: it made the suite's step slower than a bare loop's, issue 18); 1048576 "
               "with malloc_trim_threshold=null keeps RSS close to the live tensors (memory studies) at a speed "
@@ -299,9 +301,10 @@ def _later_keys(cfg: dict) -> dict:
             "loss_head": (cfg.get("loss_head", "plain"), "plain"),  # earlier results: the plain head
             # results before the key ran their CPU ranks with a fixed 1 MiB threshold (issue 14): they
             # keep their hashes, and a run with glibc's own policy (the default now) gets a new one
-            "malloc_mmap_threshold": (cfg.get("malloc_mmap_threshold", LEGACY_MMAP_THRESHOLD), LEGACY_MMAP_THRESHOLD),
-            # before the key every CPU rank ran with glibc's own trim threshold
-            "malloc_trim_threshold": (cfg.get("malloc_trim_threshold"), None)}
+            **({} if cfg.get("accelerator") == "cuda" else {  # CPU ranks' allocator: nothing on a GPU
+                "malloc_mmap_threshold": (cfg.get("malloc_mmap_threshold", LEGACY_MMAP_THRESHOLD), LEGACY_MMAP_THRESHOLD),
+                # before the key every CPU rank ran with glibc's own trim threshold
+                "malloc_trim_threshold": (cfg.get("malloc_trim_threshold"), None)})}
 
 
 def bench_hash(cfg: dict, exclude: tuple[str, ...] = (), vocab_parallel: bool = False) -> str:

@@ -156,15 +156,17 @@ def _run_local(spec: RunSpec, out_dir: str, entry: Callable) -> dict[int, Any]:
 
 
 # glibc malloc serves a block above its mmap threshold from its own mmap, returned to the system
-# when freed, and raises that threshold (up to 32 MiB) each time such a block is freed; from then
-# on blocks of a few MiB come from the heap and arenas, which keep what they free for the next
-# step. That is the policy a training job runs under, and the suite leaves it alone by default:
-# a fixed low threshold (1 MiB, what issue 14 set for every CPU rank) makes every larger tensor
-# fresh pages each time it is allocated, page faults and zeroing included: mini's step went from
-# 155 to 207 ms (+33%, 4 alternations of the bare loop, issue 18). The price of the default is in
-# the memory figure: under FSDP at `small` (seq 128, batch 2) a rank's RSS is 41-87% above the
-# memory model (what the allocator keeps), where `malloc_mmap_threshold=1048576` brings it within 15% of the
-# memory model (tests/test_memory.py runs so). The user's own environment wins over both.
+# when freed; its own policy raises that threshold (up to 32 MiB) as such blocks are freed, and
+# gives the heap's top back above a trim threshold it sets from the same history, so a step may
+# fault pages in again by an amount that depends on what the process did before (the suite's rank
+# ~2,000 a step at mini against 300-1,000 for a bare loop, issue 18). The default fixes both:
+# 32 MiB and no trimming, so blocks up to 32 MiB are reused step after step. A fixed low threshold
+# (1 MiB, what issue 14 set for every CPU rank) makes every larger tensor fresh pages each time,
+# page faults and zeroing included: mini's step went from 155 to 207 ms (+33%, 4 alternations of
+# the bare loop). The price of keeping memory is in the memory figure: under FSDP at `small` (seq
+# 128, batch 2) a rank's RSS is 41-93% above the memory model under the default or glibc's own
+# policy, where `malloc_mmap_threshold=1048576 malloc_trim_threshold=null` brings it within 15%
+# (tests/test_memory.py runs so). The user's own environment wins, variable by variable.
 def rank_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
     """What a rank's process runs under beyond `environ`: its threads (OMP_NUM_THREADS) and its
     allocator (malloc_env). bench.perf gives its bare loop and reference trainers the same."""

@@ -208,7 +208,9 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
         raise ValueError(f"loss head {head!r}: use plain or chunked")
     if _vocab_sharded(weight):
         local, group, start = vocab_shard(weight)
-        chunk = chunk or loss_chunk_tokens(local.device.type, local.shape[0],
+        # by the largest shard, ceil(V / tp), not this rank's rows: every rank takes the same chunks
+        # (an uneven split could give ranks different chunk counts, and their all-reduces would not pair)
+        chunk = chunk or loss_chunk_tokens(local.device.type, -(-weight.shape[0] // dist.get_world_size(group)),
                                            compute_dtype(h.device, local) == torch.float32)
         h, y = h.flatten(0, 1), y.flatten(0, 1)
         return VocabParallelLinearCrossEntropy.apply(h, local, y, group, start,

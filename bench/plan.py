@@ -151,7 +151,7 @@ def label_is_a_plain_name(cfg: BenchConfig) -> str | None:
 def trim_needs_mmap_threshold(cfg: BenchConfig) -> str | None:
     # glibc turns its dynamic mmap threshold off once the trim threshold is set, leaving it at 128 KiB:
     # every tensor above that would be fresh pages each time it is allocated
-    if cfg.malloc_trim_threshold is not None and cfg.malloc_mmap_threshold is None:
+    if cfg.malloc_trim_threshold is not None and cfg.malloc_mmap_threshold is None and cfg.accelerator is not Accelerator.cuda:
         return ("malloc_trim_threshold is set but malloc_mmap_threshold=null: glibc then fixes its mmap threshold "
                 "at 128 KiB; set malloc_mmap_threshold too (33554432 is the default) or malloc_trim_threshold=null")
 

@@ -122,16 +122,15 @@ class Point:
         return self.batch_size * self.dp * self.grad_accum * self.seq
 
 
-def loss_chunks(head: str, micro_batch: int, seq: int, device: str, vocab_rows: int, fp32: bool) -> int:
-    """Chunks of tokens the loss head takes per micro-batch (bench/loss.py, chunks of
-    bench.spec.loss_chunk_tokens on `device` for an output matrix of `vocab_rows` rows, V or
-    V/tp split by vocabulary, matmuls in fp32 or not): 1 for `plain`."""
-    from bench.spec import loss_chunk_tokens
-    return -(-micro_batch * seq // loss_chunk_tokens(device, vocab_rows, fp32)) if head == "chunked" else 1
+def loss_chunks(head: str, micro_batch: int, seq: int, chunk_tokens: int) -> int:
+    """Chunks of `chunk_tokens` tokens (bench.spec.loss_chunk_tokens) the loss head takes per
+    micro-batch (bench/loss.py): 1 for `plain`."""
+    return -(-micro_batch * seq // chunk_tokens) if head == "chunked" else 1
 
 
 def point_of(row: dict[str, Any]) -> Point:
     """A tidy row (bench.results.load) as a Point."""
+    from bench.spec import LOSS_CHUNK_TOKENS
     L, heads, H, V, T = parse_shape(row["shape"])
     g = lambda k, d=None: d if row.get(k) is None or (isinstance(row.get(k), float) and math.isnan(row[k])) else row[k]  # noqa: E731
     return Point(L, heads, H, V, T, int(g("seq_len")), int(g("batch_size")), int(g("grad_accum", 1)),
@@ -142,9 +141,8 @@ def point_of(row: dict[str, Any]) -> Point:
                  4 if g("precision") == "fp32" else 2, int(g("devices")),
                  vocab_parallel=bool(g("degree_vocab_parallel", False)),
                  loss_chunks=loss_chunks(g("loss_head", "plain"), int(g("batch_size")) // int(g("degree_microbatches", 1)),
-                                         int(g("seq_len")), g("accelerator", "cpu"),
-                                         -(-V // int(g("degree_tp", 1))) if g("degree_vocab_parallel", False) else V,
-                                         g("precision") == "fp32"))
+                                         # what the point recorded; results before the record: 1024
+                                         int(g("seq_len")), int(g("loss_chunk_tokens", LOSS_CHUNK_TOKENS))))
 
 
 @dataclass(frozen=True)
@@ -451,6 +449,7 @@ def projected_spec(row: dict[str, Any], devices: int):
 
 
 def point_of_spec(spec) -> Point:
+    from bench.spec import loss_chunk_tokens
     lay, s = spec.layout, spec.shape
     pipe = lay.pipeline
     return Point(s.n_layer, s.n_head, s.n_embd, s.vocab_size, s.block_size, spec.seq_len, spec.batch_size,
@@ -459,9 +458,10 @@ def point_of_spec(spec) -> Point:
                  lay.sequence_parallel, lay.reshard_after_forward, spec.activation_checkpointing.value == "full",
                  4 if spec.precision.value == "fp32" else 2, spec.devices, vocab_parallel=lay.vocab_parallel,
                  loss_chunks=loss_chunks(spec.loss_head, spec.batch_size // (pipe.microbatches if pipe else 1),
-                                         spec.seq_len, spec.accelerator.value,
-                                         -(-s.vocab_size // lay.tp) if lay.vocab_parallel else s.vocab_size,
-                                         spec.precision.value == "fp32"))
+                                         spec.seq_len, loss_chunk_tokens(
+                                             spec.accelerator.value,
+                                             -(-s.vocab_size // lay.tp) if lay.vocab_parallel else s.vocab_size,
+                                             spec.precision.value == "fp32")))
 
 
 def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, dof: int,

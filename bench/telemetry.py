@@ -48,7 +48,7 @@ def os_counters() -> tuple[int, int]:
     """This process's (minor page faults, involuntary context switches) so far, all its threads
     (getrusage(2)). Over a window they say what a step time alone cannot: pages the allocator
     gave back and must fault in again (each a kernel entry and a zeroed 4 KiB page, about 1.5 us
-    here), and how often another thread took the step's core."""
+    here), and how often one of its threads was preempted (the step's, or another of the process's)."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_minflt, ru.ru_nivcsw
 
@@ -64,9 +64,8 @@ def release_heap() -> bool:
     of a standing job, whose ranks keep freed memory for the next step (malloc_trim_threshold),
     so that a point does not start on what an earlier one left. False where there is no glibc."""
     import ctypes
-    import ctypes.util
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: glibc's, where it is the C library
     except (OSError, AttributeError):
         return False
     trim(0)

@@ -27,7 +27,7 @@ from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
 from bench.protocol import (DUMP_ENV, FAULT_ENV, INIT_ENV, MMAP_THRESHOLD_ENV, TRIM_THRESHOLD_ENV, mark_rank0,
                             write_rank_error)
-from bench.spec import RunSpec
+from bench.spec import RunSpec, loss_chunk_tokens
 from bench.telemetry import PeakMeter, Sampler, release_heap
 from bench.trainer import Progress, train
 
@@ -180,10 +180,10 @@ def _join(spec: RunSpec, rank: int, local_rank: int, world: int) -> Proc:
         cores.pin(local_rank, spec.cpu_threads_per_device)  # its own cores: ranks never share one
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
         if world == 1:
-            # no collective will run, but gloo's transport thread wakes every 10 ms whatever happens
-            # (gloo/transport/tcp/loop.cc: epoll_wait with a 10 ms timeout), about 16 preemptions of a
-            # 160 ms step on the rank's core: the group's threads go to the launcher's core where one
-            # is spare (issue 18)
+            # a collective has no peer here (dp, fsdp on one device still call them: a hand-back), but
+            # gloo's transport thread wakes every 10 ms whatever happens (gloo/transport/tcp/loop.cc:
+            # epoll_wait with a 10 ms timeout), about 16 preemptions of a 160 ms step on the rank's
+            # core: the group's threads go to the launcher's core where one is spare (issue 18)
             cores.move_threads(cores.threads() - before, spare)
     return Proc(rank, local_rank, world, device, t0, baseline_rss=psutil.Process().memory_info().rss)
 
@@ -240,6 +240,10 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
         dump_params(par, out_dir, rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
     # the allocator policy the rank ran under (the config key's, or the user's own environment)
+    # the chunked head's tokens per chunk (bench.spec.loss_chunk_tokens: by device, rows, matmul dtype)
+    rows = -(-spec.shape.vocab_size // lay.tp) if lay.vocab_parallel else spec.shape.vocab_size
+    metrics["loss_chunk_tokens"] = (loss_chunk_tokens(device.type, rows, spec.precision is Precision.fp32)
+                                    if spec.loss_head == "chunked" else None)
     for var, name in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
         value = os.environ.get(var) if device.type == "cpu" else None
         metrics[name] = int(value) if value and value.isdigit() else None

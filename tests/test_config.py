@@ -133,3 +133,15 @@ def test_vocab_parallel_changes_the_hash_and_identity_of_tensor_parallel_points_
         on, off = both(*point)
         assert on == off, point
         assert "vocab_parallel" not in _options(to_dict(compose_cfg(*point)))
+
+
+def test_the_cpu_allocator_keys_leave_gpu_hashes_alone():
+    """malloc_mmap_threshold and malloc_trim_threshold are CPU ranks' settings: a GPU point hashes
+    as it did before they had defaults; a CPU point's hash carries them."""
+    from conftest import GPU_HOST, plan
+    gpu = ("accelerator=cuda", "devices=1")
+    assert config_hash(compose_cfg(*gpu)) == config_hash(
+        compose_cfg(*gpu, "malloc_mmap_threshold=null", "malloc_trim_threshold=null"))
+    assert config_hash(compose_cfg("accelerator=cpu")) != config_hash(
+        compose_cfg("accelerator=cpu", "malloc_mmap_threshold=null", "malloc_trim_threshold=null"))
+    plan(*gpu, "malloc_mmap_threshold=null", host=GPU_HOST)  # the CPU-only check does not refuse a GPU point
