@@ -239,11 +239,11 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     if os.environ.get(DUMP_ENV):  # the initial weights, for the tests (outside every measured phase)
         dump_params(par, out_dir, rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
-    # the allocator policy the rank ran under (the config key's, or the user's own environment)
     # the chunked head's tokens per chunk (bench.spec.loss_chunk_tokens: by device, rows, matmul dtype)
     rows = -(-spec.shape.vocab_size // lay.tp) if lay.vocab_parallel else spec.shape.vocab_size
     metrics["loss_chunk_tokens"] = (loss_chunk_tokens(device.type, rows, spec.precision is Precision.fp32)
                                     if spec.loss_head == "chunked" else None)
+    # the allocator policy the rank ran under (the config keys', or the user's own environment)
     for var, name in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
         value = os.environ.get(var) if device.type == "cpu" else None
         metrics[name] = int(value) if value and value.isdigit() else None
