@@ -218,7 +218,7 @@ class BenchConfig:
                             "process and cores, none communicating: the rate a device keeps while its neighbours "
                             "compute (shared memory bandwidth, caches); bench.project calibrates on it", ge=1)
     malloc_mmap_threshold: Optional[int] = key(
-        STEADY_MMAP_THRESHOLD, "CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_, bytes (your environment's value wins). "
+        STEADY_MMAP_THRESHOLD, "CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_, bytes (your environment may set only the same). "
               "33554432 (32 MiB, glibc's largest) with malloc_trim_threshold's default: the heap keeps what a step "
               "frees for the next, so steady steps fault no pages in for blocks up to 32 MiB whatever the process did "
               "before (a larger block is still its own mmap); null: "
@@ -228,8 +228,8 @@ class BenchConfig:
               "cost: every block above it is fresh pages each time (mini: +33% step time)",
         ge=0, le=STEADY_MMAP_THRESHOLD)
     malloc_trim_threshold: Optional[int] = key(
-        STEADY_TRIM_THRESHOLD, "CPU ranks: glibc's MALLOC_TRIM_THRESHOLD_, bytes (your environment's value "
-              "wins): free space at the heap's top above it goes back to the system. 1099511627776 (1 TiB): never, "
+        STEADY_TRIM_THRESHOLD, "CPU ranks: glibc's MALLOC_TRIM_THRESHOLD_, bytes (your environment may set "
+              "only the same): free space at the heap's top above it goes back to the system. 1099511627776 (1 TiB): never, "
               "freed memory is kept for the next step, as by the caching allocators (tcmalloc, jemalloc) that "
               "torch's CPU launcher torch.backends.xeon.run_cpu preloads; null: glibc's "
               "(128 KiB, or twice its dynamic mmap threshold). Setting it turns glibc's dynamic mmap threshold "

@@ -229,9 +229,23 @@ def seq_len_fits_context(cfg: BenchConfig, t: Placement, host: Host) -> str | No
                 f"use seq_len<={cfg.size.block_size}")
 
 
+def environment_agrees_with_allocator_keys(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
+    # a CPU rank inherits the user's MALLOC_* variables, and glibc reads them, not the keys; the
+    # config hash (resume, repeats) knows only the keys: a different value would be a run filed
+    # under another point's hash
+    if t.accelerator is not Accelerator.cpu:
+        return None
+    from bench.protocol import MMAP_THRESHOLD_ENV, TRIM_THRESHOLD_ENV
+    for var, key in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
+        value, mine = getattr(cfg, key), os.environ.get(var)
+        if mine is not None and mine != str(value):
+            return (f"your environment sets {var}={mine}, which a CPU rank would run under instead of "
+                    f"{key}={'null' if value is None else value}; set {key}={mine} or unset {var}")
+
+
 PLACEMENT_CHECKS: list[Callable[[BenchConfig, Placement, Host], str | None]] = [
     resume_on_one_node, colocated_is_one_device, cuda_needs_a_gpu, gpus_enough, cores_enough, fp16_needs_cuda,
-    seq_len_fits_context]
+    seq_len_fits_context, environment_agrees_with_allocator_keys]
 
 
 # -- 3. the layout ---------------------------------------------------------------------------

@@ -63,3 +63,17 @@ def test_a_rank_records_the_allocator_policy_it_ran_under(tmp_path):
     assert out.metrics["involuntary_context_switches_per_step"] >= 0
     # no sampler thread on a CPU (VmHWM gives the window's peak): RSS read at the window's two ends only
     assert out.metrics["memory_per_rank"][0]["samples"] == 2
+
+
+def test_an_environment_that_disagrees_with_the_allocator_keys_is_refused(monkeypatch):
+    """A rank runs under the user's MALLOC_* variables, the config hash knows only the keys: a
+    different value is refused before anything runs, naming the key; the same value passes."""
+    from bench.plan import InvalidConfig
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    with pytest.raises(InvalidConfig, match="set malloc_mmap_threshold=1048576 or unset MALLOC_MMAP_THRESHOLD_"):
+        plan("size=tiny", "accelerator=cpu")
+    plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    with pytest.raises(InvalidConfig, match="malloc_trim_threshold"):
+        plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576")
+    plan("size=tiny", "accelerator=cuda", "devices=1", host=GPU_HOST)  # a GPU rank's allocator is not glibc's concern here
