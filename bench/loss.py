@@ -203,7 +203,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
     head: `plain` (whole logits) or `chunked` (ChunkedLinearCrossEntropy). A weight split by
     vocabulary over tensor parallel (a DTensor, Shard(0)) takes VocabParallelLinearCrossEntropy,
     in chunks of `chunk` tokens (`chunked`) or all at once (`plain`). `chunk` None: the device's
-    (bench.spec.loss_chunk_tokens, by the rows this rank holds)."""
+    (bench.spec.loss_chunk_tokens: by the matrix's rows, the largest shard's where it is split)."""
     if head not in ("plain", "chunked"):
         raise ValueError(f"loss head {head!r}: use plain or chunked")
     if _vocab_sharded(weight):

@@ -35,6 +35,7 @@ from bench import config
 from bench.config import BenchConfig
 from bench.protocol import QUIET_ENV
 from bench.stats import paired_ratio
+from bench.telemetry import COUNTERS
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,6 @@ TARGETS = {
     "fixed_cost_s": Target("fixed cost of a point", "<", 5.0, "{:.2f} s", "{:.0f} s"),
     "mfu_gpu_bf16": Target("MFU bf16 (of the datasheet peak)", ">=", 0.45),  # judged at xl: checks()
 }
-COUNTERS = ("minor_page_faults_per_step", "involuntary_context_switches_per_step")  # bench.telemetry.per_step
 MIN_REPEATS_TO_JUDGE = 5  # ABBA pairs: one run a side is between-process noise, not the harness
 
 

@@ -53,10 +53,13 @@ def os_counters() -> tuple[int, int]:
     return ru.ru_minflt, ru.ru_nivcsw
 
 
+# what `per_step` names the two counters, in `os_counters`' order: the names a result records
+COUNTERS = ("minor_page_faults_per_step", "involuntary_context_switches_per_step")
+
+
 def per_step(before: tuple[int, int], after: tuple[int, int], steps: int) -> dict[str, float]:
-    """`os_counters` over a window of `steps` steps, per step: the names a result records."""
-    return {"minor_page_faults_per_step": (after[0] - before[0]) / steps,
-            "involuntary_context_switches_per_step": (after[1] - before[1]) / steps}
+    """`os_counters` over a window of `steps` steps, per step, under COUNTERS' names."""
+    return {name: (a - b) / steps for name, a, b in zip(COUNTERS, after, before)}
 
 
 def release_heap() -> bool:
