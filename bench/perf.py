@@ -18,7 +18,9 @@ One command, everything side by side in one run, nothing else running beside it:
 `--compile` adds torch.compile rows (compile time reported, never timed). On a GPU machine
 the same command measures against the GPU's measured and datasheet bf16 peaks.
 `--references` holds the trainer against minimal reference trainers; `--vocab-parallel` holds
-tensor parallel's vocabulary-parallel output layer against the whole one on every rank.
+tensor parallel's vocabulary-parallel output layer against the whole one on every rank; `--aa`
+holds the bare loop against itself (an A/A comparison): what the overhead's statistics give
+when the two sides are the same, the method's own noise floor on this machine.
 """
 from __future__ import annotations
 
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="profile the bare loop by kind of op: where a target is missed (auto), always, never")
     ap.add_argument("--csv", default=None, metavar="FILE", help="also write the table (one row per size, "
                     "precision and compile; milliseconds, tokens/s, MFU, the peaks it is taken against) to FILE")
+    ap.add_argument("--aa", action="store_true", help="only the bare loop against itself in ABBA pairs (an A/A "
+                    "comparison): the noise floor of the harness-overhead figure, judged as the overhead is")
     ap.add_argument("--references", action="store_true", help="only the trainer against minimal reference "
                     "trainers (bench/references.py: nanoGPT's architecture; Hugging Face's GPT-2 when installed) "
                     f"at a GPT-2-like shape ({' '.join(REFERENCE_SHAPE)}), alternated --repeats times, and stop")
@@ -248,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         return front_door(a.repeats)
     config.register()
     os.environ[QUIET_ENV] = "1"  # the ranks' progress lines; perf prints its own
+    if a.aa:
+        if a.compile:
+            ap.error("--aa compares the eager bare loop with itself; drop --compile")
+        return aa(a.repeats, a.sizes, a.precisions.split(","), a.overrides)
     if a.references:
         return references(a.repeats, a.precisions.split(","), a.overrides)
     if a.vocab_parallel:
@@ -402,6 +410,40 @@ REFERENCE_STEPS = ("warmup_steps=1", "steps=4")
 def _reference_proc(name: str, spec, q) -> None:
     from bench.references import reference_loop
     q.put(reference_loop(name, spec))
+
+
+def aa(repeats: int, sizes: str | None, precisions: list[str], overrides: list[str]) -> None:
+    """The bare loop against itself: two identical sides, A and B, each run its own process, in
+    ABBA pairs exactly as the suite is held against the bare loop (`_measure_row`), and judged by
+    the same figures (median of the pairs' ratios, the paired t-test, the overhead targets).
+    Whatever A/B shows here is the method's noise on this machine at this many pairs, not a
+    harness: an overhead within it cannot be told from zero."""
+    sizes_l = (sizes or "mini").split(",")
+    print(f"scalebench perf --aa, {time.strftime('%Y-%m-%d %H:%M')}: the bare loop against itself, "
+          f"{repeats} ABBA pair(s) per configuration", flush=True)
+    for size in sizes_l:
+        for prec in precisions:
+            point = ["strategy=single", f"size={size}", f"precision={prec}"]
+            cuda = _spec(_cfg([*point, *overrides])).accelerator.value == "cuda"
+            warm, steps = STEPS_GPU if cuda else STEPS.get(size, STEPS_LARGE_CPU)
+            spec = _spec(_cfg([*point, f"warmup_steps={warm}", f"steps={steps}", *overrides]))
+            sides: dict[str, list[float]] = {"A": [], "B": []}
+            for i in range(repeats):
+                for side in (("A", "B") if i % 2 == 0 else ("B", "A")):
+                    sides[side].append(statistics.median(_bare(spec)[0]))
+                print(f"  {size} {prec} {i + 1}/{repeats}: A {sides['A'][-1] * 1e3:,.1f} ms/step, "
+                      f"B {sides['B'][-1] * 1e3:,.1f} ms/step", flush=True)
+            pairs = [x / y - 1 for x, y in zip(sides["A"], sides["B"])]
+            _, lo, hi, p = paired_ratio(sides["A"], sides["B"])
+            med = statistics.median(pairs)
+            print(f"A/A, {size} {prec}: median of the pairs {med:+.1%} (A slower in {sum(d > 0 for d in pairs)} of "
+                  f"{repeats}); geometric mean 95% interval {lo - 1:+.1%} to {hi - 1:+.1%}, paired t-test p = {p:.2f}; "
+                  f"pairs from {min(pairs):+.1%} to {max(pairs):+.1%}")
+            if repeats >= MIN_REPEATS_TO_JUDGE:
+                for key, value in (("overhead", med), ("overhead_sign", p)):
+                    t = TARGETS[key]
+                    print(f"  {'met   ' if judge(t, value) else 'MISSED'} {t.name} with identical sides "
+                          f"{t.value_fmt.format(value):>8}  (target {t.op} {t.threshold_fmt.format(t.threshold)})")
 
 
 def references(repeats: int, precisions: list[str], overrides: list[str]) -> None:

@@ -74,6 +74,21 @@ def test_perf_holds_the_vocabulary_parallel_head_against_the_whole_one(tmp_path)
 
 
 @pytest.mark.slow
+def test_perf_holds_the_bare_loop_against_itself(tmp_path):
+    """--aa: the overhead's method with two identical sides, in ABBA pairs, judged as the overhead is."""
+    r = subprocess.run([sys.executable, "-m", "bench.perf", "--aa", "--sizes", "tiny", "--precisions", "fp32",
+                        "--repeats", "5", "seq_len=32", "steps=3", "accelerator=cpu"],
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert all(f"tiny fp32 {i}/5: A " in out for i in range(1, 6))
+    assert "A/A, tiny fp32: median of the pairs" in out and "paired t-test p = " in out
+    # five pairs: judged by the overhead's own targets (met or missed, by the noise of the moment)
+    assert "harness overhead (median of the pairs) with identical sides" in out
+    assert "harness overhead, paired t-test p (no consistent sign) with identical sides" in out
+
+
+@pytest.mark.slow
 def test_bare_loop_trains_as_the_suite_does(tmp_path):
     """The reference loop uses the suite's optimizer (no decay of biases and LayerNorms):
     with the same model, data and steps it reaches the suite's loss."""
