@@ -4,7 +4,7 @@ A run's identity is everything that changes the measured work or the machine: th
 label, the model's shape, the strategy with all its options, the resolved precision and
 accelerator, sequence length, per-replica and global batch, grad accumulation, activation
 checkpointing, compile, the data, threads per device, oversubscription, co-located copies
-(`colocated`: bench.project's calibration), the loss head, a CPU rank's allocator policy (glibc's mmap
+(`colocated`: bench.project's calibration), the loss head and its chunk, a CPU rank's allocator policy (glibc's mmap
 threshold: it changes the step's page faults), nodes and devices.
 Runs with one identity are repeats of one measurement (seeds, `repeats=N`): only they are
 ever aggregated. The seed, the number of steps, the warm-up and the learning rate are not
@@ -39,7 +39,7 @@ from bench.spec import DataParallel
 MACHINE = ("hardware_label", "software_torch", "result_set")
 WORK = ("accelerator", "size", "shape", "strategy", "strategy_options", "precision", "seq_len", "grad_accum",
         "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe", "colocated",
-        "malloc_mmap_threshold", "malloc_trim_threshold", "loss_head")
+        "malloc_mmap_threshold", "malloc_trim_threshold", "loss_head", "loss_chunk_tokens")
 SCALE = ("nodes", "devices", "batch_size", "global_batch_size")
 IDENTITY = MACHINE + WORK + SCALE
 STRATEGY_FIELDS = ("strategy", "strategy_options")
@@ -156,7 +156,8 @@ LABELS = {"hardware_label": "{}", "software_torch": "torch {}", "result_set": "s
           "global_batch_size": "global batch {}", "devices": "{} device(s)", "shape": "{}", "data_path": "{}",
           "oversubscribe": "oversubscribe {}", "strategy_options": "options {}", "colocated": "{} co-located",
           "malloc_mmap_threshold": "malloc mmap threshold {} B",
-          "malloc_trim_threshold": "malloc trim threshold {} B", "loss_head": "{} loss head"}
+          "malloc_trim_threshold": "malloc trim threshold {} B", "loss_head": "{} loss head",
+          "loss_chunk_tokens": "{}-token loss chunks"}
 
 
 def fixed_text(df, keys: Iterable[str]) -> str:

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor, Shard
 
-from bench.spec import loss_chunk_tokens
+from bench.spec import head_rows, loss_chunk_tokens
 
 
 def compute_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
@@ -210,7 +210,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
         local, group, start = vocab_shard(weight)
         # by the largest shard, ceil(V / tp), not this rank's rows: every rank takes the same chunks
         # (an uneven split could give ranks different chunk counts, and their all-reduces would not pair)
-        chunk = chunk or loss_chunk_tokens(local.device.type, -(-weight.shape[0] // dist.get_world_size(group)),
+        chunk = chunk or loss_chunk_tokens(local.device.type, head_rows(weight.shape[0], dist.get_world_size(group), True),
                                            compute_dtype(h.device, local) == torch.float32)
         h, y = h.flatten(0, 1), y.flatten(0, 1)
         return VocabParallelLinearCrossEntropy.apply(h, local, y, group, start,

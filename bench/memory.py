@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from bench import flops
 from bench.config import Checkpointing, Precision, Schedule
 from bench.flops import FP32_BYTES
-from bench.spec import DataParallel, RunSpec, loss_chunk_tokens
+from bench.spec import DataParallel, RunSpec, head_rows, loss_chunk_tokens
 
 # What a device holds outside the model's tensors. On a GPU: the CUDA context, the NCCL
 # communicator (created eagerly at init) and what the first kernels load, which NVML counts and
@@ -139,7 +139,7 @@ def estimate_memory(L: int, H: int, V: int, T_max: int, seq: int, micro_batch: i
     """
     block = 12 * H * H // tp + 13 * H
     p = layers_on_device * block
-    vh = -(-V // tp) * H if vocab_parallel else V * H  # the tied matrix this device holds
+    vh = head_rows(V, tp, vocab_parallel) * H  # the tied matrix this device holds
     if first or last:
         p += vh
     if first:

@@ -32,7 +32,7 @@ from bench import cluster, parallel
 from bench.memory import MemoryEstimate
 from bench.config import (Accelerator, BenchConfig, Data, LossHead, Precision, Schedule, bench_hash, numeric_keys,
                           to_dict)
-from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec
+from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec, head_rows, loss_chunk_tokens
 
 # Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
 # here as about 0.35 GiB; rounded up.
@@ -417,6 +417,7 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
     batch = cfg.global_batch_size // (lay.dp * cfg.grad_accum) if cfg.global_batch_size else cfg.batch_size
     _first(check(cfg, t, lay, batch) for check in LAYOUT_CHECKS)
     s = cfg.size
+    head = resolve_loss_head(cfg, t, lay, batch)
     return RunSpec(
         size=s.name, shape=GPTShape(s.n_layer, s.n_head, s.n_embd, s.vocab_size, s.block_size),
         strategy=strategy.name, layout=lay, devices=t.devices, devices_per_node=t.devices_per_node,
@@ -427,7 +428,9 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
         compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
         timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated,
         malloc_mmap_threshold=cfg.malloc_mmap_threshold, malloc_trim_threshold=cfg.malloc_trim_threshold,
-        loss_head=resolve_loss_head(cfg, t, lay, batch))
+        loss_head=head, loss_chunk_tokens=(loss_chunk_tokens(
+            t.accelerator.value, head_rows(s.vocab_size, lay.tp, lay.vocab_parallel), t.precision is Precision.fp32)
+            if head == LossHead.chunked.value else None))
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -449,7 +449,7 @@ def projected_spec(row: dict[str, Any], devices: int):
 
 
 def point_of_spec(spec) -> Point:
-    from bench.spec import loss_chunk_tokens
+    from bench.spec import LOSS_CHUNK_TOKENS
     lay, s = spec.layout, spec.shape
     pipe = lay.pipeline
     return Point(s.n_layer, s.n_head, s.n_embd, s.vocab_size, s.block_size, spec.seq_len, spec.batch_size,
@@ -458,10 +458,7 @@ def point_of_spec(spec) -> Point:
                  lay.sequence_parallel, lay.reshard_after_forward, spec.activation_checkpointing.value == "full",
                  4 if spec.precision.value == "fp32" else 2, spec.devices, vocab_parallel=lay.vocab_parallel,
                  loss_chunks=loss_chunks(spec.loss_head, spec.batch_size // (pipe.microbatches if pipe else 1),
-                                         spec.seq_len, loss_chunk_tokens(
-                                             spec.accelerator.value,
-                                             -(-s.vocab_size // lay.tp) if lay.vocab_parallel else s.vocab_size,
-                                             spec.precision.value == "fp32")))
+                                         spec.seq_len, spec.loss_chunk_tokens or LOSS_CHUNK_TOKENS))
 
 
 def project(ok, devices: list[int], cluster, refs, terms: Terms, sigma: float, dof: int,

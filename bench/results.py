@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench import flops
 from bench.config import LEGACY_MMAP_THRESHOLD
+from bench.spec import LOSS_CHUNK_TOKENS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,6 +192,10 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
     for k, v in m.items():
         if isinstance(v, (int, float, str, bool)) or v is None:
             row[k] = v
+    # the chunked head's tokens per chunk: as planned (the spec; failed runs too), else as the rank
+    # recorded it, else 1024 (chunked results before either record: bench.spec.LOSS_CHUNK_TOKENS)
+    row["loss_chunk_tokens"] = (spec.get("loss_chunk_tokens") or m.get("loss_chunk_tokens")
+                                or (LOSS_CHUNK_TOKENS if row["loss_head"] == "chunked" else None))
     row["step_times_s"] = m.get("step_times_s")
     row["loss"] = m.get("loss")
     return row

@@ -20,6 +20,12 @@ from bench.flops import bubble_fraction
 LOSS_CHUNK_TOKENS = 1024
 
 
+def head_rows(vocab_size: int, tp: int, vocab_parallel: bool) -> int:
+    """Rows of the output matrix one rank holds: ceil(V / tp) where tensor parallel splits it by
+    vocabulary (the largest shard: torch's Shard(0) gives the first ranks ceil(V / tp) each), else V."""
+    return -(-vocab_size // tp) if vocab_parallel else vocab_size
+
+
 def loss_chunk_tokens(device: str, vocab_rows: int, fp32: bool) -> int:
     """Tokens per chunk of the chunked loss head, where the output matrix has `vocab_rows` rows
     (V, or V/tp split by vocabulary) and the head's matmuls run in fp32 (`fp32`) or a 2-byte
@@ -154,6 +160,7 @@ class RunSpec:
     loss_head: str = "plain"  # resolved: plain | chunked (bench/loss.py)
     malloc_mmap_threshold: int | None = None  # CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_ (None: glibc's own policy)
     malloc_trim_threshold: int | None = None  # CPU ranks: glibc's MALLOC_TRIM_THRESHOLD_ (None: glibc's own)
+    loss_chunk_tokens: int | None = None  # resolved: the chunked head's tokens per chunk (None: the plain head)
 
     @property
     def tokens_per_step(self) -> int:

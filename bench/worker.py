@@ -27,7 +27,7 @@ from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
 from bench.protocol import (DUMP_ENV, FAULT_ENV, INIT_ENV, MMAP_THRESHOLD_ENV, TRIM_THRESHOLD_ENV, mark_rank0,
                             write_rank_error)
-from bench.spec import RunSpec, loss_chunk_tokens
+from bench.spec import RunSpec
 from bench.telemetry import PeakMeter, Sampler, release_heap
 from bench.trainer import Progress, train
 
@@ -239,10 +239,9 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     if os.environ.get(DUMP_ENV):  # the initial weights, for the tests (outside every measured phase)
         dump_params(par, out_dir, rank, prefix="init.")
     metrics = train(par, spec, ctx, batches, progress, sampler, fault=fault)
-    # the chunked head's tokens per chunk (bench.spec.loss_chunk_tokens: by device, rows, matmul dtype)
-    rows = -(-spec.shape.vocab_size // lay.tp) if lay.vocab_parallel else spec.shape.vocab_size
-    metrics["loss_chunk_tokens"] = (loss_chunk_tokens(device.type, rows, spec.precision is Precision.fp32)
-                                    if spec.loss_head == "chunked" else None)
+    # the chunked head's tokens per chunk, as planned (bench.spec.loss_chunk_tokens: by device, rows,
+    # matmul dtype; bench/loss.py derives the same from the tensors it is given)
+    metrics["loss_chunk_tokens"] = spec.loss_chunk_tokens
     # the allocator policy the rank ran under (the config keys', or the user's own environment)
     for var, name in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
         value = os.environ.get(var) if device.type == "cpu" else None

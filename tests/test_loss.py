@@ -194,3 +194,29 @@ def test_a_cpu_chunk_keeps_its_logits_under_the_mmap_ceiling():
     assert loss_chunk_tokens("cpu", 512, True) == 1024  # small vocabularies: the GPU's chunk at most
     assert loss_chunk_tokens("cpu", 10**7, True) == 64  # never under 64 tokens
     assert 128 * 50304 * 4 <= 2**25 < 192 * 50304 * 4
+
+
+def test_the_plan_resolves_the_chunk_and_the_results_keep_it_apart():
+    """The spec carries the chunk a point runs (so a result records it, failed runs too); the
+    identity holds it, so a 128-token CPU fp32 run is never pooled with a 1024-token one (the
+    rule before 2026-12-01), and a chunked result from before the record reads as 1024."""
+    from bench.identity import identity
+    from bench.results import flatten
+    from bench.spec import head_rows
+    assert head_rows(50304, 2, True) == 25152 and head_rows(50305, 2, True) == 25153  # ceil: the largest shard
+    assert head_rows(50304, 2, False) == 50304
+    big = ("size=small", "accelerator=cpu", "seq_len=256", "batch_size=8")
+    assert plan(*big, "precision=fp32").loss_chunk_tokens == 128
+    assert plan(*big, "precision=bf16").loss_chunk_tokens == 1024
+    assert plan(*big, "loss_head=plain").loss_chunk_tokens is None
+    # tensor parallel split by vocabulary: by ceil(V / tp) rows (2**25 / (25152 * 4) = 333.5 -> 320)
+    assert plan(*big, "strategy=tp", "devices=2", "batch_size=4").loss_chunk_tokens == 320
+    assert plan(*big, "strategy=tp", "devices=2", "batch_size=4",
+                "strategy.vocab_parallel=false").loss_chunk_tokens == 128
+    spec = plan(*big, "precision=fp32")
+    rec = {"status": "ok", "config": {"size": {"name": "small"}, "strategy": {"name": "single"}},
+           "spec": spec.to_dict(), "metrics": {}}
+    old = {**rec, "spec": {k: v for k, v in spec.to_dict().items() if k != "loss_chunk_tokens"}}
+    plain = {**rec, "spec": {**spec.to_dict(), "loss_head": "plain", "loss_chunk_tokens": None}}
+    assert [flatten(r)["loss_chunk_tokens"] for r in (rec, old, plain)] == [128, 1024, None]
+    assert identity(flatten(rec)) != identity(flatten(old))
