@@ -39,7 +39,7 @@ from bench.spec import DataParallel
 MACHINE = ("hardware_label", "software_torch", "result_set")
 WORK = ("accelerator", "size", "shape", "strategy", "strategy_options", "precision", "seq_len", "grad_accum",
         "activation_checkpointing", "compile", "data", "data_path", "threads", "oversubscribe", "colocated",
-        "malloc_mmap_threshold", "malloc_trim_threshold", "loss_head", "loss_chunk_tokens")
+        "malloc_mmap_threshold", "malloc_trim_threshold", "malloc_mmap_max", "loss_head", "loss_chunk_tokens")
 SCALE = ("nodes", "devices", "batch_size", "global_batch_size")
 IDENTITY = MACHINE + WORK + SCALE
 STRATEGY_FIELDS = ("strategy", "strategy_options")
@@ -156,7 +156,7 @@ LABELS = {"hardware_label": "{}", "software_torch": "torch {}", "result_set": "s
           "global_batch_size": "global batch {}", "devices": "{} device(s)", "shape": "{}", "data_path": "{}",
           "oversubscribe": "oversubscribe {}", "strategy_options": "options {}", "colocated": "{} co-located",
           "malloc_mmap_threshold": "malloc mmap threshold {} B",
-          "malloc_trim_threshold": "malloc trim threshold {} B", "loss_head": "{} loss head",
+          "malloc_trim_threshold": "malloc trim threshold {} B", "malloc_mmap_max": "malloc mmap max {}", "loss_head": "{} loss head",
           "loss_chunk_tokens": "{}-token loss chunks"}
 
 

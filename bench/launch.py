@@ -38,7 +38,7 @@ import psutil
 from bench import cores
 from bench.cluster import is_local_host, nccl_transports
 from bench.config import Accelerator
-from bench.protocol import INIT_ENV, MMAP_THRESHOLD_ENV, NODE_TAG_ENV, TRIM_THRESHOLD_ENV, holds_rank0, node_tag, read_rank_errors
+from bench.protocol import ALLOCATOR_ENV, INIT_ENV, NODE_TAG_ENV, holds_rank0, node_tag, read_rank_errors
 from bench.spec import RunSpec
 
 GOODBYE_TIMEOUT_S = 30.0  # how long the store's host waits for the other nodes to leave first
@@ -160,7 +160,8 @@ def _run_local(spec: RunSpec, out_dir: str, entry: Callable) -> dict[int, Any]:
 # gives the heap's top back above a trim threshold it sets from the same history, so a step may
 # fault pages in again by an amount that depends on what the process did before (the suite's rank
 # ~2,000 a step at mini against 300-1,000 for a bare loop, issue 18). The default fixes both:
-# 32 MiB and no trimming, so blocks up to 32 MiB are reused step after step. A fixed low threshold
+# 32 MiB and no trimming, so blocks up to 32 MiB are reused step after step (`malloc_mmap_max=0`
+# reuses the larger ones too, at a price in RSS: its key says the measured figures). A fixed low threshold
 # (1 MiB, what issue 14 set for every CPU rank) makes every larger tensor fresh pages each time,
 # page faults and zeroing included: mini's step went from 155 to 207 ms (+33%, 4 alternations of
 # the bare loop). The price of keeping memory is in the memory figure: under FSDP at `small` (seq
@@ -174,12 +175,13 @@ def rank_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def malloc_env(spec: RunSpec, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment a CPU rank's glibc malloc reads: MALLOC_MMAP_THRESHOLD_ and
-    MALLOC_TRIM_THRESHOLD_ from their config keys, each where the key is set and the user's
-    environment does not set that variable already; nothing on a GPU."""
+    """The environment a CPU rank's glibc malloc reads: MALLOC_MMAP_THRESHOLD_,
+    MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_MAX_ from their config keys (bench.protocol.ALLOCATOR_ENV),
+    each where the key is set and the user's environment does not set that variable already;
+    nothing on a GPU."""
     if spec.accelerator is not Accelerator.cpu:
         return {}
-    keys = ((MMAP_THRESHOLD_ENV, spec.malloc_mmap_threshold), (TRIM_THRESHOLD_ENV, spec.malloc_trim_threshold))
+    keys = ((var, getattr(spec, key)) for key, var in ALLOCATOR_ENV.items())
     return {var: str(value) for var, value in keys if value is not None and var not in environ}
 
 

@@ -30,8 +30,8 @@ from typing import Any
 
 from bench import cluster, parallel
 from bench.memory import MemoryEstimate
-from bench.config import (Accelerator, BenchConfig, Data, LossHead, Precision, Schedule, bench_hash, numeric_keys,
-                          to_dict)
+from bench.config import (STEADY_MMAP_THRESHOLD, Accelerator, BenchConfig, Data, LossHead, Precision, Schedule,
+                          bench_hash, numeric_keys, to_dict)
 from bench.spec import DataParallel, GPTShape, Layout, Rendezvous, RunSpec, head_rows, loss_chunk_tokens
 
 # Host memory each CPU rank needs before the model exists (Python, torch, gloo), measured
@@ -156,9 +156,18 @@ def trim_needs_mmap_threshold(cfg: BenchConfig) -> str | None:
                 "at 128 KiB; set malloc_mmap_threshold too (33554432 is the default) or malloc_trim_threshold=null")
 
 
+def mmap_threshold_needs_mmap(cfg: BenchConfig) -> str | None:
+    # with malloc_mmap_max=0 no block is mmapped, whatever its size: a lowered threshold (memory
+    # studies: 1 MiB) would do nothing, and RSS would keep what the heap once held
+    if (cfg.malloc_mmap_max == 0 and cfg.malloc_mmap_threshold is not None
+            and cfg.malloc_mmap_threshold < STEADY_MMAP_THRESHOLD and cfg.accelerator is not Accelerator.cuda):
+        return (f"malloc_mmap_threshold={cfg.malloc_mmap_threshold} does nothing with malloc_mmap_max=0 (no block is "
+                "mmapped); add malloc_mmap_max=null")
+
+
 CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
     strategy_exists, numbers_in_range, width_divides_by_heads, text_needs_byte_vocab, compile_needs_warmup,
-    label_is_a_plain_name, trim_needs_mmap_threshold]
+    label_is_a_plain_name, trim_needs_mmap_threshold, mmap_threshold_needs_mmap]
 
 
 # -- 2. where it runs -------------------------------------------------------------------------
@@ -235,8 +244,8 @@ def environment_agrees_with_allocator_keys(cfg: BenchConfig, t: Placement, host:
     # under another point's hash
     if t.accelerator is not Accelerator.cpu:
         return None
-    from bench.protocol import MMAP_THRESHOLD_ENV, TRIM_THRESHOLD_ENV
-    for var, key in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
+    from bench.protocol import ALLOCATOR_ENV
+    for key, var in ALLOCATOR_ENV.items():
         value, mine = getattr(cfg, key), os.environ.get(var)
         if mine is not None and mine != str(value):
             return (f"your environment sets {var}={mine}, which a CPU rank would run under instead of "
@@ -428,6 +437,7 @@ def make_spec(cfg: BenchConfig, host: Host) -> RunSpec:
         compile=cfg.compile, oversubscribe=cfg.oversubscribe, data=cfg.data, data_path=cfg.data_path,
         timeout_s=cfg.timeout_s, rendezvous=t.rendezvous, colocated=cfg.colocated,
         malloc_mmap_threshold=cfg.malloc_mmap_threshold, malloc_trim_threshold=cfg.malloc_trim_threshold,
+        malloc_mmap_max=cfg.malloc_mmap_max,
         loss_head=head, loss_chunk_tokens=(loss_chunk_tokens(
             t.accelerator.value, head_rows(s.vocab_size, lay.tp, lay.vocab_parallel), t.precision is Precision.fp32)
             if head == LossHead.chunked.value else None))

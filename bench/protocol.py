@@ -18,6 +18,10 @@ from typing import Any
 CORES_ENV = "SCALEBENCH_CORES"  # the cores the ranks of this job share out, in order ("0,1")
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"  # glibc malloc's mmap threshold (bench.launch.malloc_env)
 TRIM_THRESHOLD_ENV = "MALLOC_TRIM_THRESHOLD_"  # glibc malloc's trim threshold (bench.launch.malloc_env)
+MMAP_MAX_ENV = "MALLOC_MMAP_MAX_"  # the most blocks glibc malloc serves by mmap at once (bench.launch.malloc_env)
+# the config key of each (CPU ranks; glibc reads them once, when the process starts)
+ALLOCATOR_ENV = {"malloc_mmap_threshold": MMAP_THRESHOLD_ENV, "malloc_trim_threshold": TRIM_THRESHOLD_ENV,
+                 "malloc_mmap_max": MMAP_MAX_ENV}
 INIT_ENV = "SCALEBENCH_INIT_METHOD"  # the process group's init method (file:// on one machine); unset: env://
 NODE_TAG_ENV = "SCALEBENCH_NODE_TAG"  # the launcher's tag (host-pid): nodes may share the job folder
 # user / tests -> everything

@@ -177,6 +177,7 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         # the allocator policy of a CPU rank (results before the keys: issue 14's 1 MiB, glibc's trim)
         malloc_mmap_threshold=_allocator(m, cfg, "malloc_mmap_threshold", row["accelerator"], LEGACY_MMAP_THRESHOLD),
         malloc_trim_threshold=_allocator(m, cfg, "malloc_trim_threshold", row["accelerator"], None),
+        malloc_mmap_max=_allocator(m, cfg, "malloc_mmap_max", row["accelerator"], None),
         repeat=r.get("repeat", 0), repeats=r.get("repeats", 1),
         n_params=(flops.n_params(size["n_layer"], size["n_embd"], size["vocab_size"], size["block_size"])
                   if all(k in size for k in ("n_layer", "n_embd", "vocab_size", "block_size")) else None),

@@ -160,6 +160,7 @@ class RunSpec:
     loss_head: str = "plain"  # resolved: plain | chunked (bench/loss.py)
     malloc_mmap_threshold: int | None = None  # CPU ranks: glibc's MALLOC_MMAP_THRESHOLD_ (None: glibc's own policy)
     malloc_trim_threshold: int | None = None  # CPU ranks: glibc's MALLOC_TRIM_THRESHOLD_ (None: glibc's own)
+    malloc_mmap_max: int | None = None  # CPU ranks: glibc's MALLOC_MMAP_MAX_ (None: glibc's own, 65536)
     loss_chunk_tokens: int | None = None  # resolved: the chunked head's tokens per chunk (None: the plain head)
 
     @property

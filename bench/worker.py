@@ -25,7 +25,7 @@ from bench.config import Accelerator, Precision
 from bench.data import make_batches
 from bench.model import plain_name
 from bench.parallel.rank import Ctx, Parallel
-from bench.protocol import (DUMP_ENV, FAULT_ENV, INIT_ENV, MMAP_THRESHOLD_ENV, TRIM_THRESHOLD_ENV, mark_rank0,
+from bench.protocol import (ALLOCATOR_ENV, DUMP_ENV, FAULT_ENV, INIT_ENV, mark_rank0,
                             write_rank_error)
 from bench.spec import RunSpec
 from bench.telemetry import PeakMeter, Sampler, release_heap
@@ -243,7 +243,7 @@ def measure(spec: RunSpec, out_dir: str, proc: Proc, fault: str | None = None,
     # matmul dtype; bench/loss.py derives the same from the tensors it is given)
     metrics["loss_chunk_tokens"] = spec.loss_chunk_tokens
     # the allocator policy the rank ran under (the config keys', or the user's own environment)
-    for var, name in ((MMAP_THRESHOLD_ENV, "malloc_mmap_threshold"), (TRIM_THRESHOLD_ENV, "malloc_trim_threshold")):
+    for name, var in ALLOCATOR_ENV.items():
         value = os.environ.get(var) if device.type == "cpu" else None
         metrics[name] = int(value) if value and value.isdigit() else None
     if os.environ.get(DUMP_ENV):

@@ -108,7 +108,7 @@ def test_hashes_of_earlier_results_are_unchanged():
         # head and (tp) the output layer whole on every rank; the defaults now are a 32 MiB threshold and
         # no trimming, `auto` and a vocabulary-parallel output layer: a new hash, since the work is not the same
         overrides = r["overrides"].split(",") + ["strategy.vocab_parallel=false", "malloc_mmap_threshold=1048576",
-                                                 "malloc_trim_threshold=null", "loss_head=plain"]
+                                                 "malloc_trim_threshold=null", "malloc_mmap_max=null", "loss_head=plain"]
         assert config_hash(compose_cfg(*overrides)) == r["config_hash"], overrides
         assert config_hash(compose_cfg(*overrides[:-1])) != r["config_hash"], overrides
 
@@ -141,7 +141,9 @@ def test_the_cpu_allocator_keys_leave_gpu_hashes_alone():
     from conftest import GPU_HOST, plan
     gpu = ("accelerator=cuda", "devices=1")
     assert config_hash(compose_cfg(*gpu)) == config_hash(
-        compose_cfg(*gpu, "malloc_mmap_threshold=null", "malloc_trim_threshold=null"))
+        compose_cfg(*gpu, "malloc_mmap_threshold=null", "malloc_trim_threshold=null", "malloc_mmap_max=null"))
     assert config_hash(compose_cfg("accelerator=cpu")) != config_hash(
         compose_cfg("accelerator=cpu", "malloc_mmap_threshold=null", "malloc_trim_threshold=null"))
+    assert config_hash(compose_cfg("accelerator=cpu")) != config_hash(compose_cfg("accelerator=cpu", "malloc_mmap_max=0"))
+    assert config_hash(compose_cfg(*gpu)) == config_hash(compose_cfg(*gpu, "malloc_mmap_max=0"))
     plan(*gpu, "malloc_mmap_threshold=null", host=GPU_HOST)  # the CPU-only check does not refuse a GPU point

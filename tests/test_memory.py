@@ -23,7 +23,7 @@ from conftest import launch_job, plan
 pytestmark = pytest.mark.slow
 TOL = 0.15
 BASE = ("accelerator=cpu", "size=small", "seq_len=128", "batch_size=2", "warmup_steps=1", "steps=1",
-        "oversubscribe=true", "malloc_mmap_threshold=1048576", "malloc_trim_threshold=null")
+        "oversubscribe=true", "malloc_mmap_threshold=1048576", "malloc_trim_threshold=null", "malloc_mmap_max=null")
 MB2 = "strategy.microbatches=2"
 TABLE = {
     "single": ("strategy=single",),
