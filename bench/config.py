@@ -236,11 +236,13 @@ class BenchConfig:
               "off, so it needs malloc_mmap_threshold set too", ge=0)
     malloc_mmap_max: Optional[int] = key(
         None, "CPU ranks: glibc's MALLOC_MMAP_MAX_, the most blocks served by their own mmap at once (your "
-              "environment may set only the same). null: glibc's (65536), a block above malloc_mmap_threshold "
-              "is its own mmap, fresh pages each time it is made; 0: none, every block comes from the heap and is "
-              "reused, also those above 32 MiB (size=small bf16, bare loop: 0.82x the step time over 3 ABBA "
-              "pairs, page faults 427k a step -> 0 from the third step, but RSS 4.4 GiB against 3.5: the heap "
-              "keeps its fragments; fp32 faults nothing at steady state either way)", ge=0)
+              "environment may set only the same). null: not set, a block above malloc_mmap_threshold is its own "
+              "mmap, fresh pages each time it is made; 0: none, every block comes from the heap and is reused, "
+              "also those above 32 MiB (size=small bf16, bare loop: 0.82x the step time over 3 ABBA pairs; an ad "
+              "hoc loop: page faults 427k a step -> 0 from the third step, RSS 4,427 MiB against 3,463, the heap "
+              "keeping its fragments, which the memory model does not count; fp32 faults nothing at steady state "
+              "either way). Setting it turns glibc's dynamic mmap threshold off, so it needs malloc_mmap_threshold "
+              "set too", ge=0)
     oversubscribe: bool = key(False, "allow more CPU ranks than cores: for correctness tests only, "
                                      "never for benchmarks; recorded in the result")
     timeout_s: float = key(1800.0, "seconds for the whole job; past it every rank is ended (`timeout`)", gt=0,

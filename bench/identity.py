@@ -5,7 +5,7 @@ label, the model's shape, the strategy with all its options, the resolved precis
 accelerator, sequence length, per-replica and global batch, grad accumulation, activation
 checkpointing, compile, the data, threads per device, oversubscription, co-located copies
 (`colocated`: bench.project's calibration), the loss head and its chunk, a CPU rank's allocator policy (glibc's mmap
-threshold: it changes the step's page faults), nodes and devices.
+threshold, trim threshold and mmap count: they change the step's page faults), nodes and devices.
 Runs with one identity are repeats of one measurement (seeds, `repeats=N`): only they are
 ever aggregated. The seed, the number of steps, the warm-up and the learning rate are not
 part of it: they do not change the work of a step.

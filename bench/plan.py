@@ -148,26 +148,9 @@ def label_is_a_plain_name(cfg: BenchConfig) -> str | None:
                 "(e.g. hardware_label=EPYC-9654-2c-24GB)")
 
 
-def trim_needs_mmap_threshold(cfg: BenchConfig) -> str | None:
-    # glibc turns its dynamic mmap threshold off once the trim threshold is set, leaving it at 128 KiB:
-    # every tensor above that would be fresh pages each time it is allocated
-    if cfg.malloc_trim_threshold is not None and cfg.malloc_mmap_threshold is None and cfg.accelerator is not Accelerator.cuda:
-        return ("malloc_trim_threshold is set but malloc_mmap_threshold=null: glibc then fixes its mmap threshold "
-                "at 128 KiB; set malloc_mmap_threshold too (33554432 is the default) or malloc_trim_threshold=null")
-
-
-def mmap_threshold_needs_mmap(cfg: BenchConfig) -> str | None:
-    # with malloc_mmap_max=0 no block is mmapped, whatever its size: a lowered threshold (memory
-    # studies: 1 MiB) would do nothing, and RSS would keep what the heap once held
-    if (cfg.malloc_mmap_max == 0 and cfg.malloc_mmap_threshold is not None
-            and cfg.malloc_mmap_threshold < STEADY_MMAP_THRESHOLD and cfg.accelerator is not Accelerator.cuda):
-        return (f"malloc_mmap_threshold={cfg.malloc_mmap_threshold} does nothing with malloc_mmap_max=0 (no block is "
-                "mmapped); add malloc_mmap_max=null")
-
-
 CONFIG_CHECKS: list[Callable[[BenchConfig], str | None]] = [
     strategy_exists, numbers_in_range, width_divides_by_heads, text_needs_byte_vocab, compile_needs_warmup,
-    label_is_a_plain_name, trim_needs_mmap_threshold, mmap_threshold_needs_mmap]
+    label_is_a_plain_name]
 
 
 # -- 2. where it runs -------------------------------------------------------------------------
@@ -252,9 +235,32 @@ def environment_agrees_with_allocator_keys(cfg: BenchConfig, t: Placement, host:
                     f"{key}={'null' if value is None else value}; set {key}={mine} or unset {var}")
 
 
+def allocator_keys_need_mmap_threshold(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
+    # glibc turns its dynamic mmap threshold off once the trim threshold or the mmap count is set
+    # (malloc.c: do_set_trim_threshold, do_set_mmaps_max), leaving both thresholds at 128 KiB: every
+    # tensor above that would be fresh pages each time it is made. CPU ranks only (the placement's
+    # accelerator: `auto` on a GPU host is a GPU point)
+    if t.accelerator is not Accelerator.cpu or cfg.malloc_mmap_threshold is not None:
+        return None
+    for key in ("malloc_trim_threshold", "malloc_mmap_max"):
+        if getattr(cfg, key) is not None:
+            return (f"{key} is set but malloc_mmap_threshold=null: glibc then fixes its mmap threshold at 128 KiB; "
+                    f"set malloc_mmap_threshold too (33554432 is the default) or {key}=null")
+
+
+def mmap_threshold_needs_mmap(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
+    # with malloc_mmap_max=0 no block is mmapped, whatever its size: a lowered threshold (memory
+    # studies: 1 MiB) would do nothing, and RSS would keep what the heap once held
+    if (t.accelerator is Accelerator.cpu and cfg.malloc_mmap_max == 0 and cfg.malloc_mmap_threshold is not None
+            and cfg.malloc_mmap_threshold < STEADY_MMAP_THRESHOLD):
+        return (f"malloc_mmap_threshold={cfg.malloc_mmap_threshold} does nothing with malloc_mmap_max=0 (no block is "
+                "mmapped); add malloc_mmap_max=null")
+
+
 PLACEMENT_CHECKS: list[Callable[[BenchConfig, Placement, Host], str | None]] = [
     resume_on_one_node, colocated_is_one_device, cuda_needs_a_gpu, gpus_enough, cores_enough, fp16_needs_cuda,
-    seq_len_fits_context, environment_agrees_with_allocator_keys]
+    seq_len_fits_context, allocator_keys_need_mmap_threshold, mmap_threshold_needs_mmap,
+    environment_agrees_with_allocator_keys]
 
 
 # -- 3. the layout ---------------------------------------------------------------------------

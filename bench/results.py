@@ -194,7 +194,9 @@ def flatten(r: dict[str, Any], path: str = "") -> dict[str, Any]:
         if isinstance(v, (int, float, str, bool)) or v is None:
             row[k] = v
     # the chunked head's tokens per chunk: as planned (the spec; failed runs too), else as the rank
-    # recorded it, else 1024 (chunked results before either record: bench.spec.LOSS_CHUNK_TOKENS)
+    # recorded it, else 1024 (bench.spec.LOSS_CHUNK_TOKENS), what chunked results ran before either
+    # record, except CPU ones made 2026-12-01 04:22-05:26 (128 at GPT-2's vocabulary: bench.perf's own
+    # runs, in temporary folders; none kept in results/)
     row["loss_chunk_tokens"] = (spec.get("loss_chunk_tokens") or m.get("loss_chunk_tokens")
                                 or (LOSS_CHUNK_TOKENS if row["loss_head"] == "chunked" else None))
     row["step_times_s"] = m.get("step_times_s")

@@ -52,6 +52,11 @@ def test_trim_threshold_without_an_mmap_threshold_is_refused_before_launch():
     from bench.plan import InvalidConfig
     with pytest.raises(InvalidConfig, match="malloc_mmap_threshold"):
         plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=null")
+    # so does the mmap count (glibc's do_set_mmaps_max)
+    with pytest.raises(InvalidConfig, match="malloc_mmap_max is set but malloc_mmap_threshold=null.*or malloc_mmap_max=null"):
+        plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=null", "malloc_trim_threshold=null", "malloc_mmap_max=0")
+    # a GPU point, also one whose accelerator is `auto` on a GPU host: not glibc's concern here
+    plan("size=tiny", "devices=1", "malloc_mmap_threshold=null", "malloc_mmap_max=0", host=GPU_HOST)
 
 
 def test_a_lowered_mmap_threshold_without_mmap_is_refused_before_launch():
@@ -63,8 +68,8 @@ def test_a_lowered_mmap_threshold_without_mmap_is_refused_before_launch():
         plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576", "malloc_mmap_max=0")
     plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576")
     plan("size=tiny", "accelerator=cpu", "malloc_mmap_max=0")
-    plan("size=tiny", "accelerator=cuda", "devices=1", "malloc_mmap_threshold=1048576", "malloc_mmap_max=0",
-         host=GPU_HOST)  # CPU ranks' keys: nothing to refuse on a GPU
+    for accel in ("accelerator=cuda", "accelerator=auto"):  # CPU ranks' keys: nothing to refuse on a GPU
+        plan("size=tiny", accel, "devices=1", "malloc_mmap_threshold=1048576", "malloc_mmap_max=0", host=GPU_HOST)
 
 
 def test_a_rank_records_the_allocator_policy_it_ran_under(tmp_path):
