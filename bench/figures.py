@@ -27,7 +27,8 @@ A4 = (11.69, 8.27)
 GIB = 2**30
 # what a page's title reports as held fixed, and its legends name where it varies
 CONTEXT = MACHINE + ("accelerator", "precision", "seq_len", "grad_accum", "activation_checkpointing", "compile",
-                     "data", "threads", "nodes")
+                     "data", "threads", "nodes", "loss_head", "loss_chunk_tokens", "malloc_mmap_threshold",
+                     "malloc_trim_threshold", "malloc_mmap_max")
 TIE_MARGIN = 0.30  # with fewer than 3 runs a side, a layout wins only by more than this (between-run drift here)
 MIN_RUNS = 3  # runs a side before a test can separate two configurations
 

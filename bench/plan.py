@@ -243,9 +243,11 @@ def allocator_keys_need_mmap_threshold(cfg: BenchConfig, t: Placement, host: Hos
     if t.accelerator is not Accelerator.cpu or cfg.malloc_mmap_threshold is not None:
         return None
     for key in ("malloc_trim_threshold", "malloc_mmap_max"):
-        if getattr(cfg, key) is not None:
-            return (f"{key} is set but malloc_mmap_threshold=null: glibc then fixes its mmap threshold at 128 KiB; "
-                    f"set malloc_mmap_threshold too (33554432 is the default) or {key}=null")
+        value = getattr(cfg, key)
+        if value is not None:
+            default = " (its default)" if value == BenchConfig.__dataclass_fields__[key].default else ""
+            return (f"{key}={value}{default} with malloc_mmap_threshold=null: glibc then fixes its own mmap and trim "
+                    f"thresholds at 128 KiB; set malloc_mmap_threshold too (33554432 is the default) or {key}=null")
 
 
 def mmap_threshold_needs_mmap(cfg: BenchConfig, t: Placement, host: Host) -> str | None:
@@ -254,7 +256,7 @@ def mmap_threshold_needs_mmap(cfg: BenchConfig, t: Placement, host: Host) -> str
     if (t.accelerator is Accelerator.cpu and cfg.malloc_mmap_max == 0 and cfg.malloc_mmap_threshold is not None
             and cfg.malloc_mmap_threshold < STEADY_MMAP_THRESHOLD):
         return (f"malloc_mmap_threshold={cfg.malloc_mmap_threshold} does nothing with malloc_mmap_max=0 (no block is "
-                "mmapped); add malloc_mmap_max=null")
+                "mmapped); set malloc_mmap_max=null, or leave malloc_mmap_threshold at its default")
 
 
 PLACEMENT_CHECKS: list[Callable[[BenchConfig, Placement, Host], str | None]] = [

@@ -50,10 +50,11 @@ def test_trim_threshold_without_an_mmap_threshold_is_refused_before_launch():
     """glibc fixes its mmap threshold at 128 KiB once the trim threshold is set: one line that
     names both keys."""
     from bench.plan import InvalidConfig
-    with pytest.raises(InvalidConfig, match="malloc_mmap_threshold"):
+    with pytest.raises(InvalidConfig, match=r"malloc_trim_threshold=1099511627776 \(its default\) with "
+                                            "malloc_mmap_threshold=null.*set malloc_mmap_threshold too"):
         plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=null")
     # so does the mmap count (glibc's do_set_mmaps_max)
-    with pytest.raises(InvalidConfig, match="malloc_mmap_max is set but malloc_mmap_threshold=null.*or malloc_mmap_max=null"):
+    with pytest.raises(InvalidConfig, match="malloc_mmap_max=0 with malloc_mmap_threshold=null.*or malloc_mmap_max=null"):
         plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=null", "malloc_trim_threshold=null", "malloc_mmap_max=0")
     # a GPU point, also one whose accelerator is `auto` on a GPU host: not glibc's concern here
     plan("size=tiny", "devices=1", "malloc_mmap_threshold=null", "malloc_mmap_max=0", host=GPU_HOST)
@@ -64,7 +65,7 @@ def test_a_lowered_mmap_threshold_without_mmap_is_refused_before_launch():
     nothing. One line naming the key; without the lowered threshold, it plans."""
     from bench.plan import InvalidConfig
     with pytest.raises(InvalidConfig, match="malloc_mmap_threshold=1048576 does nothing with malloc_mmap_max=0.*"
-                                            "add malloc_mmap_max=null"):
+                                            "set malloc_mmap_max=null"):
         plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576", "malloc_mmap_max=0")
     plan("size=tiny", "accelerator=cpu", "malloc_mmap_threshold=1048576")
     plan("size=tiny", "accelerator=cpu", "malloc_mmap_max=0")
