@@ -66,6 +66,22 @@ TARGETS = {
 MIN_REPEATS_TO_JUDGE = 5  # ABBA pairs: one run a side is between-process noise, not the harness
 
 
+def pair_overhead(a: list[float], b: list[float]) -> dict[str, float]:
+    """ABBA pairs (a[i], b[i] adjacent in time; the pair is the unit of replication): the median
+    of the pairs' a / b - 1 (the overhead figure), the 95% interval of the geometric mean's
+    (bench.stats.paired_ratio) less 1, the paired t-test's p, and how many pairs a was slower in."""
+    pairs = [x / y - 1 for x, y in zip(a, b)]
+    _, lo, hi, p = paired_ratio(a, b)
+    return dict(overhead=statistics.median(pairs), overhead_lo=lo - 1, overhead_hi=hi - 1, overhead_p=p,
+                slower_pairs=sum(d > 0 for d in pairs), pairs_min=min(pairs), pairs_max=max(pairs))
+
+
+def target_line(target: Target, name: str, value: float) -> str:
+    """One judged target, as the command prints it."""
+    return (f"  {'met   ' if judge(target, value) else 'MISSED'} {name:<48} {target.value_fmt.format(value):>8}  "
+            f"(target {target.op} {target.threshold_fmt.format(target.threshold)})")
+
+
 def judge(target: Target, value: float) -> bool:
     """Whether `value` meets `target`."""
     return {"<=": value <= target.threshold, "|<=|": abs(value) <= target.threshold, "<": value < target.threshold,
@@ -205,16 +221,12 @@ def _measure_row(cfg: BenchConfig, repeats: int, peaks: dict[str, float]) -> dic
         print(f"  {spec.size} {spec.precision.value}{' compile' if spec.compile else ''} {i + 1}/{repeats}: suite "
               f"{suite[-1] * 1e3:,.1f} ms/step, bare {bare[-1] * 1e3:,.1f} ms/step", flush=True)
     s, b = statistics.median(suite), statistics.median(bare)
-    # each repeat is one ABBA pair (the two runs adjacent in time): the unit of replication
-    pairs = [x / y - 1 for x, y in zip(suite, bare)]
-    _, lo, hi, p = paired_ratio(suite, bare)
     prec = spec.precision.value
     fpt, peak = m["flops_per_token"], peaks[prec]
     tps, bare_tps = spec.tokens_per_step / s, spec.tokens_per_step / b
     datasheet = peaks.get("datasheet_bf16") if prec == "bf16" else None
     return dict(size=spec.size, precision=prec, compile=spec.compile, suite_ms=s * 1e3, bare_ms=b * 1e3,
-                overhead=statistics.median(pairs), overhead_lo=lo - 1, overhead_hi=hi - 1, overhead_p=p,
-                slower_pairs=sum(d > 0 for d in pairs), overhead_best=min(suite) / min(bare) - 1, tokens_per_s=tps,
+                **pair_overhead(suite, bare), overhead_best=min(suite) / min(bare) - 1, tokens_per_s=tps,
                 bare_tokens_per_s=bare_tps, mfu=fpt * tps / peak, bare_mfu=fpt * bare_tps / peak,
                 mfu_datasheet=fpt * tps / datasheet if datasheet else None,
                 fixed_s=statistics.median(fixed), window_s=statistics.median(window),
@@ -342,10 +354,8 @@ def main(argv: list[str] | None = None) -> None:
                   "between processes here)")
     judged = [(TARGETS[k], subject, value, what, judge(TARGETS[k], value))
               for k, subject, value, what in checks(rows, speedups, dp_eff, fixed, accel)]
-    for t, subject, value, _, ok in judged:
-        name = f"{t.name}, {subject}" if subject else t.name
-        print(f"  {'met   ' if ok else 'MISSED'} {name:<48} {t.value_fmt.format(value):>8}  "
-              f"(target {t.op} {t.threshold_fmt.format(t.threshold)})")
+    for t, subject, value, _, _ in judged:
+        print(target_line(t, f"{t.name}, {subject}" if subject else t.name, value))
     if dp_eff is not None and (a.profile == "always" or (a.profile == "auto" and dp_eff < TARGETS["dp_efficiency"].threshold)):
         _dp_profile(*dp_detail, accel)
 
@@ -421,11 +431,11 @@ def aa(repeats: int, sizes: str | None, precisions: list[str], overrides: list[s
     sizes_l = (sizes or "mini").split(",")
     print(f"scalebench perf --aa, {time.strftime('%Y-%m-%d %H:%M')}: the bare loop against itself, "
           f"{repeats} ABBA pair(s) per configuration", flush=True)
+    cuda = _spec(_cfg(["strategy=single", f"size={sizes_l[0]}", *overrides])).accelerator.value == "cuda"
     for size in sizes_l:
+        warm, steps = STEPS_GPU if cuda else STEPS.get(size, STEPS_LARGE_CPU)
         for prec in precisions:
             point = ["strategy=single", f"size={size}", f"precision={prec}"]
-            cuda = _spec(_cfg([*point, *overrides])).accelerator.value == "cuda"
-            warm, steps = STEPS_GPU if cuda else STEPS.get(size, STEPS_LARGE_CPU)
             spec = _spec(_cfg([*point, f"warmup_steps={warm}", f"steps={steps}", *overrides]))
             sides: dict[str, list[float]] = {"A": [], "B": []}
             for i in range(repeats):
@@ -433,17 +443,13 @@ def aa(repeats: int, sizes: str | None, precisions: list[str], overrides: list[s
                     sides[side].append(statistics.median(_bare(spec)[0]))
                 print(f"  {size} {prec} {i + 1}/{repeats}: A {sides['A'][-1] * 1e3:,.1f} ms/step, "
                       f"B {sides['B'][-1] * 1e3:,.1f} ms/step", flush=True)
-            pairs = [x / y - 1 for x, y in zip(sides["A"], sides["B"])]
-            _, lo, hi, p = paired_ratio(sides["A"], sides["B"])
-            med = statistics.median(pairs)
-            print(f"A/A, {size} {prec}: median of the pairs {med:+.1%} (A slower in {sum(d > 0 for d in pairs)} of "
-                  f"{repeats}); geometric mean 95% interval {lo - 1:+.1%} to {hi - 1:+.1%}, paired t-test p = {p:.2f}; "
-                  f"pairs from {min(pairs):+.1%} to {max(pairs):+.1%}")
+            o = pair_overhead(sides["A"], sides["B"])
+            print(f"A/A, {size} {prec}: median of the pairs {o['overhead']:+.1%} (A slower in {o['slower_pairs']} of "
+                  f"{repeats}); geometric mean 95% interval {o['overhead_lo']:+.1%} to {o['overhead_hi']:+.1%}, paired "
+                  f"t-test p = {o['overhead_p']:.2f}; pairs from {o['pairs_min']:+.1%} to {o['pairs_max']:+.1%}")
             if repeats >= MIN_REPEATS_TO_JUDGE:
-                for key, value in (("overhead", med), ("overhead_sign", p)):
-                    t = TARGETS[key]
-                    print(f"  {'met   ' if judge(t, value) else 'MISSED'} {t.name} with identical sides "
-                          f"{t.value_fmt.format(value):>8}  (target {t.op} {t.threshold_fmt.format(t.threshold)})")
+                for key, value in (("overhead", o["overhead"]), ("overhead_sign", o["overhead_p"])):
+                    print(target_line(TARGETS[key], f"{TARGETS[key].name} with identical sides", value))
 
 
 def references(repeats: int, precisions: list[str], overrides: list[str]) -> None:
